@@ -1,0 +1,219 @@
+/// Fast dequantization: whole blocks at a time through raw pointers, SIMD for the 32-element block types.
+/// Results are bit-identical to `DequantizeReference` (same operations in the same order, no fused multiply-add).
+public enum Dequantize {
+    /// Dequantizes `count` elements (a whole number of blocks) of `type` from `src` into `dst`.
+    public static func fast(_ type: TensorType, from src: UnsafeRawBufferPointer, count: Int,
+                            into dst: UnsafeMutablePointer<Float>) {
+        guard count > 0, let base = src.baseAddress else { return }
+        let blocks = count / type.blockSize
+        switch type {
+        case .f32:
+            UnsafeMutableRawPointer(dst).copyMemory(from: base, byteCount: count * 4)
+        case .f16:
+            HalfPrecision.halfTable.withUnsafeBufferPointer { table in
+                for i in 0..<count { dst[i] = table[Int(base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))] }
+            }
+        case .bf16:
+            for i in 0..<count {
+                dst[i] = Float(bitPattern: UInt32(base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16)
+            }
+        case .q4_0: for b in 0..<blocks { q4_0(base + b * 18, dst + b * 32) }
+        case .q4_1: for b in 0..<blocks { q4_1(base + b * 20, dst + b * 32) }
+        case .q5_0: for b in 0..<blocks { q5(base + b * 22, dst + b * 32, hasMin: false) }
+        case .q5_1: for b in 0..<blocks { q5(base + b * 24, dst + b * 32, hasMin: true) }
+        case .q8_0: for b in 0..<blocks { q8_0(base + b * 34, dst + b * 32) }
+        case .q2_K: for b in 0..<blocks { q2_K(base + b * 84, dst + b * 256) }
+        case .q3_K: for b in 0..<blocks { q3_K(base + b * 110, dst + b * 256) }
+        case .q4_K: for b in 0..<blocks { q4_K(base + b * 144, dst + b * 256) }
+        case .q5_K: for b in 0..<blocks { q5_K(base + b * 176, dst + b * 256) }
+        case .q6_K: for b in 0..<blocks { q6_K(base + b * 210, dst + b * 256) }
+        case .q8_1, .q8_K, .i8, .i16, .i32, .i64, .f64:
+            for i in 0..<count { dst[i] = .nan }
+        }
+    }
+
+    /// Dequantizes rows `rows` of a 2-D tensor (each `rowLength` elements) into `dst`, contiguous.
+    public static func rows(_ type: TensorType, from src: UnsafeRawBufferPointer, rowLength: Int,
+                            rows: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
+        let rowBytes = rowLength / type.blockSize * type.blockBytes
+        let slice = UnsafeRawBufferPointer(rebasing: src[(rows.lowerBound * rowBytes)..<(rows.upperBound * rowBytes)])
+        fast(type, from: slice, count: rows.count * rowLength, into: dst)
+    }
+
+    @inline(__always)
+    static func half(_ p: UnsafeRawPointer) -> Float {
+        HalfPrecision.floatFromHalfBits(p.loadUnaligned(as: UInt16.self))
+    }
+
+    /// Unpacks 16 bytes into their 32 nibbles: low nibbles first, then high nibbles.
+    @inline(__always)
+    static func nibbles(_ p: UnsafeRawPointer) -> (SIMD16<UInt8>, SIMD16<UInt8>) {
+        let bytes = p.loadUnaligned(as: SIMD16<UInt8>.self)
+        return (bytes & 0xF, bytes &>> 4)
+    }
+
+    @inline(__always)
+    static func floats(_ v: SIMD16<UInt8>) -> SIMD16<Float> {
+        var out = SIMD16<Float>()
+        for i in 0..<16 { out[i] = Float(v[i]) }
+        return out
+    }
+
+    @inline(__always)
+    static func store(_ v: SIMD16<Float>, _ dst: UnsafeMutablePointer<Float>) {
+        UnsafeMutableRawPointer(dst).storeBytes(of: v, as: SIMD16<Float>.self)
+    }
+
+    static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p)
+        let (lo, hi) = nibbles(p + 2)
+        store((floats(lo) - 8) * d, y)
+        store((floats(hi) - 8) * d, y + 16)
+    }
+
+    static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p), m = half(p + 2)
+        let (lo, hi) = nibbles(p + 4)
+        store(d * floats(lo) + m, y)
+        store(d * floats(hi) + m, y + 16)
+    }
+
+    static func q5(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, hasMin: Bool) {
+        let d = half(p)
+        let m: Float = hasMin ? half(p + 2) : 0
+        let qhOffset = hasMin ? 4 : 2
+        let qh = p.loadUnaligned(fromByteOffset: qhOffset, as: UInt32.self)
+        let (lo, hi) = nibbles(p + qhOffset + 4)
+        var highLo = SIMD16<UInt8>(), highHi = SIMD16<UInt8>()
+        for j in 0..<16 {
+            highLo[j] = UInt8(truncatingIfNeeded: (qh >> UInt32(j)) & 1) << 4
+            highHi[j] = UInt8(truncatingIfNeeded: (qh >> UInt32(j + 16)) & 1) << 4
+        }
+        if hasMin {
+            store(d * floats(lo | highLo) + m, y)
+            store(d * floats(hi | highHi) + m, y + 16)
+        } else {
+            store((floats(lo | highLo) - 16) * d, y)
+            store((floats(hi | highHi) - 16) * d, y + 16)
+        }
+    }
+
+    static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p)
+        for i in 0..<32 { y[i] = Float(p.load(fromByteOffset: 2 + i, as: Int8.self)) * d }
+    }
+
+    static func q2_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let scales = p.assumingMemoryBound(to: UInt8.self)
+        let d = half(p + 80), dmin = half(p + 82)
+        var out = y
+        var q = scales + 16
+        var s = 0
+        for _ in 0..<2 {
+            for shift in stride(from: UInt8(0), to: 8, by: 2) {
+                for part in 0..<2 {
+                    let sc = scales[s]; s += 1
+                    let dl = d * Float(sc & 0xF), ml = dmin * Float(sc >> 4)
+                    for l in 0..<16 { out[l] = dl * Float((q[l + 16 * part] >> shift) & 3) - ml }
+                    out += 16
+                }
+            }
+            q += 32
+        }
+    }
+
+    static func q3_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let hmask = p.assumingMemoryBound(to: UInt8.self)
+        let packed = hmask + 96
+        let d = half(p + 108)
+        var scales = [Int](repeating: 0, count: 16)
+        for s in 0..<16 {
+            let low = s < 8 ? packed[s] & 0xF : packed[s - 8] >> 4
+            let high = (packed[8 + s % 4] >> UInt8(2 * (s / 4))) & 3
+            scales[s] = Int(low | high << 4) - 32
+        }
+        var out = y
+        var q = hmask + 32
+        var s = 0
+        var m: UInt8 = 1
+        for _ in 0..<2 {
+            for shift in stride(from: UInt8(0), to: 8, by: 2) {
+                for part in 0..<2 {
+                    let dl = d * Float(scales[s]); s += 1
+                    for l in 0..<16 {
+                        let low = Int((q[l + 16 * part] >> shift) & 3)
+                        out[l] = dl * Float(low - (hmask[l + 16 * part] & m != 0 ? 0 : 4))
+                    }
+                    out += 16
+                }
+                m <<= 1
+            }
+            q += 32
+        }
+    }
+
+    @inline(__always)
+    static func scaleMin(_ q: UnsafePointer<UInt8>, _ j: Int) -> (Float, Float) {
+        if j < 4 { return (Float(q[j] & 63), Float(q[j + 4] & 63)) }
+        return (Float((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)), Float((q[j + 4] >> 4) | ((q[j] >> 6) << 4)))
+    }
+
+    static func q4_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p), dmin = half(p + 2)
+        let scales = (p + 4).assumingMemoryBound(to: UInt8.self)
+        var q = (p + 16).assumingMemoryBound(to: UInt8.self)
+        var out = y
+        for group in 0..<4 {
+            let (sc1, m1) = scaleMin(scales, 2 * group), (sc2, m2) = scaleMin(scales, 2 * group + 1)
+            let d1 = d * sc1, min1 = dmin * m1, d2 = d * sc2, min2 = dmin * m2
+            for l in 0..<32 { out[l] = d1 * Float(q[l] & 0xF) - min1 }
+            for l in 0..<32 { out[32 + l] = d2 * Float(q[l] >> 4) - min2 }
+            q += 32
+            out += 64
+        }
+    }
+
+    static func q5_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p), dmin = half(p + 2)
+        let scales = (p + 4).assumingMemoryBound(to: UInt8.self)
+        let qh = (p + 16).assumingMemoryBound(to: UInt8.self)
+        var ql = (p + 48).assumingMemoryBound(to: UInt8.self)
+        var out = y
+        var u1: UInt8 = 1, u2: UInt8 = 2
+        for group in 0..<4 {
+            let (sc1, m1) = scaleMin(scales, 2 * group), (sc2, m2) = scaleMin(scales, 2 * group + 1)
+            let d1 = d * sc1, min1 = dmin * m1, d2 = d * sc2, min2 = dmin * m2
+            for l in 0..<32 { out[l] = d1 * Float((ql[l] & 0xF) + (qh[l] & u1 != 0 ? 16 : 0)) - min1 }
+            for l in 0..<32 { out[32 + l] = d2 * Float((ql[l] >> 4) + (qh[l] & u2 != 0 ? 16 : 0)) - min2 }
+            ql += 32
+            out += 64
+            u1 <<= 2
+            u2 <<= 2
+        }
+    }
+
+    static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p + 208)
+        var ql = p.assumingMemoryBound(to: UInt8.self)
+        var qh = ql + 128
+        var sc = (p + 192).assumingMemoryBound(to: Int8.self)
+        var out = y
+        for _ in 0..<2 {
+            for l in 0..<32 {
+                let s = l / 16
+                let q1 = Int((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32
+                let q2 = Int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32
+                let q3 = Int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32
+                let q4 = Int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32
+                out[l] = d * Float(sc[s]) * Float(q1)
+                out[l + 32] = d * Float(sc[s + 2]) * Float(q2)
+                out[l + 64] = d * Float(sc[s + 4]) * Float(q3)
+                out[l + 96] = d * Float(sc[s + 6]) * Float(q4)
+            }
+            out += 128
+            ql += 64
+            qh += 32
+            sc += 8
+        }
+    }
+}

@@ -1,0 +1,180 @@
+import ArgumentParser
+import GGUF
+
+struct InfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "Describe a GGUF file: architecture, hyperparameters, tokenizer, tensors and their types.",
+        discussion: "Works on models, vocabulary-only files and adapter files. Reads no tensor data."
+    )
+
+    @Argument(help: "The GGUF file.")
+    var file: String
+
+    @Flag(help: "List every tensor (name, type, shape).")
+    var tensors = false
+
+    @Flag(help: "Print every metadata key (arrays summarized).")
+    var metadata = false
+
+    @Flag(help: "Print the report as one JSON object.")
+    var json = false
+
+    func run() throws {
+        let gguf = try CLI.open(file)
+        let summary = GGUFSummary(gguf)
+        if json {
+            print(summary.json(includeTensors: tensors, includeMetadata: metadata).text)
+        } else {
+            print(summary.text(includeTensors: tensors, includeMetadata: metadata), terminator: "")
+        }
+    }
+}
+
+/// The facts `lorakit info` reports about a GGUF file.
+struct GGUFSummary {
+    let file: GGUFFile
+    let architecture: String?
+    let fileType: String
+    let hyperparameters: [(String, MetadataValue)]
+    let typeCounts: [(TensorType, Int)]
+
+    init(_ file: GGUFFile) {
+        self.file = file
+        let md = file.metadata
+        architecture = md["general.architecture"]?.stringValue
+        if let t = md["general.type"]?.stringValue { fileType = t }
+        else if md["training.type"] != nil { fileType = "training checkpoint" }
+        else if file.tensors.isEmpty { fileType = "vocabulary" }
+        else { fileType = "model" }
+        let prefix = (architecture ?? "") + "."
+        hyperparameters = architecture == nil ? [] : md.entries.filter { $0.key.hasPrefix(prefix) }.map { ($0.key, $0.value) }
+        var counts: [TensorType: Int] = [:]
+        for t in file.tensors { counts[t.type, default: 0] += 1 }
+        typeCounts = counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key.rawValue < $1.key.rawValue }
+    }
+
+    var name: String? { file.metadata["general.name"]?.stringValue }
+    var tokenizerModel: String? { file.metadata["tokenizer.ggml.model"]?.stringValue }
+    var vocabularySize: Int? {
+        if case let .array(_, items)? = file.metadata["tokenizer.ggml.tokens"] { return items.count }
+        return nil
+    }
+    var hasChatTemplate: Bool { file.metadata["tokenizer.chat_template"] != nil }
+
+    static func shape(_ dims: [Int]) -> String { "[" + dims.map(String.init).joined(separator: ", ") + "]" }
+
+    static func humanCount(_ n: Int) -> String {
+        if n >= 1_000_000_000 { return String(format1: Double(n) / 1e9) + " B" }
+        if n >= 1_000_000 { return String(format1: Double(n) / 1e6) + " M" }
+        if n >= 1_000 { return String(format1: Double(n) / 1e3) + " K" }
+        return "\(n)"
+    }
+
+    static func humanBytes(_ n: Int) -> String {
+        if n >= 1 << 30 { return String(format1: Double(n) / Double(1 << 30)) + " GiB" }
+        if n >= 1 << 20 { return String(format1: Double(n) / Double(1 << 20)) + " MiB" }
+        if n >= 1 << 10 { return String(format1: Double(n) / Double(1 << 10)) + " KiB" }
+        return "\(n) B"
+    }
+
+    func text(includeTensors: Bool, includeMetadata: Bool) -> String {
+        var out = ""
+        let width = max(22, hyperparameters.map { $0.0.count - (architecture?.count ?? 0) + 2 }.max() ?? 0)
+        func line(_ label: String, _ value: String) { out += label.padding(toLength: width) + value + "\n" }
+        line("file", file.path)
+        line("GGUF version", "\(file.version)")
+        line("kind", fileType)
+        line("architecture", architecture ?? "(none)")
+        if let name { line("name", name) }
+        for (key, value) in hyperparameters { line("  " + key.dropPrefix((architecture ?? "") + "."), value.description) }
+        if let model = tokenizerModel {
+            line("tokenizer", model + (file.metadata["tokenizer.ggml.pre"]?.stringValue.map { " (pre: \($0))" } ?? ""))
+            line("vocabulary size", vocabularySize.map(String.init) ?? "(none)")
+            line("chat template", hasChatTemplate ? "present" : "absent")
+        }
+        if fileType == "adapter", let alpha = file.metadata["adapter.lora.alpha"] {
+            line("adapter", (file.metadata["adapter.type"]?.stringValue ?? "?") + ", alpha \(alpha)")
+        }
+        line("tensors", "\(file.tensors.count)" + (typeCounts.isEmpty ? "" : " (" + typeCounts.map { "\($0.1) \($0.0)" }.joined(separator: ", ") + ")"))
+        line("parameters", "\(file.parameterCount) (\(GGUFSummary.humanCount(file.parameterCount)))")
+        line("file size", "\(file.fileSize) bytes (\(GGUFSummary.humanBytes(file.fileSize)))")
+        line("metadata keys", "\(file.metadata.count)")
+        if includeMetadata {
+            out += "\nmetadata:\n"
+            for (key, value) in file.metadata.entries {
+                var shown = value.description
+                if case .string = value, shown.count > 120 || shown.contains("\n") {
+                    shown = "(string, \(shown.utf8.count) bytes)"
+                }
+                out += "  \(key) [\(value.typeName)] = \(shown)\n"
+            }
+        }
+        if includeTensors {
+            out += "\ntensors:\n"
+            let width = file.tensors.map(\.name.count).max() ?? 0
+            for t in file.tensors {
+                out += "  " + t.name.padding(toLength: width + 2) + t.type.name.padding(toLength: 6) + GGUFSummary.shape(t.dimensions) + "\n"
+            }
+        }
+        return out
+    }
+
+    func json(includeTensors: Bool, includeMetadata: Bool) -> JSON {
+        var pairs: [(String, JSON)] = [
+            ("file", .string(file.path)),
+            ("gguf_version", .int(Int64(file.version))),
+            ("kind", .string(fileType)),
+            ("architecture", architecture.map(JSON.string) ?? .null),
+            ("name", name.map(JSON.string) ?? .null),
+            ("hyperparameters", .object(hyperparameters.map { ($0.0, GGUFSummary.jsonValue($0.1, summarize: false)) })),
+            ("tokenizer", tokenizerModel.map(JSON.string) ?? .null),
+            ("vocabulary_size", vocabularySize.map { .int(Int64($0)) } ?? .null),
+            ("chat_template", .bool(hasChatTemplate)),
+            ("tensor_count", .int(Int64(file.tensors.count))),
+            ("tensor_types", .object(typeCounts.map { ($0.0.name, .int(Int64($0.1))) })),
+            ("parameter_count", .int(Int64(file.parameterCount))),
+            ("file_size", .int(Int64(file.fileSize))),
+        ]
+        if includeMetadata {
+            pairs.append(("metadata", .object(file.metadata.entries.map { ($0.key, GGUFSummary.jsonValue($0.value, summarize: true)) })))
+        }
+        if includeTensors {
+            pairs.append(("tensors", .array(file.tensors.map { t in
+                .object([("name", .string(t.name)), ("type", .string(t.type.name)),
+                         ("shape", .array(t.dimensions.map { .int(Int64($0)) }))])
+            })))
+        }
+        return .object(pairs)
+    }
+
+    static func jsonValue(_ value: MetadataValue, summarize: Bool) -> JSON {
+        switch value {
+        case let .float32(f): return .double(Double(f))
+        case let .float64(d): return .double(d)
+        case let .bool(b): return .bool(b)
+        case let .string(s): return .string(s)
+        case let .uint64(u): return Int64(exactly: u).map(JSON.int) ?? .double(Double(u))
+        case let .array(type, items):
+            if summarize && items.count > 16 {
+                return .object([("type", .string("array of \(type)")), ("count", .int(Int64(items.count))),
+                                ("first", .array(items.prefix(8).map { jsonValue($0, summarize: true) }))])
+            }
+            return .array(items.map { jsonValue($0, summarize: summarize) })
+        default: return value.integerValue.map(JSON.int) ?? .null
+        }
+    }
+}
+
+extension String {
+    init(format1 value: Double) {
+        let scaled = (value * 10).rounded() / 10
+        self = scaled == scaled.rounded() ? String(Int(scaled)) + ".0" : String(scaled)
+    }
+
+    func padding(toLength length: Int) -> String {
+        count >= length ? self + " " : self + String(repeating: " ", count: length - count)
+    }
+
+    func dropPrefix(_ prefix: String) -> String { hasPrefix(prefix) ? String(dropFirst(prefix.count)) : self }
+}

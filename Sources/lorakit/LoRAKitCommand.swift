@@ -1,0 +1,31 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@main
+struct LoRAKitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lorakit",
+        abstract: "Fine-tune LLaMA-family GGUF models with LoRA on the CPU.",
+        subcommands: [InfoCommand.self]
+    )
+
+    /// Runs the command; errors from files and data print as one `error: …` line with exit status 1, while
+    /// option errors keep ArgumentParser's usage message.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as CLIError {
+            CLI.fail(error.description)
+        } catch let error where !(error is CleanExit) && !(error is ExitCode) && !(error is ValidationError)
+            && String(reflecting: type(of: error)).hasPrefix("ArgumentParser.") == false {
+            CLI.fail(String(describing: error))
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

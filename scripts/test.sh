@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, fetches SmolLM2 when missing, builds, runs unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/fetch-model.sh
+export LORAKIT_REQUIRE_MODEL=1
+swift build --build-tests
+swift test --skip-build 2>&1 | tee .build/test.log
+grep -q "with 0 failures" .build/test.log
