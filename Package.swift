@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "GGUF", targets: ["GGUF"]),
+        .library(name: "Tokenizer", targets: ["Tokenizer"]),
         .executable(name: "lorakit", targets: ["lorakit"]),
     ],
     dependencies: [
@@ -13,15 +14,18 @@ let package = Package(
     ],
     targets: [
         .target(name: "GGUF"),
+        .target(name: "Tokenizer", dependencies: ["GGUF"]),
         .executableTarget(
             name: "lorakit",
             dependencies: [
                 "GGUF",
+                "Tokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(name: "TestSupport", dependencies: ["GGUF"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

@@ -1,0 +1,55 @@
+import Foundation
+import GGUF
+import Tokenizer
+import XCTest
+
+enum SharedData {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path + "/shared"
+    static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    static func require(_ relative: String) throws -> String {
+        let path = root + "/" + relative
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("missing \(path)") }
+        return path
+    }
+
+    static func requireModel() throws -> String {
+        if FileManager.default.fileExists(atPath: model) { return model }
+        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing: \(model)") }
+        throw XCTSkip("SmolLM2 not fetched (scripts/fetch-model.sh)")
+    }
+}
+
+/// llama.cpp's own tokenizer tests: every `.inp` case must give the ids of the matching `.out` line
+/// (tokenized without BOS and without parsing special tokens, as llama.cpp's test does).
+final class VocabularyOracleTests: XCTestCase {
+    func check(_ name: String) throws {
+        let base = try SharedData.require("testdata/vocab/ggml-vocab-\(name).gguf")
+        let tokenizer = try Tokenizer(file: GGUFFile(path: base))
+        let input = try String(contentsOfFile: base + ".inp", encoding: .utf8)
+        let output = try String(contentsOfFile: base + ".out", encoding: .utf8)
+        var cases = input.components(separatedBy: "\n__ggml_vocab_test__\n")
+        if cases.last == "" { cases.removeLast() }
+        let expected = output.split(separator: "\n", omittingEmptySubsequences: false).map {
+            $0.split(separator: " ").compactMap { Int32($0) }
+        }
+        XCTAssertEqual(cases.count, 46, name)
+        var failures = 0
+        for (i, text) in cases.enumerated() {
+            let ids = tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+            if ids != expected[i] {
+                failures += 1
+                XCTFail("\(name) case \(i) \(text.debugDescription): got \(ids), expected \(expected[i])")
+            }
+        }
+        XCTAssertEqual(failures, 0, name)
+    }
+
+    func testLlamaSentencePiece() throws { try check("llama-spm") }
+    func testPhi3() throws { try check("phi-3") }
+    func testGPT2() throws { try check("gpt-2") }
+    func testFalcon() throws { try check("falcon") }
+    func testDeepSeekCoder() throws { try check("deepseek-coder") }
+}
