@@ -15,6 +15,9 @@ let package = Package(
     targets: [
         .target(name: "GGUF"),
         .target(name: "Tokenizer", dependencies: ["GGUF"]),
+        .target(name: "Kernels"),
+        .target(name: "LoRA", dependencies: ["GGUF", "Kernels"]),
+        .target(name: "Llama", dependencies: ["GGUF", "Kernels", "LoRA"]),
         .executableTarget(
             name: "lorakit",
             dependencies: [
@@ -30,6 +33,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["GGUF"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

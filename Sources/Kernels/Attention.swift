@@ -1,0 +1,92 @@
+/// Causal multi-head attention with grouped key/value heads, per sequence of a batch.
+///
+/// Shapes (N = batch · T tokens, rows of each sequence contiguous):
+///   q, dq, out, dOut [N, H·d]; k, v, dk, dv [N, KV·d]; probs [batch, H, T, T] (saved for backward).
+///   Query head h reads key/value head h / (H / KV).
+///   S = q·kᵀ/√d (causal), P = softmax(S), out = P·v
+public struct Attention<T: KernelScalar> {
+    public let batch: Int
+    public let length: Int
+    public let heads: Int
+    public let kvHeads: Int
+    public let headDim: Int
+
+    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        self.batch = batch
+        self.length = length
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+    }
+
+    var qStride: Int { heads * headDim }
+    var kvStride: Int { kvHeads * headDim }
+    var scale: T { 1 / T(headDim).squareRoot() }
+    public var probsCount: Int { batch * heads * length * length }
+
+    func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
+
+    public func forward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
+                        out: UnsafeMutablePointer<T>, probs: UnsafeMutablePointer<T>) {
+        let L = length, d = headDim
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let p = probs + (b * heads + h) * L * L
+                let qh = q + b * L * qStride + h * d
+                let kh = k + b * L * kvStride + kvHead(h) * d
+                let vh = v + b * L * kvStride + kvHead(h) * d
+                T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: qh, lda: qStride,
+                       b: kh, ldb: kvStride, beta: 0, c: p, ldc: L)
+                for i in 0..<L { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
+                T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
+                       b: vh, ldb: kvStride, beta: 0, c: out + b * L * qStride + h * d, ldc: qStride)
+            }
+        }
+    }
+
+    /// Softmax over the first `visible` entries of a row; the rest become 0.
+    static func causalSoftmax(_ row: UnsafeMutablePointer<T>, count: Int, visible: Int) {
+        var m = row[0]
+        for j in 1..<visible where row[j] > m { m = row[j] }
+        var sum: T = 0
+        for j in 0..<visible {
+            let e = T.exp(row[j] - m)
+            row[j] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for j in 0..<visible { row[j] *= inv }
+        for j in visible..<count { row[j] = 0 }
+    }
+
+    /// Writes dq and accumulates into dk, dv (which the caller zeroes).
+    ///   dP = dOut·vᵀ, dv += Pᵀ·dOut, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dq = dS·k/√d, dk += dSᵀ·q/√d
+    public func backward(dOut: UnsafePointer<T>, q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
+                         probs: UnsafePointer<T>, dq: UnsafeMutablePointer<T>, dk: UnsafeMutablePointer<T>,
+                         dv: UnsafeMutablePointer<T>, scratch: UnsafeMutablePointer<T>) {
+        let L = length, d = headDim
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let p = probs + (b * heads + h) * L * L
+                let qOffset = b * L * qStride + h * d
+                let kvOffset = b * L * kvStride + kvHead(h) * d
+                let dP = scratch
+                T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
+                       b: v + kvOffset, ldb: kvStride, beta: 0, c: dP, ldc: L)
+                T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
+                       b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset, ldc: kvStride)
+                for i in 0..<L {
+                    let pr = p + i * L, dr = dP + i * L
+                    var dot: T = 0
+                    for j in 0...i { dot += pr[j] * dr[j] }
+                    for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                    for j in (i + 1)..<L { dr[j] = 0 }
+                }
+                T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
+                       b: k + kvOffset, ldb: kvStride, beta: 0, c: dq + qOffset, ldc: qStride)
+                T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
+                       b: q + qOffset, ldb: qStride, beta: 1, c: dk + kvOffset, ldc: kvStride)
+            }
+        }
+    }
+}

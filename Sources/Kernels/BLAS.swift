@@ -1,0 +1,183 @@
+#if canImport(Glibc)
+import Glibc
+enum LibM {
+    static func exp(_ x: Double) -> Double { Glibc.exp(x) }
+    static func log(_ x: Double) -> Double { Glibc.log(x) }
+    static func cos(_ x: Double) -> Double { Glibc.cos(x) }
+    static func sin(_ x: Double) -> Double { Glibc.sin(x) }
+    static func pow(_ x: Double, _ y: Double) -> Double { Glibc.pow(x, y) }
+}
+#elseif canImport(Darwin)
+import Darwin
+enum LibM {
+    static func exp(_ x: Double) -> Double { Darwin.exp(x) }
+    static func log(_ x: Double) -> Double { Darwin.log(x) }
+    static func cos(_ x: Double) -> Double { Darwin.cos(x) }
+    static func sin(_ x: Double) -> Double { Darwin.sin(x) }
+    static func pow(_ x: Double, _ y: Double) -> Double { Darwin.pow(x, y) }
+}
+#endif
+
+/// Matrix products through the system BLAS (OpenBLAS on Linux, Accelerate on Apple platforms), loaded at run
+/// time so that the library can choose OpenBLAS's kernels before OpenBLAS initializes.
+///
+/// Debian's OpenBLAS 0.3.21 does not recognize recent CPUs and silently falls back to its slow generic
+/// `Prescott` kernels. OpenBLAS reads `OPENBLAS_CORETYPE` once, when it loads; because we load it ourselves,
+/// we can set that variable first (to `SkylakeX` on Intel AVX-512, `Haswell` on other AVX2 CPUs) unless the
+/// user has set it. Without a BLAS the plain Swift reference GEMM is used.
+public enum BLAS {
+    typealias SgemmFunction = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Float,
+                                              UnsafePointer<Float>?, Int32, UnsafePointer<Float>?, Int32, Float,
+                                              UnsafeMutablePointer<Float>?, Int32) -> Void
+    typealias DgemmFunction = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Double,
+                                              UnsafePointer<Double>?, Int32, UnsafePointer<Double>?, Int32, Double,
+                                              UnsafeMutablePointer<Double>?, Int32) -> Void
+    typealias SetThreadsFunction = @convention(c) (Int32) -> Void
+    typealias CoreNameFunction = @convention(c) () -> UnsafeMutablePointer<CChar>?
+
+    struct Library {
+        var sgemm: SgemmFunction?
+        var dgemm: DgemmFunction?
+        var setThreads: SetThreadsFunction?
+        var coreName: CoreNameFunction?
+        var path: String?
+    }
+
+    nonisolated(unsafe) static var library: Library = load()
+
+    /// The loaded BLAS library, or nil when the Swift reference GEMM is used.
+    public static var libraryPath: String? { library.path }
+
+    /// OpenBLAS's name for the kernels it chose (`SkylakeX`, `Haswell`, `Prescott`, …), when known.
+    public static var coreName: String? {
+        guard let f = library.coreName, let name = f() else { return nil }
+        return String(cString: name)
+    }
+
+    /// The core type to ask OpenBLAS for on this CPU, or nil to let it decide.
+    public static func preferredCoreType(cpuInfo: String) -> String? {
+        let flags = Set(cpuInfo.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).map(String.init))
+        let intel = cpuInfo.contains("GenuineIntel")
+        if intel && flags.contains("avx512f") && flags.contains("avx512bw") { return "SkylakeX" }
+        if flags.contains("avx2") && flags.contains("fma") { return "Haswell" }
+        return nil
+    }
+
+    static func readCPUInfo() -> String {
+        guard let f = fopen("/proc/cpuinfo", "r") else { return "" }
+        defer { fclose(f) }
+        var text = ""
+        var line = [CChar](repeating: 0, count: 4096)
+        var lines = 0
+        while fgets(&line, Int32(line.count), f) != nil, lines < 64 {  // the first CPU's block is enough
+            let s = String(cString: line)
+            text += s
+            lines += 1
+            if s == "\n" { break }
+        }
+        return text
+    }
+
+    static func load() -> Library {
+        var lib = Library()
+        #if os(Linux)
+        if getenv("OPENBLAS_CORETYPE") == nil, let core = preferredCoreType(cpuInfo: readCPUInfo()) {
+            setenv("OPENBLAS_CORETYPE", core, 0)
+        }
+        let candidates = ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"]
+        #else
+        let candidates = ["/System/Library/Frameworks/Accelerate.framework/Accelerate"]
+        #endif
+        for path in candidates {
+            guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL), let s = dlsym(handle, "cblas_sgemm") else { continue }
+            lib.sgemm = unsafeBitCast(s, to: SgemmFunction.self)
+            lib.dgemm = dlsym(handle, "cblas_dgemm").map { unsafeBitCast($0, to: DgemmFunction.self) }
+            lib.setThreads = dlsym(handle, "openblas_set_num_threads").map { unsafeBitCast($0, to: SetThreadsFunction.self) }
+            lib.coreName = dlsym(handle, "openblas_get_corename").map { unsafeBitCast($0, to: CoreNameFunction.self) }
+            lib.path = path
+            break
+        }
+        return lib
+    }
+
+    /// Threads used by the BLAS for each product.
+    public static func setThreads(_ n: Int) {
+        library.setThreads?(Int32(max(1, n)))
+    }
+
+    static let rowMajor: Int32 = 101
+    static func op(_ transposed: Bool) -> Int32 { transposed ? 112 : 111 }
+}
+
+/// Element types the kernels compute in: Float for real work, Double for gradient checks.
+public protocol KernelScalar: BinaryFloatingPoint, SIMDScalar, Sendable {
+    /// C = alpha · op(A) · op(B) + beta · C, row-major; op(A) is M×K, op(B) is K×N.
+    static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Self,
+                     a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
+                     beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
+    func squareRoot() -> Self
+    static func exp(_ x: Self) -> Self
+    static func log(_ x: Self) -> Self
+    static func cos(_ x: Self) -> Self
+    static func sin(_ x: Self) -> Self
+    static func pow(_ x: Self, _ y: Self) -> Self
+}
+
+extension Float: KernelScalar {
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        if let f = BLAS.library.sgemm {
+            f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
+              b, Int32(ldb), beta, c, Int32(ldc))
+        } else {
+            ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                               b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
+    }
+    public static func exp(_ x: Float) -> Float { expf(x) }
+    public static func log(_ x: Float) -> Float { logf(x) }
+    public static func cos(_ x: Float) -> Float { cosf(x) }
+    public static func sin(_ x: Float) -> Float { sinf(x) }
+    public static func pow(_ x: Float, _ y: Float) -> Float { powf(x, y) }
+}
+
+extension Double: KernelScalar {
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double,
+                            a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+                            beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        if let f = BLAS.library.dgemm {
+            f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
+              b, Int32(ldb), beta, c, Int32(ldc))
+        } else {
+            ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                               b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
+    }
+    public static func exp(_ x: Double) -> Double { LibM.exp(x) }
+    public static func log(_ x: Double) -> Double { LibM.log(x) }
+    public static func cos(_ x: Double) -> Double { LibM.cos(x) }
+    public static func sin(_ x: Double) -> Double { LibM.sin(x) }
+    public static func pow(_ x: Double, _ y: Double) -> Double { LibM.pow(x, y) }
+}
+
+/// The plain triple loop, the reference the BLAS path is tested against (and the fallback without a BLAS).
+public enum ReferenceGEMM {
+    public static func gemm<T: BinaryFloatingPoint>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
+                                                   a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
+                                                   beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum: T = 0
+                for p in 0..<k {
+                    let x = transA ? a[p * lda + i] : a[i * lda + p]
+                    let y = transB ? b[j * ldb + p] : b[p * ldb + j]
+                    sum += x * y
+                }
+                c[i * ldc + j] = alpha * sum + (beta == 0 ? 0 : beta * c[i * ldc + j])
+            }
+        }
+    }
+}

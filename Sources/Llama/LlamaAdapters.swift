@@ -1,0 +1,36 @@
+import Kernels
+import LoRA
+
+extension LlamaModel {
+    /// The (in, out) features a LoRA pair on base tensor `name` must have, or nil when the model has no such
+    /// adaptable weight.
+    public func expectedFeatures(of name: String) -> (in: Int, out: Int)? {
+        for target in LoRATarget.allCases {
+            if target.isPerLayer {
+                for l in 0..<config.layers where target.baseName(layer: l) == name { return config.features(of: target) }
+            } else if target.rawValue == name {
+                return config.features(of: target)
+            }
+        }
+        return nil
+    }
+
+    /// Checks that every pair of `adapter` fits this model; the error names the first tensor that does not.
+    public func validate(_ adapter: LoRAAdapter<T>, source: String) throws {
+        for name in adapter.order {
+            let pair = adapter[name]!
+            guard let (inF, outF) = expectedFeatures(of: name) else {
+                throw LoRAError.mismatch("\(source): LoRA tensor '\(name)' has no matching weight in the model (\(config.layers) layers)")
+            }
+            guard pair.inFeatures == inF, pair.outFeatures == outF else {
+                throw LoRAError.mismatch("\(source): LoRA tensor '\(name)' maps \(pair.inFeatures) → \(pair.outFeatures) features, the model's weight maps \(inF) → \(outF)")
+            }
+        }
+    }
+
+    /// Applies `adapter` at run time with `multiplier` (after checking it fits).
+    public func attach(_ adapter: LoRAAdapter<T>, multiplier: T = 1, trainable: Bool = false, source: String = "adapter") throws {
+        try validate(adapter, source: source)
+        adapters.append(AppliedAdapter(adapter, multiplier: multiplier, trainable: trainable))
+    }
+}

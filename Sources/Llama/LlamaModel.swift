@@ -1,0 +1,176 @@
+import GGUF
+import Kernels
+import LoRA
+
+/// What one layer's forward keeps for its backward.
+///
+/// Shapes (N tokens, C embedding, F feed-forward): xIn, h1, xMid, h2 [N, C]; q, attn [N, H·d]; k, v [N, KV·d];
+/// probs [batch, H, T, T]; gate, up, act [N, F]; rstd1, rstd2 [N]; lora: the x·Aᵀ products by weight name.
+final class LayerCache<T: KernelScalar> {
+    var xIn: [T] = [], h1: [T] = [], rstd1: [T] = []
+    var q: [T] = [], k: [T] = [], v: [T] = [], probs: [T] = [], attn: [T] = []
+    var xMid: [T] = [], h2: [T] = [], rstd2: [T] = []
+    var gate: [T] = [], up: [T] = [], act: [T] = []
+    var lora: [String: [[T]]] = [:]
+
+    var byteCount: Int {
+        let arrays = [xIn, h1, rstd1, q, k, v, probs, attn, xMid, h2, rstd2, gate, up, act]
+        return (arrays.reduce(0) { $0 + $1.count } + lora.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } })
+            * MemoryLayout<T>.size
+    }
+}
+
+/// A llama-architecture model: forward and backward with LoRA on frozen (possibly quantized) weights.
+///
+/// `T` is Float for real work; Double serves the gradient checks.
+public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
+    public let config: LlamaConfig
+    let weights: LlamaWeights<T>
+    let frequencies: [Double]
+    /// Adapters applied at run time (the trainable one included).
+    public var adapters: [AppliedAdapter<T>] = []
+    /// Keep only each layer's input in forward and recompute the layer in backward.
+    public var gradientCheckpointing = false
+    /// Rows of logits computed at once in the head (bounds the [rows, vocabulary] buffer).
+    public var headChunkRows = 256
+
+    public init(file: GGUFFile, cacheWeights: Bool = false) throws {
+        let config = try LlamaConfig(file: file)
+        self.config = config
+        weights = try LlamaWeights(file: file, config: config, cacheAll: cacheWeights)
+        var factors: [Float]?
+        if let t = file.tensor(named: "rope_freqs.weight") {
+            let f = try file.floats(of: t)
+            guard f.count == config.headDim / 2 else {
+                throw ModelError.badShape(path: file.path, tensor: t.name, found: t.dimensions, expected: [config.headDim / 2])
+            }
+            factors = f
+        }
+        frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
+                                           scale: 1 / Double(config.ropeScale), factors: factors)
+    }
+
+    func adaptersFor(_ name: String) -> WeightAdapters<T> { WeightAdapters(name, adapters) }
+
+    // MARK: - Forward
+
+    /// Final hidden states [N, C] after the output norm for `batch` sequences of `length` tokens
+    /// (token rows of each sequence contiguous), keeping what backward needs when `caches` is given.
+    func hidden(tokens: [Int32], batch: Int, length: Int, caches: inout [LayerCache<T>]?,
+                layerInputs: inout [[T]]?) throws -> (x: [T], rstd: [T], hf: [T]) {
+        let n = tokens.count
+        guard n == batch * length, n > 0 else {
+            throw ModelError.invalidInput("batch of \(tokens.count) tokens is not \(batch) × \(length)")
+        }
+        var x = try weights.embeddings(tokens)
+        addEmbeddingLoRA(tokens: tokens, x: &x)
+        let rope = RoPE<T>(positions: (0..<n).map { Int32($0 % length) }, frequencies: frequencies)
+        let attention = Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads,
+                                     headDim: config.headDim)
+        for l in 0..<config.layers {
+            let w = try weights.layer(l)
+            let cache = LayerCache<T>()
+            layerInputs?.append(x)
+            x = layerForward(l, x: x, w: w, rope: rope, attention: attention, cache: cache)
+            if caches != nil && layerInputs == nil { caches!.append(cache) }
+        }
+        var hf = [T](repeating: 0, count: n * config.embedding)
+        var rstd = [T](repeating: 0, count: n)
+        RMSNorm.forward(x: x, weight: weights.outputNorm, y: &hf, rstd: &rstd, rows: n, cols: config.embedding,
+                        eps: T(config.rmsEpsilon))
+        return (x, rstd, hf)
+    }
+
+    /// One transformer block; fills `cache` and returns the block's output [N, C].
+    func layerForward(_ l: Int, x: [T], w: LayerWeights<T>, rope: RoPE<T>, attention: Attention<T>,
+                      cache c: LayerCache<T>) -> [T] {
+        let n = x.count / config.embedding, C = config.embedding, F = config.feedForward
+        let p = "blk.\(l)."
+        c.xIn = x
+        c.h1 = [T](repeating: 0, count: n * C)
+        c.rstd1 = [T](repeating: 0, count: n)
+        RMSNorm.forward(x: x, weight: w.attnNorm, y: &c.h1, rstd: &c.rstd1, rows: n, cols: C, eps: T(config.rmsEpsilon))
+        c.q = linear(p + "attn_q", c.h1, n, C, config.qDim, w.q, c)
+        c.k = linear(p + "attn_k", c.h1, n, C, config.kvDim, w.k, c)
+        c.v = linear(p + "attn_v", c.h1, n, C, config.kvDim, w.v, c)
+        c.q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
+        c.k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads) }
+        c.probs = [T](repeating: 0, count: attention.probsCount)
+        c.attn = [T](repeating: 0, count: n * config.qDim)
+        attention.forward(q: c.q, k: c.k, v: c.v, out: &c.attn, probs: &c.probs)
+        let o = linear(p + "attn_output", c.attn, n, config.qDim, C, w.o, c)
+        c.xMid = zip(x, o).map { $0 + $1 }
+        c.h2 = [T](repeating: 0, count: n * C)
+        c.rstd2 = [T](repeating: 0, count: n)
+        RMSNorm.forward(x: c.xMid, weight: w.ffnNorm, y: &c.h2, rstd: &c.rstd2, rows: n, cols: C, eps: T(config.rmsEpsilon))
+        c.gate = linear(p + "ffn_gate", c.h2, n, C, F, w.gate, c)
+        c.up = linear(p + "ffn_up", c.h2, n, C, F, w.up, c)
+        c.act = [T](repeating: 0, count: n * F)
+        SwiGLU.forward(gate: c.gate, up: c.up, out: &c.act, count: n * F)
+        let down = linear(p + "ffn_down", c.act, n, F, C, w.down, c)
+        return zip(c.xMid, down).map { $0 + $1 }
+    }
+
+    func linear(_ name: String, _ x: [T], _ n: Int, _ inF: Int, _ outF: Int, _ w: [T], _ cache: LayerCache<T>) -> [T] {
+        var y = [T](repeating: 0, count: n * outF)
+        var saved: [[T]] = []
+        LinearLoRA.forward(x: x, n: n, inFeatures: inF, outFeatures: outF, weight: w, adapters: adaptersFor(name),
+                           y: &y, saved: &saved)
+        cache.lora[name] = saved
+        return y
+    }
+
+    /// token_embd LoRA: x[t] += s · B · A[:, token].
+    func addEmbeddingLoRA(tokens: [Int32], x: inout [T]) {
+        let C = config.embedding, V = config.vocabulary
+        for (pair, scale, _) in adaptersFor("token_embd").pairs {
+            let r = pair.rank
+            for (t, token) in tokens.enumerated() {
+                for o in 0..<C {
+                    var sum: T = 0
+                    for j in 0..<r { sum += pair.b[o * r + j] * pair.a[j * V + Int(token)] }
+                    x[t * C + o] += scale * sum
+                }
+            }
+        }
+    }
+
+    /// Logits [rows.count, V] for the rows `rows` of the final hidden states.
+    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>) -> [T] {
+        let C = config.embedding, V = config.vocabulary
+        var logits = [T](repeating: 0, count: rows.count * V)
+        var saved: [[T]] = []
+        weights.head.withUnsafeBufferPointer { w in
+            LinearLoRA.forward(x: hf + rows.lowerBound * C, n: rows.count, inFeatures: C, outFeatures: V,
+                               weight: w.baseAddress!, adapters: adaptersFor("output"), y: &logits, saved: &saved)
+        }
+        return logits
+    }
+
+    /// Logits [N, V] of every position (for tests and small inputs; perplexity uses `scoredLogits`).
+    public func logits(tokens: [Int32], batch: Int = 1) throws -> [T] {
+        var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
+        let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: tokens.count / max(batch, 1),
+                                    caches: &caches, layerInputs: &inputs)
+        return hf.withUnsafeBufferPointer { headLogits($0.baseAddress!, rows: 0..<tokens.count) }
+    }
+
+    /// Mean next-token loss over the scored targets (−1 = not scored), forward only.
+    public func loss(tokens: [Int32], targets: [Int32], batch: Int) throws -> (sum: Double, count: Int) {
+        var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
+        let n = tokens.count
+        let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1), caches: &caches, layerInputs: &inputs)
+        var total = 0.0
+        hf.withUnsafeBufferPointer { hf in
+            targets.withUnsafeBufferPointer { tg in
+                for start in stride(from: 0, to: n, by: headChunkRows) {
+                    let rows = start..<min(n, start + headChunkRows)
+                    var logits = headLogits(hf.baseAddress!, rows: rows)
+                    total += CrossEntropy.forwardBackward(logits: &logits, targets: tg.baseAddress! + start, rows: rows.count,
+                                                          vocab: config.vocabulary, gradientScale: 0, gradient: false)
+                }
+            }
+        }
+        return (total, targets.filter { $0 >= 0 && Int($0) < config.vocabulary }.count)
+    }
+}
