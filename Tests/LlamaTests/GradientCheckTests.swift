@@ -1,0 +1,161 @@
+import Foundation
+import GGUF
+import Kernels
+import Llama
+import LoRA
+import TestSupport
+import XCTest
+
+/// Backward passes against central finite differences in Double.
+final class GradientCheckTests: XCTestCase {
+    var rng = SplitMix64(seed: 11)
+
+    func random(_ n: Int, _ scale: Double = 1) -> [Double] { (0..<n).map { _ in Double(rng.nextSigned()) * scale } }
+
+    /// Checks dL/dθ for L = Σ f(θ)·g (a random projection of the op's output) against central differences.
+    func check(_ name: String, params: inout [Double], analytic: [Double], tolerance: Double = 1e-6,
+               loss: ([Double]) -> Double) {
+        let h = 1e-5
+        var worst = 0.0
+        for i in stride(from: 0, to: params.count, by: max(1, params.count / 40)) {
+            let saved = params[i]
+            params[i] = saved + h
+            let up = loss(params)
+            params[i] = saved - h
+            let down = loss(params)
+            params[i] = saved
+            let numeric = (up - down) / (2 * h)
+            worst = max(worst, abs(numeric - analytic[i]) / max(1e-3, abs(numeric) + abs(analytic[i])))
+        }
+        XCTAssertLessThan(worst, tolerance, name)
+    }
+
+    func testRMSNorm() {
+        let rows = 3, cols = 8
+        var x = random(rows * cols), w = random(cols), g = random(rows * cols)
+        func f(_ x: [Double], _ w: [Double]) -> Double {
+            var y = [Double](repeating: 0, count: rows * cols)
+            RMSNorm.forward(x: x, weight: w, y: &y, rstd: nil, rows: rows, cols: cols, eps: 1e-5)
+            return zip(y, g).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var y = [Double](repeating: 0, count: rows * cols), rstd = [Double](repeating: 0, count: rows)
+        RMSNorm.forward(x: x, weight: w, y: &y, rstd: &rstd, rows: rows, cols: cols, eps: 1e-5)
+        var dx = [Double](repeating: 0, count: rows * cols)
+        RMSNorm.backward(dy: g, x: x, weight: w, rstd: rstd, dx: &dx, rows: rows, cols: cols)
+        check("rmsnorm dx", params: &x, analytic: dx) { f($0, w) }
+        _ = w.count; w[0] += 0
+    }
+
+    func testSwiGLU() {
+        let n = 16
+        var gate = random(n, 3), up = random(n), g = random(n)
+        func f(_ a: [Double], _ b: [Double]) -> Double {
+            var out = [Double](repeating: 0, count: n)
+            SwiGLU.forward(gate: a, up: b, out: &out, count: n)
+            return zip(out, g).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var dg = [Double](repeating: 0, count: n), du = dg
+        SwiGLU.backward(dOut: g, gate: gate, up: up, dGate: &dg, dUp: &du, count: n)
+        check("swiglu gate", params: &gate, analytic: dg) { f($0, up) }
+        check("swiglu up", params: &up, analytic: du) { f(gate, $0) }
+    }
+
+    func testRoPE() {
+        let tokens = 5, heads = 2, d = 8
+        var x = random(tokens * heads * d), g = random(tokens * heads * d)
+        let rope = RoPE<Double>(positions: [0, 1, 2, 7, 30], frequencies: RoPE<Double>.frequencies(headDim: d, base: 10000))
+        func f(_ x: [Double]) -> Double {
+            var y = x
+            y.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: tokens, heads: heads) }
+            return zip(y, g).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var dx = g
+        dx.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: tokens, heads: heads, inverse: true) }
+        check("rope", params: &x, analytic: dx, loss: f)
+        _ = g.count; g[0] += 0
+    }
+
+    func testAttentionWithGroupedKeys() {
+        let batch = 2, L = 4, H = 4, KV = 2, d = 4
+        let att = Attention<Double>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d)
+        var q = random(batch * L * H * d), k = random(batch * L * KV * d), v = random(batch * L * KV * d)
+        let g = random(batch * L * H * d)
+        func f(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {
+            var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.probsCount)
+            att.forward(q: q, k: k, v: v, out: &out, probs: &p)
+            return zip(out, g).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.probsCount)
+        att.forward(q: q, k: k, v: v, out: &out, probs: &p)
+        var dq = [Double](repeating: 0, count: q.count), dk = [Double](repeating: 0, count: k.count), dv = dk
+        var scratch = [Double](repeating: 0, count: L * L)
+        att.backward(dOut: g, q: q, k: k, v: v, probs: p, dq: &dq, dk: &dk, dv: &dv, scratch: &scratch)
+        check("attention q", params: &q, analytic: dq) { f($0, k, v) }
+        check("attention k", params: &k, analytic: dk) { f(q, $0, v) }
+        check("attention v", params: &v, analytic: dv) { f(q, k, $0) }
+        // Causality: the first position's output only sees the first key.
+        var k2 = k
+        for i in (KV * d)..<(L * KV * d) { k2[i] += 1 }
+        var out2 = out
+        att.forward(q: q, k: k2, v: v, out: &out2, probs: &p)
+        for i in 0..<(H * d) { XCTAssertEqual(out2[i], out[i], accuracy: 1e-12) }
+    }
+
+    func testCrossEntropy() {
+        let rows = 3, vocab = 7
+        var logits = random(rows * vocab, 2)
+        let targets: [Int32] = [2, -1, 6]
+        func f(_ l: [Double]) -> Double {
+            var copy = l
+            return CrossEntropy.forwardBackward(logits: &copy, targets: targets, rows: rows, vocab: vocab, gradientScale: 1, gradient: false)
+        }
+        var grad = logits
+        CrossEntropy.forwardBackward(logits: &grad, targets: targets, rows: rows, vocab: vocab, gradientScale: 1, gradient: true)
+        check("cross-entropy", params: &logits, analytic: grad, loss: f)
+    }
+
+    /// The whole tiny model's LoRA gradients (every target, GQA, tied and untied heads) against finite differences.
+    func testWholeModelLoRAGradients() throws {
+        for tied in [false, true] {
+            var tiny = TinyLlama()
+            tiny.tied = tied
+            tiny.vocabularySize = 48
+            tiny.embeddingLength = 16
+            tiny.headCount = 4
+            tiny.kvHeadCount = 2
+            tiny.feedForwardLength = 24
+            let path = temporaryDirectory() + "/tiny.gguf"
+            try tiny.write(to: path)
+            let model = try LlamaModel<Double>(file: GGUFFile(path: path))
+            model.headChunkRows = 5  // several chunks
+            let adapter = try LoRAAdapter<Double>.initialized(
+                layers: model.config.layers, shapes: { model.config.features(of: $0) }, targets: LoRATarget.allCases,
+                rank: { $0 == .ffnDown ? 3 : 2 }, alpha: 4, rsLoRA: false, seed: 5)
+            for name in adapter.order { adapter[name]!.b = random(adapter[name]!.b.count, 0.3) }  // B ≠ 0 so A gets gradient
+            try model.attach(adapter, trainable: true)
+            let tokens: [Int32] = [3, 17, 5, 9, 40, 2, 11, 30, 7, 7, 1, 45]
+            let targets: [Int32] = [17, 5, 9, 40, -1, 11, 30, 7, 7, 1, 45, 0]
+            for checkpointing in [false, true] {
+                model.gradientCheckpointing = checkpointing
+                adapter.zeroGradients()
+                let (sum, count) = try model.forwardBackward(tokens: tokens, targets: targets, batch: 2, lossScale: 1.0 / 11)
+                XCTAssertEqual(count, 11)
+                let lossOnly = try model.loss(tokens: tokens, targets: targets, batch: 2)
+                XCTAssertEqual(sum, lossOnly.sum, accuracy: 1e-10)
+                for name in adapter.order {
+                    let pair = adapter[name]!
+                    func loss() -> Double { (try! model.loss(tokens: tokens, targets: targets, batch: 2).sum) / 11 }
+                    let originalA = pair.a, originalB = pair.b
+                    var a = originalA
+                    check("\(name).A tied=\(tied)", params: &a, analytic: pair.gradA, tolerance: 1e-5) { v in
+                        pair.a = v; defer { pair.a = originalA }; return loss()
+                    }
+                    var b = originalB
+                    check("\(name).B tied=\(tied)", params: &b, analytic: pair.gradB, tolerance: 1e-5) { v in
+                        pair.b = v; defer { pair.b = originalB }; return loss()
+                    }
+                }
+            }
+        }
+    }
+}
