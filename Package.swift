@@ -23,17 +23,21 @@ let package = Package(
             dependencies: [
                 "GGUF",
                 "Tokenizer",
+                "Kernels",
+                "LoRA",
+                "Llama",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "lorakit-bench",
-            dependencies: ["GGUF", "Tokenizer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["GGUF", "Tokenizer", "Kernels", "LoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .target(name: "TestSupport", dependencies: ["GGUF"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "TestSupport"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

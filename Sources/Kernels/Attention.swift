@@ -11,6 +11,8 @@ public struct Attention<T: KernelScalar> {
     public let kvHeads: Int
     public let headDim: Int
 
+    @inlinable
+
     public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int) {
         self.batch = batch
         self.length = length
@@ -19,12 +21,14 @@ public struct Attention<T: KernelScalar> {
         self.headDim = headDim
     }
 
-    var qStride: Int { heads * headDim }
-    var kvStride: Int { kvHeads * headDim }
-    var scale: T { 1 / T(headDim).squareRoot() }
+    @usableFromInline var qStride: Int { heads * headDim }
+    @usableFromInline var kvStride: Int { kvHeads * headDim }
+    @usableFromInline var scale: T { 1 / T(headDim).squareRoot() }
     public var probsCount: Int { batch * heads * length * length }
 
-    func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
+    @usableFromInline func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
+
+    @inlinable
 
     public func forward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                         out: UnsafeMutablePointer<T>, probs: UnsafeMutablePointer<T>) {
@@ -45,7 +49,7 @@ public struct Attention<T: KernelScalar> {
     }
 
     /// Softmax over the first `visible` entries of a row; the rest become 0.
-    static func causalSoftmax(_ row: UnsafeMutablePointer<T>, count: Int, visible: Int) {
+    @usableFromInline static func causalSoftmax(_ row: UnsafeMutablePointer<T>, count: Int, visible: Int) {
         var m = row[0]
         for j in 1..<visible where row[j] > m { m = row[j] }
         var sum: T = 0
@@ -61,6 +65,7 @@ public struct Attention<T: KernelScalar> {
 
     /// Writes dq and accumulates into dk, dv (which the caller zeroes).
     ///   dP = dOut·vᵀ, dv += Pᵀ·dOut, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dq = dS·k/√d, dk += dSᵀ·q/√d
+    @inlinable
     public func backward(dOut: UnsafePointer<T>, q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                          probs: UnsafePointer<T>, dq: UnsafeMutablePointer<T>, dk: UnsafeMutablePointer<T>,
                          dv: UnsafeMutablePointer<T>, scratch: UnsafeMutablePointer<T>) {

@@ -1,20 +1,20 @@
 #if canImport(Glibc)
 import Glibc
-enum LibM {
-    static func exp(_ x: Double) -> Double { Glibc.exp(x) }
-    static func log(_ x: Double) -> Double { Glibc.log(x) }
-    static func cos(_ x: Double) -> Double { Glibc.cos(x) }
-    static func sin(_ x: Double) -> Double { Glibc.sin(x) }
-    static func pow(_ x: Double, _ y: Double) -> Double { Glibc.pow(x, y) }
+@usableFromInline enum LibM {
+    @usableFromInline static func exp(_ x: Double) -> Double { Glibc.exp(x) }
+    @usableFromInline static func log(_ x: Double) -> Double { Glibc.log(x) }
+    @usableFromInline static func cos(_ x: Double) -> Double { Glibc.cos(x) }
+    @usableFromInline static func sin(_ x: Double) -> Double { Glibc.sin(x) }
+    @usableFromInline static func pow(_ x: Double, _ y: Double) -> Double { Glibc.pow(x, y) }
 }
 #elseif canImport(Darwin)
 import Darwin
-enum LibM {
-    static func exp(_ x: Double) -> Double { Darwin.exp(x) }
-    static func log(_ x: Double) -> Double { Darwin.log(x) }
-    static func cos(_ x: Double) -> Double { Darwin.cos(x) }
-    static func sin(_ x: Double) -> Double { Darwin.sin(x) }
-    static func pow(_ x: Double, _ y: Double) -> Double { Darwin.pow(x, y) }
+@usableFromInline enum LibM {
+    @usableFromInline static func exp(_ x: Double) -> Double { Darwin.exp(x) }
+    @usableFromInline static func log(_ x: Double) -> Double { Darwin.log(x) }
+    @usableFromInline static func cos(_ x: Double) -> Double { Darwin.cos(x) }
+    @usableFromInline static func sin(_ x: Double) -> Double { Darwin.sin(x) }
+    @usableFromInline static func pow(_ x: Double, _ y: Double) -> Double { Darwin.pow(x, y) }
 }
 #endif
 

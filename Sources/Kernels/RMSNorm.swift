@@ -3,6 +3,7 @@
 /// Shapes: x, y, dy, dx [rows, cols]; weight [cols]; rstd [rows] (saved by forward for backward).
 ///   y = x · rstd · w,  rstd = 1 / sqrt(mean(x²) + eps)
 public enum RMSNorm {
+    @inlinable
     public static func forward<T: KernelScalar>(x: UnsafePointer<T>, weight: UnsafePointer<T>,
                                                 y: UnsafeMutablePointer<T>, rstd: UnsafeMutablePointer<T>?,
                                                 rows: Int, cols: Int, eps: T) {
@@ -18,6 +19,7 @@ public enum RMSNorm {
 
     /// Adds dL/dx to `dx` (the residual stream's gradient accumulates there). The weight is frozen.
     ///   g = dy·w;  dx += rstd·g − x·rstd³·mean(g·x)
+    @inlinable
     public static func backward<T: KernelScalar>(dy: UnsafePointer<T>, x: UnsafePointer<T>, weight: UnsafePointer<T>,
                                                  rstd: UnsafePointer<T>, dx: UnsafeMutablePointer<T>,
                                                  rows: Int, cols: Int) {
@@ -36,6 +38,7 @@ public enum RMSNorm {
 ///
 /// Shapes: g, u, a, da, dg, du [n] (any layout, element-wise).
 public enum SwiGLU {
+    @inlinable
     public static func forward<T: KernelScalar>(gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                 out: UnsafeMutablePointer<T>, count: Int) {
         for i in 0..<count {
@@ -45,6 +48,7 @@ public enum SwiGLU {
     }
 
     /// dg = da·u·sigmoid(g)·(1 + g·(1 − sigmoid(g))),  du = da·silu(g)
+    @inlinable
     public static func backward<T: KernelScalar>(dOut: UnsafePointer<T>, gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                  dGate: UnsafeMutablePointer<T>, dUp: UnsafeMutablePointer<T>,
                                                  count: Int) {
@@ -68,6 +72,7 @@ public struct RoPE<T: KernelScalar> {
     public let half: Int
 
     /// Frequencies base^(−2i/d) · scale, divided by per-dimension `factors` (LLaMA 3.1's `rope_freqs`) if given.
+    @inlinable
     public static func frequencies(headDim: Int, base: Double, scale: Double = 1, factors: [Float]? = nil) -> [Double] {
         (0..<(headDim / 2)).map { i in
             let f = scale / LibM.pow(base, Double(2 * i) / Double(headDim))
@@ -76,6 +81,7 @@ public struct RoPE<T: KernelScalar> {
     }
 
     /// The cos/sin table for `positions` (computed in Double, once per batch, shared by all layers).
+    @inlinable
     public init(positions: [Int32], frequencies: [Double]) {
         half = frequencies.count
         var c = [T](repeating: 0, count: positions.count * half), s = c
@@ -91,6 +97,7 @@ public struct RoPE<T: KernelScalar> {
     }
 
     /// Rotates in place; `inverse` rotates by −θ (the backward of the forward rotation).
+    @inlinable
     public func apply(_ x: UnsafeMutablePointer<T>, tokens: Int, heads: Int, inverse: Bool = false) {
         let headDim = 2 * half
         cosines.withUnsafeBufferPointer { cs in
@@ -118,8 +125,8 @@ public struct RoPE<T: KernelScalar> {
 /// scored); losses [rows] (0 for unscored rows).
 public enum CrossEntropy {
     /// Returns the summed loss of the scored rows.
-    @discardableResult
-    public static func forwardBackward<T: KernelScalar>(logits: UnsafeMutablePointer<T>, targets: UnsafePointer<Int32>,
+    @inlinable @discardableResult
+        public static func forwardBackward<T: KernelScalar>(logits: UnsafeMutablePointer<T>, targets: UnsafePointer<Int32>,
                                                         rows: Int, vocab: Int, gradientScale: T, gradient: Bool,
                                                         losses: UnsafeMutablePointer<T>? = nil) -> Double {
         var total = 0.0

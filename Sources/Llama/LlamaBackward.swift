@@ -7,6 +7,7 @@ extension LlamaModel {
     /// tokens of the whole optimizer step, so accumulated micro-batches equal one large batch).
     ///
     /// Shapes: tokens, targets [batch · length] (targets −1 = not scored).
+    @_specialize(exported: true, where T == Float)
     public func forwardBackward(tokens: [Int32], targets: [Int32], batch: Int, lossScale: T) throws -> (sum: Double, count: Int) {
         let n = tokens.count, C = config.embedding, V = config.vocabulary
         guard targets.count == n else { throw ModelError.invalidInput("\(targets.count) targets for \(n) tokens") }

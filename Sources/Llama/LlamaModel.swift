@@ -148,6 +148,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     }
 
     /// Logits [N, V] of every position (for tests and small inputs; perplexity uses `scoredLogits`).
+    @_specialize(exported: true, where T == Float)
     public func logits(tokens: [Int32], batch: Int = 1) throws -> [T] {
         var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
         let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: tokens.count / max(batch, 1),
@@ -156,6 +157,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     }
 
     /// Mean next-token loss over the scored targets (−1 = not scored), forward only.
+    @_specialize(exported: true, where T == Float)
     public func loss(tokens: [Int32], targets: [Int32], batch: Int) throws -> (sum: Double, count: Int) {
         var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
         let n = tokens.count
@@ -172,5 +174,33 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
             }
         }
         return (total, targets.filter { $0 >= 0 && Int($0) < config.vocabulary }.count)
+    }
+}
+
+extension LlamaModel {
+    /// Negative log-likelihoods of next-token predictions: for each of the `batch` sequences (each `length`
+    /// tokens of `tokens`), the logits at positions `scored` predict the token after each. Only those rows of
+    /// the vocabulary head are computed.
+    @_specialize(exported: true, where T == Float)
+    public func negativeLogLikelihoods(tokens: [Int32], batch: Int, scored: Range<Int>) throws -> [Double] {
+        let length = tokens.count / max(batch, 1)
+        guard scored.lowerBound >= 0, scored.upperBound < length else {
+            throw ModelError.invalidInput("scored positions \(scored) must predict tokens inside sequences of \(length)")
+        }
+        var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
+        let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: length, caches: &caches, layerInputs: &inputs)
+        var out: [Double] = []
+        hf.withUnsafeBufferPointer { hf in
+            for b in 0..<batch {
+                let rows = (b * length + scored.lowerBound)..<(b * length + scored.upperBound)
+                var logits = headLogits(hf.baseAddress!, rows: rows)
+                let targets = rows.map { tokens[$0 + 1] }
+                var losses = [T](repeating: 0, count: rows.count)
+                CrossEntropy.forwardBackward(logits: &logits, targets: targets, rows: rows.count, vocab: config.vocabulary,
+                                             gradientScale: 0, gradient: false, losses: &losses)
+                out += losses.map { Double($0) }
+            }
+        }
+        return out
     }
 }

@@ -22,7 +22,7 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
 
     static func load(_ file: GGUFFile, _ name: String) throws -> [T] {
         let floats = try file.floats(of: try file.requireTensor(name))
-        if T.self == Float.self { return floats as! [T] }
+        if T.self == Float.self { return unsafeBitCast(floats, to: [T].self) }  // no per-element cast
         return floats.map { T($0) }
     }
 

@@ -32,3 +32,7 @@ extension CLI {
         text.withUTF8 { _ = fwrite($0.baseAddress, 1, $0.count, stderr) }
     }
 }
+
+extension CLI {
+    static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+}
