@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, fetches SmolLM2 when missing, builds, runs unit and integration tests.
+# Runs every test: installs what is missing, fetches SmolLM2 when missing, builds once in release mode (the model
+# tests run real forward/backward passes), and runs unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/fetch-model.sh
 export LORAKIT_REQUIRE_MODEL=1
-swift build --build-tests
-swift test --skip-build 2>&1 | tee .build/test.log
+mkdir -p .build
+swift build -c release --build-tests
+swift test -c release --skip-build 2>&1 | tee .build/test.log
 grep -q "with 0 failures" .build/test.log

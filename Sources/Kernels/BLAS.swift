@@ -105,6 +105,16 @@ public enum BLAS {
         library.setThreads?(Int32(max(1, n)))
     }
 
+    /// When set, every Float product adds its wall time to `gemmNanoseconds` (for benchmarks).
+    nonisolated(unsafe) public static var measureGEMM = false
+    nonisolated(unsafe) public static var gemmNanoseconds: UInt64 = 0
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
     static let rowMajor: Int32 = 101
     static func op(_ transposed: Bool) -> Int32 { transposed ? 112 : 111 }
 }
@@ -128,6 +138,8 @@ extension Float: KernelScalar {
                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0 else { return }
+        let start = BLAS.measureGEMM ? BLAS.now() : 0
+        defer { if BLAS.measureGEMM { BLAS.gemmNanoseconds += BLAS.now() - start } }
         if let f = BLAS.library.sgemm {
             f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
               b, Int32(ldb), beta, c, Int32(ldc))

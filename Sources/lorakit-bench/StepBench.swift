@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import GGUF
+import Kernels
+import Llama
+import LoRA
+
+/// One forward + backward of a LoRA training step, as the model issue defines the benchmark.
+struct StepBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "step", abstract: "Seconds per forward+backward step, tokens/s, GEMM share, peak memory.")
+
+    @Option(name: .shortAndLong) var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option var batch = 4
+    @Option var ctx = 256
+    @Option var rank = 8
+    @Option(help: "Thread counts to measure, comma-separated.") var threads = "1,2"
+    @Option var steps = 3
+    @Flag(name: .customLong("checkpointing")) var checkpointing = false
+    @Flag(name: .customLong("cache-weights")) var cacheWeights = false
+
+    func run() throws {
+        let file = try GGUFFile(path: model)
+        let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
+        llama.gradientCheckpointing = checkpointing
+        let adapter = try LoRAAdapter<Float>.initialized(layers: llama.config.layers, shapes: { llama.config.features(of: $0) },
+                                                         targets: LoRATarget.defaultTargets, rank: { _ in rank }, alpha: 16,
+                                                         rsLoRA: false, seed: 1)
+        try llama.attach(adapter, trainable: true)
+        let n = batch * ctx
+        var rng = SplitMix(seed: 3)
+        let tokens = (0..<n).map { _ in Int32(rng.next() % UInt64(llama.config.vocabulary)) }
+        let targets = Array(tokens.dropFirst()) + [0]
+        print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
+        for t in threads.split(separator: ",").compactMap({ Int($0) }) {
+            BLAS.setThreads(t)
+            _ = try llama.forwardBackward(tokens: tokens, targets: targets, batch: batch, lossScale: 1 / Float(n))  // warm-up
+            BLAS.measureGEMM = true
+            BLAS.gemmNanoseconds = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<steps {
+                adapter.zeroGradients()
+                _ = try llama.forwardBackward(tokens: tokens, targets: targets, batch: batch, lossScale: 1 / Float(n))
+            }
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(steps)
+            BLAS.measureGEMM = false
+            let gemm = Double(BLAS.gemmNanoseconds) / 1e9 / Double(steps)
+            print(String(format: "threads %d: %.2f s/step, %.0f tokens/s, GEMM %.0f%% of the step, peak RSS %.0f MB",
+                         t, elapsed, Double(n) / elapsed, 100 * gemm / elapsed, peakMemoryMB()))
+        }
+    }
+}
+
+func peakMemoryMB() -> Double {
+    var usage = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_maxrss) / 1024
+}
