@@ -18,6 +18,7 @@ let package = Package(
         .target(name: "Kernels"),
         .target(name: "LoRA", dependencies: ["GGUF", "Kernels"]),
         .target(name: "Llama", dependencies: ["GGUF", "Kernels", "LoRA"]),
+        .target(name: "Training", dependencies: ["GGUF", "Kernels", "LoRA", "Llama", "Tokenizer"]),
         .executableTarget(
             name: "lorakit",
             dependencies: [
@@ -26,6 +27,7 @@ let package = Package(
                 "Kernels",
                 "LoRA",
                 "Llama",
+                "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -24,9 +24,10 @@ final class LayerCache<T: KernelScalar> {
 ///
 /// `T` is Float for real work; Double serves the gradient checks.
 public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
-    public let config: LlamaConfig
+    public private(set) var config: LlamaConfig
     let weights: LlamaWeights<T>
-    let frequencies: [Double]
+    private(set) var frequencies: [Double]
+    private var ropeFactors: [Float]?
     /// Adapters applied at run time (the trainable one included).
     public var adapters: [AppliedAdapter<T>] = []
     /// Keep only each layer's input in forward and recompute the layer in backward.
@@ -46,8 +47,19 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
             }
             factors = f
         }
+        ropeFactors = factors
         frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
                                            scale: 1 / Double(config.ropeScale), factors: factors)
+    }
+
+    /// Replaces hyperparameters read from the file (the finetune's --norm-rms-eps, --rope-freq-base and
+    /// --rope-freq-scale; `ropeScale` is the linear scaling factor, 1/freq-scale).
+    public func override(rmsEpsilon: Float? = nil, ropeBase: Float? = nil, ropeScale: Float? = nil) {
+        if let e = rmsEpsilon { config.rmsEpsilon = e }
+        if let b = ropeBase { config.ropeBase = b }
+        if let s = ropeScale { config.ropeScale = s }
+        frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
+                                           scale: 1 / Double(config.ropeScale), factors: ropeFactors)
     }
 
     func adaptersFor(_ name: String) -> WeightAdapters<T> { WeightAdapters(name, adapters) }

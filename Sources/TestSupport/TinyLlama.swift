@@ -110,3 +110,22 @@ public func temporaryDirectory(_ name: String = "lorakit-test") -> String {
     _ = path.withCString { mkdir($0, 0o755) }
     return path
 }
+
+extension TinyLlama {
+    /// A byte-level BPE tokenizer over the 64 characters from space to '_' (no merges), plus `<s>` and `</s>`:
+    /// 66 tokens. Sets the vocabulary size to match.
+    public mutating func addTinyTokenizer(chatTemplate: String? = nil) {
+        vocabularySize = 66
+        var tokens: [MetadataValue] = (32..<96).map { .string(String(UnicodeScalar(UInt8($0)))) }
+        tokens[0] = .string("Ġ")  // byte-level BPE writes the space as Ġ
+        tokens += [.string("<s>"), .string("</s>")]
+        extraMetadata += [
+            ("tokenizer.ggml.model", .string("gpt2")), ("tokenizer.ggml.pre", .string("gpt-2")),
+            ("tokenizer.ggml.tokens", .array(.string, tokens)),
+            ("tokenizer.ggml.token_type", .array(.int32, [MetadataValue](repeating: .int32(1), count: 64) + [.int32(3), .int32(3)])),
+            ("tokenizer.ggml.merges", .array(.string, [])),
+            ("tokenizer.ggml.bos_token_id", .uint32(64)), ("tokenizer.ggml.eos_token_id", .uint32(65)),
+        ]
+        if let chatTemplate { extraMetadata.append(("tokenizer.chat_template", .string(chatTemplate))) }
+    }
+}

@@ -103,7 +103,8 @@ public final class Tokenizer: @unchecked Sendable {
 
     static func isCSpace(_ b: UInt8) -> Bool { b == 32 || (9...13).contains(b) }
 
-    static func find(_ needle: [UInt8], in haystack: [UInt8], _ range: Range<Int>) -> Int? {
+    /// First occurrence of `needle` inside `range` of `haystack`.
+    public static func find(_ needle: [UInt8], in haystack: [UInt8], _ range: Range<Int>) -> Int? {
         guard let first = needle.first, needle.count <= range.count else { return nil }
         var i = range.lowerBound
         let last = range.upperBound - needle.count

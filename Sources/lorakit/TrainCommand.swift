@@ -1,0 +1,225 @@
+import ArgumentParser
+import Foundation
+import LoRA
+import Training
+
+/// Set by SIGINT/SIGTERM; the trainer finishes the current step, saves and stops.
+nonisolated(unsafe) var stopRequested: Int32 = 0
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Fine-tune a LoRA adapter on text, JSONL prompt/completion or chat data.",
+        discussion: """
+        Accepts every option of llama.cpp's 2023 finetune under the same names. Where our defaults differ from \
+        the finetune's: LoRA starts as PEFT does (A random, B = 0, so step 0 is the base model) and is scaled by \
+        alpha/r in training too; norms are not adapted (llama.cpp adapters cannot express norm deltas); \
+        --adam-alpha 2e-4 (was 1e-3), --ctx 256 (was 128), --batch 4 (was 8), --adam-iter 100 (was 256), \
+        --warmup min(100, iters/10) (was 100), --cos-decay-steps = iterations (was 1000), the first update uses \
+        a non-zero learning rate, no checkpoint is resumed unless --checkpoint-in names one, and the adapter is \
+        today's llama.cpp GGUF (the finetune wrote the retired ggla format).
+        """
+    )
+
+    // Model and files
+    @Option(name: [.customShort("m"), .customLong("model"), .customLong("model-base")], help: "Base model (GGUF).")
+    var model: String
+    @Option(name: .customLong("train-data"), help: "Training data: text, or .jsonl with text, prompt/completion or messages.")
+    var trainData: String
+    @Option(name: .customLong("val-data"), help: "Validation data (same formats).")
+    var valData: String?
+    @Option(name: .customLong("data-format"), help: "text, jsonl-text, completion or chat (default: detected).")
+    var dataFormat: String?
+    @Option(name: .customLong("chat-template"), help: "Chat format family (chatml, llama2, llama3, mistral, zephyr, phi3, gemma) instead of the model's template.")
+    var chatTemplate: String?
+    @Flag(name: .customLong("train-on-prompt"), help: "Learn prompt and user tokens too (default: only completions / assistant turns).")
+    var trainOnPrompt = false
+    @Option(name: .customLong("lora-out"), help: "Adapter output (llama.cpp GGUF); ITERATION in the name gives one file per save plus LATEST.")
+    var loraOut = "lora.gguf"
+    @Option(name: .customLong("checkpoint-in"), help: "Resume from this checkpoint when it exists.")
+    var checkpointIn: String?
+    @Option(name: .customLong("checkpoint-out"), help: "Checkpoint output (default: <lora-out>.checkpoint.gguf).")
+    var checkpointOut: String?
+    @Option(name: .customLong("save-every"), help: "Save checkpoint and adapter every N steps (≤ 0: only at the end).")
+    var saveEvery = 10
+    @Option(name: .customLong("pattern-fn-it"), help: "Text in output names replaced by the step number.")
+    var patternFnIt = "ITERATION"
+    @Option(name: .customLong("fn-latest"), help: "Replacement for the pattern in the copy of the latest save.")
+    var fnLatest = "LATEST"
+    @Flag(name: .customLong("only-write-lora"), help: "Do not train: write the adapter of --checkpoint-in (or a fresh one) and exit.")
+    var onlyWriteLora = false
+    @Option(name: [.customShort("s"), .long], help: "Random seed (-1: from the clock).")
+    var seed: Int64 = -1
+
+    // LoRA
+    @Option(name: [.customLong("lora-r"), .customLong("rank")], help: "Rank of every adapted weight.")
+    var loraR = 8
+    @Option(name: [.customLong("lora-alpha"), .customLong("alpha")], help: "LoRA alpha: the update is scaled by alpha/r.")
+    var loraAlpha: Float = 16
+    @Flag(name: .customLong("rslora"), help: "Rank-stabilized LoRA: scale alpha/√r.")
+    var rsLoRA = false
+    @Option(name: .customLong("targets"), help: "Adapted weights: q,k,v,o,gate,up,down (default), output, embed.")
+    var targets = "q,k,v,o,gate,up,down"
+    @Option(name: .customLong("rank-wq")) var rankWq: Int?
+    @Option(name: .customLong("rank-wk")) var rankWk: Int?
+    @Option(name: .customLong("rank-wv")) var rankWv: Int?
+    @Option(name: .customLong("rank-wo")) var rankWo: Int?
+    @Option(name: .customLong("rank-w1"), help: "Rank of ffn_gate.") var rankW1: Int?
+    @Option(name: .customLong("rank-w2"), help: "Rank of ffn_down.") var rankW2: Int?
+    @Option(name: .customLong("rank-w3"), help: "Rank of ffn_up.") var rankW3: Int?
+    @Option(name: .customLong("rank-out"), help: "Adapt the output head with this rank.") var rankOut: Int?
+    @Option(name: .customLong("rank-tok-embd"), help: "Adapt the token embeddings with this rank.") var rankTokEmbd: Int?
+    @Option(name: .customLong("rank-att-norm"), help: "Not supported: norm deltas cannot be expressed in adapters.") var rankAttNorm: Int?
+    @Option(name: .customLong("rank-ffn-norm"), help: "Not supported (see --rank-att-norm).") var rankFfnNorm: Int?
+    @Option(name: .customLong("rank-out-norm"), help: "Not supported (see --rank-att-norm).") var rankOutNorm: Int?
+
+    // Data
+    @Option(name: [.customShort("c"), .customLong("ctx")], help: "Tokens per row.") var ctx = 256
+    @Option(name: [.customShort("b"), .customLong("batch")], help: "Rows per micro-batch.") var batch = 4
+    @Option(name: .customLong("sample-start"), help: "Text marking the start of each sample in plain-text data.") var sampleStart: String?
+    @Flag(name: .customLong("include-sample-start"), help: "Keep the sample-start text in the samples.") var includeSampleStart = false
+    @Flag(name: .customLong("escape"), help: "Process \\n \\r \\t \\' \\\" \\\\ in --sample-start.") var escape = false
+    @Flag(name: [.customLong("fill-with-next-samples"), .customLong("pack")], help: "Fill each row with following samples instead of padding.") var fill = false
+    @Flag(name: .customLong("separate-with-eos"), inversion: .prefixedNo, help: "Put EOS between packed samples.") var separateWithEos = false
+    @Flag(name: .customLong("separate-with-bos"), inversion: .prefixedNo, help: "Put BOS between packed samples.") var separateWithBos = true
+    @Flag(name: .customLong("sample-random-offsets"), help: "Start each sample at a random offset.") var sampleRandomOffsets = false
+    @Flag(name: .customLong("force-reshuffle"), help: "Start a new shuffle instead of the checkpoint's.") var forceReshuffle = false
+    @Option(name: .customLong("epochs"), help: "Stop after this many passes over the data (≤ 0: no limit).") var epochs = -1
+    @Flag(name: .customLong("inspect-data"), help: "Show the first samples with learned tokens marked, then exit.") var inspectData = false
+
+    // Optimizer and schedule
+    @Option(name: [.customLong("adam-iter"), .customLong("iters")], help: "Optimizer steps in this run.") var adamIter = 100
+    @Option(name: [.customLong("adam-alpha"), .customLong("lr")], help: "Learning rate.") var adamAlpha: Float = 2e-4
+    @Option(name: .customLong("adam-min-alpha"), help: "Learning-rate floor.") var adamMinAlpha: Float = 0
+    @Option(name: .customLong("adam-decay"), help: "AdamW weight decay (multiplied by the learning rate).") var adamDecay: Float = 0.1
+    @Option(name: .customLong("adam-decay-min-ndim"), help: "Decay only tensors with at least this many dimensions.") var adamDecayMinNdim = 2
+    @Option(name: .customLong("adam-beta1")) var adamBeta1: Float = 0.9
+    @Option(name: .customLong("adam-beta2")) var adamBeta2: Float = 0.999
+    @Option(name: .customLong("adam-gclip"), help: "Clip the global gradient norm to this (0: off).") var adamGclip: Float = 1
+    @Option(name: .customLong("adam-epsf"), help: "Stop when the relative loss change falls below this (≤ 0: off).") var adamEpsf: Float = 0
+    @Option(name: .customLong("opt-past"), help: "Not supported: use --opt-max-no-improvement or --early-stop.") var optPast: Int?
+    @Option(name: .customLong("opt-delta"), help: "Not supported (see --opt-past).") var optDelta: Float?
+    @Option(name: .customLong("opt-max-no-improvement"), help: "Stop after N steps without a new best loss (≤ 0: off).") var optMaxNoImprovement = 0
+    @Option(name: .customLong("grad-acc"), help: "Micro-batches accumulated per step.") var gradAcc = 1
+    @Option(name: .customLong("warmup"), help: "Linear warm-up steps (default: min(100, iters/10)).") var warmup: Int?
+    @Option(name: .customLong("cos-decay-steps"), help: "Cosine decay length (default: the iterations).") var cosDecaySteps: Int?
+    @Option(name: .customLong("cos-decay-restart"), help: "Decay length multiplier after each restart.") var cosDecayRestart: Float = 1.1
+    @Option(name: .customLong("cos-decay-min"), help: "Cosine floor (fraction of the learning rate).") var cosDecayMin: Float = 0.1
+    @Flag(name: .customLong("enable-restart"), inversion: .prefixedEnableDisable, help: "Cosine restarts.") var enableRestart = false
+
+    // Validation and records
+    @Option(name: .customLong("val-every"), help: "Evaluate the validation data every N steps (and at the end).") var valEvery = 0
+    @Flag(name: .customLong("keep-best"), help: "Also write <lora-out>.best.gguf with the lowest validation loss.") var keepBest = false
+    @Option(name: .customLong("early-stop"), help: "Stop after K evaluations without improvement.") var earlyStop = 0
+    @Option(name: .customLong("metrics"), help: "Write one JSON object per step and validation to this file.") var metrics: String?
+    @Option(name: .customLong("plot"), help: "Draw the loss curves to this SVG file.") var plot: String?
+
+    // Performance and model overrides
+    @Option(name: [.customShort("t"), .long], help: "Threads (default: all cores).") var threads: Int?
+    @Flag(name: .customLong("use-checkpointing"), inversion: .prefixedNo, help: "Gradient checkpointing (default: on when activations would exceed 1 GiB).") var useCheckpointing: Bool?
+    @Flag(name: .customLong("cache-weights"), help: "Keep all weights dequantized (faster, more memory).") var cacheWeights = false
+    @Option(name: .customLong("norm-rms-eps"), help: "Override the RMS-norm epsilon.") var normRmsEps: Float?
+    @Option(name: .customLong("rope-freq-base"), help: "Override the RoPE base.") var ropeFreqBase: Float?
+    @Option(name: .customLong("rope-freq-scale"), help: "Override the RoPE frequency scale.") var ropeFreqScale: Float?
+
+    func validate() throws {
+        for (name, v) in [("--rank-att-norm", rankAttNorm), ("--rank-ffn-norm", rankFfnNorm), ("--rank-out-norm", rankOutNorm)] where v != nil {
+            throw ValidationError("\(name): norm weights are not adapted (llama.cpp and PEFT adapters cannot carry norm deltas)")
+        }
+        if optPast != nil || optDelta != nil {
+            throw ValidationError("--opt-past/--opt-delta are not supported; use --opt-max-no-improvement or --early-stop")
+        }
+        if ctx < 2 || batch < 1 || gradAcc < 1 || loraR < 1 || adamIter < 0 {
+            throw ValidationError("--ctx ≥ 2, --batch ≥ 1, --grad-acc ≥ 1, --lora-r ≥ 1 and --adam-iter ≥ 0 are required")
+        }
+        if !(adamAlpha.isFinite && adamAlpha >= 0) { throw ValidationError("--adam-alpha must be a finite, non-negative number") }
+        if let f = dataFormat, DataFormat(rawValue: f) == nil {
+            throw ValidationError("--data-format: '\(f)' is not one of \(DataFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        for t in targets.split(separator: ",") where LoRATarget(shortName: String(t)) == nil {
+            throw ValidationError("--targets: unknown target '\(t)' (q, k, v, o, gate, up, down, output, embed)")
+        }
+    }
+
+    var configuration: TrainingConfiguration {
+        var c = TrainingConfiguration(model: model, trainData: trainData, adapterOut: loraOut)
+        c.validationData = valData
+        c.dataFormat = dataFormat.flatMap(DataFormat.init(rawValue:))
+        c.chatTemplate = chatTemplate
+        c.trainOnPrompt = trainOnPrompt
+        c.sampling.sampleStart = sampleStart
+        c.sampling.includeSampleStart = includeSampleStart
+        c.sampling.escape = escape
+        c.sampling.fillWithNextSamples = fill
+        c.sampling.separateWithEOS = separateWithEos
+        c.sampling.separateWithBOS = separateWithBos
+        c.sampling.randomOffsets = sampleRandomOffsets
+        c.context = ctx
+        c.batch = batch
+        c.iterations = adamIter
+        c.gradientAccumulation = gradAcc
+        c.epochs = epochs > 0 ? epochs : nil
+        var list = targets.split(separator: ",").compactMap { LoRATarget(shortName: String($0)) }
+        if rankOut != nil && !list.contains(.output) { list.append(.output) }
+        if rankTokEmbd != nil && !list.contains(.tokenEmbedding) { list.append(.tokenEmbedding) }
+        c.targets = list
+        c.rank = loraR
+        let perTarget: [(LoRATarget, Int?)] = [(.attnQ, rankWq), (.attnK, rankWk), (.attnV, rankWv), (.attnOutput, rankWo),
+                                               (.ffnGate, rankW1), (.ffnDown, rankW2), (.ffnUp, rankW3),
+                                               (.output, rankOut), (.tokenEmbedding, rankTokEmbd)]
+        for (t, r) in perTarget { if let r { c.ranks[t] = r } }
+        c.alpha = loraAlpha
+        c.rsLoRA = rsLoRA
+        c.adam.learningRate = adamAlpha
+        c.adam.minLearningRate = adamMinAlpha
+        c.adam.weightDecay = adamDecay
+        c.adam.decayMinDimensions = adamDecayMinNdim
+        c.adam.beta1 = adamBeta1
+        c.adam.beta2 = adamBeta2
+        c.adam.gradientClip = adamGclip
+        c.relativeLossTolerance = adamEpsf
+        c.maxNoImprovement = optMaxNoImprovement
+        c.warmup = warmup
+        c.cosineDecaySteps = cosDecaySteps
+        c.cosineDecayMin = cosDecayMin
+        c.cosineDecayRestart = cosDecayRestart
+        c.restarts = enableRestart
+        c.seed = seed < 0 ? UInt64(Date().timeIntervalSince1970) : UInt64(seed)
+        c.threads = threads ?? CLI.coreCount
+        c.gradientCheckpointing = useCheckpointing
+        c.cacheWeights = cacheWeights
+        c.checkpointIn = checkpointIn
+        c.checkpointOut = checkpointOut ?? (loraOut.hasSuffix(".gguf") ? String(loraOut.dropLast(5)) : loraOut) + ".checkpoint.gguf"
+        c.saveEvery = saveEvery
+        c.iterationPattern = patternFnIt
+        c.latestName = fnLatest
+        c.onlyWriteAdapter = onlyWriteLora
+        c.validationEvery = valEvery
+        c.keepBest = keepBest
+        c.earlyStop = earlyStop
+        c.forceReshuffle = forceReshuffle
+        c.overrides = (normRmsEps, ropeFreqBase, ropeFreqScale)
+        return c
+    }
+
+    func run() throws {
+        let config = configuration
+        if inspectData {
+            try TrainingReport.inspect(config)
+            return
+        }
+        signal(SIGINT) { _ in stopRequested = 1 }
+        signal(SIGTERM) { _ in stopRequested = 1 }
+        var renderer = TrainingReport(metricsPath: metrics, plotPath: plot, config: config)
+        do {
+            let summary = try Trainer(configuration: config).run { event in
+                renderer.render(event)
+                return stopRequested == 0
+            }
+            try renderer.finish()
+            if stopRequested != 0 {
+                print("stopped by signal after step \(summary.steps); resume with: --checkpoint-in \(config.checkpointOut ?? "")")
+            }
+        } catch let e as ValidationError { throw e } catch { throw CLIError(String(describing: error)) }
+    }
+}
