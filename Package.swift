@@ -40,6 +40,7 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "LoRA", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

@@ -1,0 +1,187 @@
+import Foundation
+import GGUF
+import LoRA
+import TestSupport
+import Tokenizer
+import Training
+import XCTest
+
+/// The trainer on a tiny generated model with a 66-token tokenizer: resume, accumulation, determinism, stops.
+final class TrainerTests: XCTestCase {
+    var dir = ""
+    var modelPath = ""
+    var dataPath = ""
+
+    override func setUpWithError() throws {
+        dir = temporaryDirectory("lorakit-train")
+        modelPath = dir + "/tiny.gguf"
+        var tiny = TinyLlama()
+        tiny.addTinyTokenizer()
+        try tiny.write(to: modelPath)
+        dataPath = dir + "/data.txt"
+        let text = String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. PACK MY BOX WITH FIVE DOZEN JUGS. ", count: 20)
+        try text.write(toFile: dataPath, atomically: true, encoding: .utf8)
+    }
+
+    func config(_ out: String, iterations: Int) -> TrainingConfiguration {
+        var c = TrainingConfiguration(model: modelPath, trainData: dataPath, adapterOut: dir + "/" + out)
+        c.context = 16
+        c.batch = 2
+        c.iterations = iterations
+        c.adam.learningRate = 1e-2
+        c.saveEvery = 0
+        c.threads = 1
+        c.checkpointOut = dir + "/" + out + ".ckpt"
+        c.seed = 7
+        // A fixed schedule: defaults derive from --adam-iter, which differs between a run and its resumed halves.
+        c.warmup = 2
+        c.cosineDecaySteps = 6
+        return c
+    }
+
+    func adapterBytes(_ path: String) throws -> [UInt8] {
+        let f = try GGUFFile(path: path)
+        return f.tensors.flatMap { Array(f.data(of: $0)) }
+    }
+
+    func testLossFallsAndAdapterReloads() throws {
+        var losses: [Double] = []
+        let summary = try Trainer(configuration: config("a.gguf", iterations: 12)).run { event in
+            if case let .step(s) = event { losses.append(s.loss) }
+            return true
+        }
+        XCTAssertEqual(summary.steps, 12)
+        XCTAssertLessThan(losses.suffix(3).reduce(0, +) / 3, losses.prefix(3).reduce(0, +) / 3)
+        let (adapter, info) = try AdapterFile.read(path: dir + "/a.gguf", as: Float.self)
+        XCTAssertEqual(info.alpha, 16)
+        XCTAssertEqual(adapter.order.count, 14)
+        XCTAssertTrue(adapter[adapter.order[0]]!.b.contains { $0 != 0 }, "B moved away from zero")
+    }
+
+    func testDeterminism() throws {
+        _ = try Trainer(configuration: config("d1.gguf", iterations: 4)).run { _ in true }
+        _ = try Trainer(configuration: config("d2.gguf", iterations: 4)).run { _ in true }
+        XCTAssertTrue(try adapterBytes(dir + "/d1.gguf") == adapterBytes(dir + "/d2.gguf"), "same seed, same result")
+    }
+
+    func testResumeIsBitExact() throws {
+        _ = try Trainer(configuration: config("full.gguf", iterations: 6)).run { _ in true }
+        _ = try Trainer(configuration: config("half.gguf", iterations: 3)).run { _ in true }
+        var second = config("half.gguf", iterations: 3)
+        second.checkpointIn = dir + "/half.gguf.ckpt"
+        let summary = try Trainer(configuration: second).run { _ in true }
+        XCTAssertEqual(summary.steps, 3)
+        XCTAssertTrue(try adapterBytes(dir + "/full.gguf") == adapterBytes(dir + "/half.gguf"), "resumed run differs")
+    }
+
+    func testStopRequestSavesAndResumes() throws {
+        var steps = 0
+        let summary = try Trainer(configuration: config("stop.gguf", iterations: 6)).run { event in
+            if case .step = event { steps += 1; return steps < 2 }
+            return true
+        }
+        XCTAssertEqual(summary.steps, 2)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/stop.gguf.ckpt"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/stop.gguf"))
+        var rest = config("stop.gguf", iterations: 4)
+        rest.checkpointIn = dir + "/stop.gguf.ckpt"
+        _ = try Trainer(configuration: rest).run { _ in true }
+        _ = try Trainer(configuration: config("nostop.gguf", iterations: 6)).run { _ in true }
+        XCTAssertTrue(try adapterBytes(dir + "/stop.gguf") == adapterBytes(dir + "/nostop.gguf"), "stopped and resumed run differs")
+    }
+
+    func testGradientAccumulationEqualsLargerBatch() throws {
+        var big = config("big.gguf", iterations: 1)
+        big.batch = 4
+        var acc = config("acc.gguf", iterations: 1)
+        acc.batch = 2
+        acc.gradientAccumulation = 2
+        var gBig = 0.0, gAcc = 0.0, lBig = 0.0, lAcc = 0.0
+        _ = try Trainer(configuration: big).run { if case let .step(s) = $0 { gBig = s.gradientNorm; lBig = s.loss }; return true }
+        _ = try Trainer(configuration: acc).run { if case let .step(s) = $0 { gAcc = s.gradientNorm; lAcc = s.loss }; return true }
+        XCTAssertEqual(lBig, lAcc, accuracy: 1e-6)
+        XCTAssertEqual(gBig, gAcc, accuracy: 1e-6 * max(1, gBig))
+        let a = try AdapterFile.read(path: dir + "/big.gguf", as: Float.self).0
+        let b = try AdapterFile.read(path: dir + "/acc.gguf", as: Float.self).0
+        for name in a.order {
+            for (x, y) in zip(a[name]!.b, b[name]!.b) { XCTAssertEqual(x, y, accuracy: 1e-6) }
+        }
+    }
+
+    func testNonFiniteStopsWithoutOverwritingTheAdapter() throws {
+        _ = try Trainer(configuration: config("good.gguf", iterations: 2)).run { _ in true }
+        let before = try adapterBytes(dir + "/good.gguf")
+        var poisoned = config("good.gguf", iterations: 3)
+        poisoned.adam.learningRate = 1e38
+        poisoned.adam.gradientClip = 0
+        poisoned.adam.epsilon = 0
+        poisoned.checkpointOut = nil
+        XCTAssertThrowsError(try Trainer(configuration: poisoned).run { _ in true }) { error in
+            let text = String(describing: error)
+            XCTAssertTrue(text.contains("not finite"), text)
+            XCTAssertTrue(text.contains("step"), text)
+        }
+        XCTAssertTrue(try adapterBytes(dir + "/good.gguf") == before, "the good adapter was overwritten")
+    }
+
+    func testScheduleFollowsTheFinetuneFormulas() {
+        let s = LearningSchedule(warmup: 10, cosineDecaySteps: 100, cosineDecayMin: 0.1, cosineDecayRestart: 1.1, restarts: false)
+        XCTAssertEqual(s.factor(step: 0, minFraction: 0), 0)
+        XCTAssertEqual(s.factor(step: 5, minFraction: 0), 0.5)
+        // No restarts: the raw step (not step − warmup) enters the cosine.
+        let c50 = Float((1 - 0.1) * 0.5 * (1 + cos(Double.pi * 50 / 100)) + 0.1)
+        XCTAssertEqual(s.factor(step: 50, minFraction: 0), c50, accuracy: 1e-6)
+        XCTAssertEqual(s.factor(step: 500, minFraction: 0), 0.1, accuracy: 1e-6)
+        XCTAssertEqual(s.factor(step: 500, minFraction: 0.5), 0.55, accuracy: 1e-6)
+        let r = LearningSchedule(warmup: 10, cosineDecaySteps: 20, cosineDecayMin: 0, cosineDecayRestart: 2, restarts: true)
+        // step 35: 25 after warmup; 25 > 20 → 5 into a cycle of 40.
+        let expected = Float(0.5 * (1 + cos(Double.pi * 5 / 40)))
+        XCTAssertEqual(r.factor(step: 35, minFraction: 0), expected, accuracy: 1e-6)
+    }
+
+    func testSamplingOptions() throws {
+        let tokenizer = try Tokenizer(file: GGUFFile(path: modelPath))
+        var o = SamplingOptions()
+        o.sampleStart = "\\n>>"
+        o.escape = true
+        XCTAssertEqual(o.pattern, "\n>>")
+        // As the finetune: samples start at each occurrence of the pattern; text before the first is no sample.
+        o.sampleStart = "##"
+        o.escape = false
+        let text = Array("A##BC##DEF".utf8)
+        let stream = TokenStream(text: text, tokenizer: tokenizer, options: o)
+        func decode(_ s: (start: Int, count: Int)) -> String { tokenizer.decode(Array(stream.tokens[s.start..<(s.start + s.count)])) }
+        XCTAssertEqual(stream.samples.map(decode), ["BC", "DEF"])
+        o.includeSampleStart = true
+        let included = TokenStream(text: text, tokenizer: tokenizer, options: o)
+        XCTAssertEqual(included.samples.map { s in tokenizer.decode(Array(included.tokens[s.start..<(s.start + s.count)])) },
+                       ["##BC", "##DEF"])
+        // Rows: padded with EOS (not learned) without fill; packed with a BOS separator with fill.
+        var b = Batcher(stream: stream, length: 6, seed: 1, options: SamplingOptions(), bos: 64, eos: 65)
+        let rows = b.evaluationRows()
+        XCTAssertEqual(rows[0].tokens, tokenizer.encode("BC", addSpecial: false) + [65, 65, 65, 65])
+        XCTAssertEqual(rows[0].targets, [tokenizer.encode("C", addSpecial: false)[0], -1, -1, -1, -1, -1])
+        var fillOptions = SamplingOptions()
+        fillOptions.fillWithNextSamples = true
+        b = Batcher(stream: stream, length: 6, seed: 1, options: fillOptions, bos: 64, eos: 65)
+        let packed = b.next(rows: 1)
+        XCTAssertTrue(packed.tokens.contains(64), "samples separated by BOS")
+        XCTAssertFalse(packed.tokens.contains(65), "no padding when filled")
+    }
+
+    func testBadJSONLLineNamesFileAndLine() throws {
+        let path = dir + "/bad.jsonl"
+        try "{\"text\": \"OK\"}\n{\"text\": oops}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        var c = config("j.gguf", iterations: 1)
+        c.trainData = path
+        XCTAssertThrowsError(try Trainer(configuration: c).run { _ in true }) {
+            XCTAssertEqual(String(describing: $0), "\(path):2: not a valid JSON object")
+        }
+        try "{\"prompt\": \"A\"}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try Trainer(configuration: c).run { _ in true }) {
+            XCTAssertEqual(String(describing: $0), "\(path):1: missing string field \"completion\"")
+        }
+        try "".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try Trainer(configuration: c).run { _ in true })
+    }
+}
