@@ -1,0 +1,47 @@
+import Dispatch
+import GGUF
+import Kernels
+
+/// y = W·x for one token, reading the weight's blocks as the file stores them (no dequantized copy of the
+/// matrix): each row is dequantized into a small buffer and dotted with x. Rows are split across threads.
+///
+/// Shapes: W [rows, cols] (GGUF ne = [cols, rows]); x [cols]; y [rows].
+enum MatVec {
+    static func multiply(type: TensorType, data: UnsafeRawBufferPointer, rows: Int, cols: Int,
+                         x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, threads: Int) {
+        let rowBytes = cols / type.blockSize * type.blockBytes
+        let parts = max(1, min(threads, rows / 64))
+        let per = (rows + parts - 1) / parts
+        let body = { (part: Int) in
+            let start = part * per, end = min(rows, start + per)
+            guard start < end else { return }
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+            defer { buffer.deallocate() }
+            for r in start..<end {
+                let row = UnsafeRawBufferPointer(rebasing: data[(r * rowBytes)..<((r + 1) * rowBytes)])
+                if type == .f32 {
+                    y[r] = dot(row.baseAddress!.assumingMemoryBound(to: Float.self), x, cols)
+                } else {
+                    Dequantize.fast(type, from: row, count: cols, into: buffer)
+                    y[r] = dot(buffer, x, cols)
+                }
+            }
+        }
+        if parts == 1 { body(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: body) }
+    }
+
+    @inline(__always)
+    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD16<Float>(repeating: 0)
+        var i = 0
+        while i + 16 <= n {
+            let va = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
+            let vb = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
+            acc += va * vb  // not addingProduct: without a -target-cpu that becomes 16 fmaf calls
+            i += 16
+        }
+        var sum = acc.sum()
+        while i < n { sum += a[i] * b[i]; i += 1 }
+        return sum
+    }
+}

@@ -1,0 +1,36 @@
+import Foundation
+import XCTest
+
+final class GenerateCommandTests: XCTestCase {
+    var model: String { LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+
+    func requireModel() throws {
+        guard FileManager.default.fileExists(atPath: model) else {
+            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
+            throw XCTSkip("SmolLM2 not fetched")
+        }
+    }
+
+    func testGreedyGenerationAndSpeedReport() throws {
+        try requireModel()
+        let (status, out, err) = try LoRAKitBinary.run(["generate", "-m", model, "-p", "The capital of France is", "-n", "8", "--temp", "0"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.hasPrefix("The capital of France is Paris."), out)
+        XCTAssertTrue(err.contains("tokens/s"), err)
+    }
+
+    /// Two turns through standard input: the second answer sees the first turn (kept in the KV cache).
+    func testChatRemembersTheConversation() throws {
+        try requireModel()
+        let script = "My name is Zorblax. Please remember it.\nWhat is my name?\n/quit\n"
+        let (status, out, err) = try LoRAKitBinary.run(["generate", "-m", model, "--chat", "--temp", "0", "-n", "24"], stdin: script)
+        XCTAssertEqual(status, 0, err)
+        let answers = out.components(separatedBy: "> ").filter { !$0.isEmpty }
+        XCTAssertGreaterThanOrEqual(answers.count, 2, out)
+        XCTAssertTrue(answers[1].contains("Zorblax"), out)
+        let reset = "My name is Zorblax. Please remember it.\n/reset\nWhat is my name?\n/quit\n"
+        let (_, out2, _) = try LoRAKitBinary.run(["generate", "-m", model, "--chat", "--temp", "0", "-n", "24"], stdin: reset)
+        let answers2 = out2.components(separatedBy: "> ").filter { !$0.isEmpty }
+        XCTAssertFalse(answers2.count > 2 && answers2[2].contains("Zorblax"), "after /reset the name is forgotten: \(out2)")
+    }
+}
