@@ -9,6 +9,8 @@ extension AdapterFile {
         public var rsLoRA = false
         public var baseModelName: String?
         public var baseModelFingerprint: String?
+        /// Attention heads of the base (needed to export Q/K to PEFT's row order).
+        public var heads: (heads: Int, kvHeads: Int)?
         /// Extra keys (training summary and the like) written under `lorakit.`.
         public var extra: [(String, MetadataValue)] = []
         public init(alpha: Float) { self.alpha = alpha }
@@ -32,6 +34,10 @@ extension AdapterFile {
         md.set("lorakit.targets", .array(.string, targets.map { .string($0) }))
         md.set("lorakit.ranks", .array(.uint32, adapter.order.map { .uint32(UInt32(adapter[$0]!.rank)) }))
         if let fp = d.baseModelFingerprint { md.set("lorakit.base_model.fingerprint", .string(fp)) }
+        if let h = d.heads {
+            md.set("lorakit.attention.head_count", .uint32(UInt32(h.heads)))
+            md.set("lorakit.attention.head_count_kv", .uint32(UInt32(h.kvHeads)))
+        }
         for (k, v) in d.extra { md.set("lorakit." + k, v) }
         var writer = GGUFWriter(metadata: md)
         for name in adapter.order {

@@ -348,6 +348,7 @@ public final class Trainer {
         d.rsLoRA = configuration.rsLoRA
         d.baseModelName = file.metadata["general.name"]?.stringValue
         d.baseModelFingerprint = AdapterFile.fingerprint(of: file)
+        d.heads = (model.config.heads, model.config.kvHeads)
         d.extra = [("training.steps", .uint32(UInt32(step))), ("training.data", .string(configuration.trainData)),
                    ("training.context", .uint32(UInt32(configuration.context)))]
         return d

@@ -36,3 +36,9 @@ extension CLI {
 extension CLI {
     static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 }
+
+import Kernels
+
+extension BLAS {
+    static func setThreadsIfGiven(_ n: Int?) { setThreads(n ?? CLI.coreCount) }
+}

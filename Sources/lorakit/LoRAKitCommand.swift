@@ -10,7 +10,7 @@ struct LoRAKitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorakit",
         abstract: "Fine-tune LLaMA-family GGUF models with LoRA on the CPU.",
-        subcommands: [InfoCommand.self, TokenizeCommand.self, TrainCommand.self, GenerateCommand.self, PerplexityCommand.self]
+        subcommands: [InfoCommand.self, TokenizeCommand.self, TrainCommand.self, GenerateCommand.self, PerplexityCommand.self, ConvertCommand.self, MergeCommand.self]
     )
 
     /// Runs the command; errors from files and data print as one `error: …` line with exit status 1, while
