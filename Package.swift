@@ -41,6 +41,7 @@ let package = Package(
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "LoRA", "Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "AdapterTests", dependencies: ["LoRA", "Llama", "GGUF", "Kernels", "TestSupport", "lorakit"]),
         .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
