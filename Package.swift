@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "GGUF", targets: ["GGUF"]),
         .library(name: "Tokenizer", targets: ["Tokenizer"]),
+        .library(name: "LoRAKit", targets: ["GGUF", "Tokenizer", "Kernels", "LoRA", "Llama", "Training"]),
         .executable(name: "lorakit", targets: ["lorakit"]),
     ],
     dependencies: [
@@ -34,6 +35,11 @@ let package = Package(
         .executableTarget(
             name: "lorakit-bench",
             dependencies: ["GGUF", "Tokenizer", "Kernels", "LoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "lorakit-example",
+            dependencies: ["GGUF", "Tokenizer", "LoRA", "Llama", "Training"],
+            path: "Examples/FineTune"
         ),
         .target(name: "TestSupport", dependencies: ["GGUF"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
