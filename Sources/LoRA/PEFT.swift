@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Kernels
 
 /// Hugging Face PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`) ⇄ our LoRA pairs.
 ///

@@ -1,4 +1,5 @@
 import GGUF
+import Kernels
 
 /// The 2023 finetune's outputs: its `ggla` adapter files and its checkpoint GGUFs (`training.type =
 /// finetune_lora`). Both hold A as ne [r, in] (our Aᵀ) and B as ne [r, out] (our B), `token_embd` the other way

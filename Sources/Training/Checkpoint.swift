@@ -1,4 +1,5 @@
 import GGUF
+import Kernels
 import LoRA
 
 /// A training checkpoint: the seed's GGUF layout (`training.type = finetune_lora`, `training.*` and
