@@ -16,28 +16,31 @@ extension LlamaModel {
         var inputs: [[T]]? = gradientCheckpointing ? [] : nil
         let (x, rstd, hf) = try hidden(tokens: tokens, batch: batch, length: length, caches: &caches, layerInputs: &inputs)
 
-        // Head and loss, chunk by chunk: logits → dlogits in place → dhf.
+        // Head and loss, chunk by chunk over the scored rows only (unscored rows have no gradient):
+        // logits → dlogits in place → dhf.
         var dhf = [T](repeating: 0, count: n * C)
         var total = 0.0
         let head = adaptersFor("output")
-        hf.withUnsafeBufferPointer { hf in
-            targets.withUnsafeBufferPointer { tg in
-                weights.head.withUnsafeBufferPointer { w in
-                    for start in stride(from: 0, to: n, by: headChunkRows) {
-                        let rows = start..<min(n, start + headChunkRows)
-                        var logits = [T](repeating: 0, count: rows.count * V)
-                        var saved: [[T]] = []
-                        LinearLoRA.forward(x: hf.baseAddress! + start * C, n: rows.count, inFeatures: C, outFeatures: V,
-                                           weight: w.baseAddress!, adapters: head, y: &logits, saved: &saved)
-                        total += CrossEntropy.forwardBackward(logits: &logits, targets: tg.baseAddress! + start,
-                                                              rows: rows.count, vocab: V, gradientScale: lossScale, gradient: true)
-                        dhf.withUnsafeMutableBufferPointer { d in
-                            LinearLoRA.backward(dy: logits, x: hf.baseAddress! + start * C, n: rows.count, inFeatures: C,
-                                                outFeatures: V, weight: w.baseAddress!, adapters: head, saved: saved,
-                                                dx: d.baseAddress! + start * C, accumulate: false)
-                        }
-                    }
+        let scoredRows = (0..<n).filter { targets[$0] >= 0 && Int(targets[$0]) < V }
+        var rowsH = [T](repeating: 0, count: min(headChunkRows, scoredRows.count) * C)
+        var rowsD = rowsH
+        weights.head.withUnsafeBufferPointer { w in
+            for start in stride(from: 0, to: scoredRows.count, by: headChunkRows) {
+                let chunk = scoredRows[start..<min(scoredRows.count, start + headChunkRows)]
+                let m = chunk.count
+                for (i, r) in chunk.enumerated() { for c in 0..<C { rowsH[i * C + c] = hf[r * C + c] } }
+                let chunkTargets = chunk.map { targets[$0] }
+                var logits = [T](repeating: 0, count: m * V)
+                var saved: [[T]] = []
+                LinearLoRA.forward(x: rowsH, n: m, inFeatures: C, outFeatures: V, weight: w.baseAddress!, adapters: head,
+                                   y: &logits, saved: &saved)
+                total += CrossEntropy.forwardBackward(logits: &logits, targets: chunkTargets, rows: m, vocab: V,
+                                                      gradientScale: lossScale, gradient: true)
+                rowsD.withUnsafeMutableBufferPointer { d in
+                    LinearLoRA.backward(dy: logits, x: rowsH, n: m, inFeatures: C, outFeatures: V, weight: w.baseAddress!,
+                                        adapters: head, saved: saved, dx: d.baseAddress!, accumulate: false)
                 }
+                for (i, r) in chunk.enumerated() { for c in 0..<C { dhf[r * C + c] = rowsD[i * C + c] } }
             }
         }
         var dx = [T](repeating: 0, count: n * C)
@@ -59,7 +62,7 @@ extension LlamaModel {
             dx = layerBackward(l, dOut: dx, w: w, rope: rope, attention: attention, cache: cache)
         }
         embeddingLoRABackward(tokens: tokens, dx: dx)
-        return (total, targets.filter { $0 >= 0 && Int($0) < V }.count)
+        return (total, scoredRows.count)
     }
 
     /// Backward of one block: returns dL/d(block input) and accumulates LoRA gradients.

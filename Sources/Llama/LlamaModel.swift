@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GGUF
 import Kernels
 import LoRA
@@ -36,6 +39,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     public var headChunkRows = 256
 
     public init(file: GGUFFile, cacheWeights: Bool = false) throws {
+        LlamaModel.keepFreedMemory()
         let config = try LlamaConfig(file: file)
         self.config = config
         weights = try LlamaWeights(file: file, config: config, cacheAll: cacheWeights)
@@ -63,6 +67,19 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     }
 
     func adaptersFor(_ name: String) -> WeightAdapters<T> { WeightAdapters(name, adapters) }
+
+    /// Every layer allocates activations of many megabytes. glibc serves such blocks with fresh mmaps whose pages
+    /// the kernel must zero on first touch (a tenth of a training step); keeping freed memory in the heap instead
+    /// lets the next layer reuse it.
+    static func keepFreedMemory() {
+        #if canImport(Glibc)
+        typealias MallOpt = @convention(c) (Int32, Int32) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return }  // RTLD_DEFAULT
+        let mallopt = unsafeBitCast(symbol, to: MallOpt.self)
+        _ = mallopt(-3, 1 << 30)  // M_MMAP_THRESHOLD
+        _ = mallopt(-1, 1 << 30)  // M_TRIM_THRESHOLD
+        #endif
+    }
 
     // MARK: - Forward
 
