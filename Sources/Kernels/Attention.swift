@@ -41,9 +41,27 @@ public struct Attention<T: KernelScalar> {
                 let vh = v + b * L * kvStride + kvHead(h) * d
                 T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: qh, lda: qStride,
                        b: kh, ldb: kvStride, beta: 0, c: p, ldc: L)
-                for i in 0..<L { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
+                Parallel.forEachRange(L, minimumPerThread: 32) { rows in
+                    for i in rows { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
+                }
                 T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
                        b: vh, ldb: kvStride, beta: 0, c: out + b * L * qStride + h * d, ldc: qStride)
+            }
+        }
+    }
+
+    /// Only the probabilities P (to rebuild them in backward instead of keeping them).
+    @inlinable
+    public func probabilities(q: UnsafePointer<T>, k: UnsafePointer<T>, probs: UnsafeMutablePointer<T>) {
+        let L = length, d = headDim
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let p = probs + (b * heads + h) * L * L
+                T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
+                       lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: p, ldc: L)
+                Parallel.forEachRange(L, minimumPerThread: 32) { rows in
+                    for i in rows { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
+                }
             }
         }
     }
@@ -80,12 +98,14 @@ public struct Attention<T: KernelScalar> {
                        b: v + kvOffset, ldb: kvStride, beta: 0, c: dP, ldc: L)
                 T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
                        b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset, ldc: kvStride)
-                for i in 0..<L {
-                    let pr = p + i * L, dr = dP + i * L
-                    var dot: T = 0
-                    for j in 0...i { dot += pr[j] * dr[j] }
-                    for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
-                    for j in (i + 1)..<L { dr[j] = 0 }
+                Parallel.forEachRange(L, minimumPerThread: 32) { rows in
+                    for i in rows {
+                        let pr = p + i * L, dr = dP + i * L
+                        var dot: T = 0
+                        for j in 0...i { dot += pr[j] * dr[j] }
+                        for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                        for j in (i + 1)..<L { dr[j] = 0 }
+                    }
                 }
                 T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
                        b: k + kvOffset, ldb: kvStride, beta: 0, c: dq + qOffset, ldc: qStride)

@@ -103,6 +103,7 @@ public enum BLAS {
     /// Threads used by the BLAS for each product.
     public static func setThreads(_ n: Int) {
         library.setThreads?(Int32(max(1, n)))
+        Parallel.threads = max(1, n)
     }
 
     /// When set, every Float product adds its wall time to `gemmNanoseconds` (for benchmarks).

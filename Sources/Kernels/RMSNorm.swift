@@ -7,13 +7,15 @@ public enum RMSNorm {
     public static func forward<T: KernelScalar>(x: UnsafePointer<T>, weight: UnsafePointer<T>,
                                                 y: UnsafeMutablePointer<T>, rstd: UnsafeMutablePointer<T>?,
                                                 rows: Int, cols: Int, eps: T) {
-        for r in 0..<rows {
+        Parallel.forEachRange(rows, minimumPerThread: 64) { range in
+          for r in range {
             let xr = x + r * cols, yr = y + r * cols
             var sum: T = 0
             for c in 0..<cols { sum += xr[c] * xr[c] }
             let s = 1 / (sum / T(cols) + eps).squareRoot()
             rstd?[r] = s
             for c in 0..<cols { yr[c] = xr[c] * s * weight[c] }
+          }
         }
     }
 
@@ -23,13 +25,15 @@ public enum RMSNorm {
     public static func backward<T: KernelScalar>(dy: UnsafePointer<T>, x: UnsafePointer<T>, weight: UnsafePointer<T>,
                                                  rstd: UnsafePointer<T>, dx: UnsafeMutablePointer<T>,
                                                  rows: Int, cols: Int) {
-        for r in 0..<rows {
+        Parallel.forEachRange(rows, minimumPerThread: 64) { range in
+          for r in range {
             let xr = x + r * cols, dyr = dy + r * cols, dxr = dx + r * cols
             let s = rstd[r]
             var dot: T = 0
             for c in 0..<cols { dot += dyr[c] * weight[c] * xr[c] }
             let k = s * s * s * dot / T(cols)
             for c in 0..<cols { dxr[c] += s * dyr[c] * weight[c] - xr[c] * k }
+          }
         }
     }
 }
@@ -41,9 +45,11 @@ public enum SwiGLU {
     @inlinable
     public static func forward<T: KernelScalar>(gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                 out: UnsafeMutablePointer<T>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            out[i] = g / (1 + T.exp(-g)) * up[i]
+        Parallel.forEachRange(count) { range in
+            for i in range {
+                let g = gate[i]
+                out[i] = g / (1 + T.exp(-g)) * up[i]
+            }
         }
     }
 
@@ -52,12 +58,14 @@ public enum SwiGLU {
     public static func backward<T: KernelScalar>(dOut: UnsafePointer<T>, gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                  dGate: UnsafeMutablePointer<T>, dUp: UnsafeMutablePointer<T>,
                                                  count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            let s = 1 / (1 + T.exp(-g))
-            let d = dOut[i]
-            dGate[i] = d * up[i] * s * (1 + g * (1 - s))
-            dUp[i] = d * g * s
+        Parallel.forEachRange(count) { range in
+            for i in range {
+                let g = gate[i]
+                let s = 1 / (1 + T.exp(-g))
+                let d = dOut[i]
+                dGate[i] = d * up[i] * s * (1 + g * (1 - s))
+                dUp[i] = d * g * s
+            }
         }
     }
 }
@@ -129,8 +137,30 @@ public enum CrossEntropy {
         public static func forwardBackward<T: KernelScalar>(logits: UnsafeMutablePointer<T>, targets: UnsafePointer<Int32>,
                                                         rows: Int, vocab: Int, gradientScale: T, gradient: Bool,
                                                         losses: UnsafeMutablePointer<T>? = nil) -> Double {
+        // Rows are independent: ranges of rows in parallel, partial sums added in range order (deterministic).
+        let parts = max(1, min(Parallel.threads, rows / 8))
+        var partial = [Double](repeating: 0, count: parts)
+        let per = (rows + parts - 1) / parts
+        partial.withUnsafeMutableBufferPointer { sums in
+            Parallel.forEachRange(parts, minimumPerThread: 1) { range in
+                for p in range {
+                    let lo = p * per, hi = min(rows, lo + per)
+                    if lo < hi {
+                        sums[p] = rowsForwardBackward(logits: logits, targets: targets, rows: lo..<hi, vocab: vocab,
+                                                      gradientScale: gradientScale, gradient: gradient, losses: losses)
+                    }
+                }
+            }
+        }
+        return partial.reduce(0, +)
+    }
+
+    @inlinable
+    public static func rowsForwardBackward<T: KernelScalar>(logits: UnsafeMutablePointer<T>, targets: UnsafePointer<Int32>,
+                                                     rows: Range<Int>, vocab: Int, gradientScale: T, gradient: Bool,
+                                                     losses: UnsafeMutablePointer<T>?) -> Double {
         var total = 0.0
-        for r in 0..<rows {
+        for r in rows {
             let row = logits + r * vocab
             let target = Int(targets[r])
             guard target >= 0 && target < vocab else {

@@ -59,6 +59,7 @@ extension LlamaModel {
                 cache = caches![l]
                 caches![l] = LayerCache<T>()  // free as we go
             }
+            restore(cache, w: w, attention: attention)
             dx = layerBackward(l, dOut: dx, w: w, rope: rope, attention: attention, cache: cache)
         }
         embeddingLoRABackward(tokens: tokens, dx: dx)

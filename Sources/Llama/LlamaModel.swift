@@ -5,7 +5,9 @@ import GGUF
 import Kernels
 import LoRA
 
-/// What one layer's forward keeps for its backward.
+/// What one layer's forward keeps for its backward. The normalized inputs (h1, h2), the SwiGLU output (act) and
+/// the attention probabilities are cheap to recompute, so backward rebuilds them instead of keeping them
+/// (that halves the activation memory).
 ///
 /// Shapes (N tokens, C embedding, F feed-forward): xIn, h1, xMid, h2 [N, C]; q, attn [N, H·d]; k, v [N, KV·d];
 /// probs [batch, H, T, T]; gate, up, act [N, F]; rstd1, rstd2 [N]; lora: the x·Aᵀ products by weight name.
@@ -36,7 +38,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// Keep only each layer's input in forward and recompute the layer in backward.
     public var gradientCheckpointing = false
     /// Rows of logits computed at once in the head (bounds the [rows, vocabulary] buffer).
-    public var headChunkRows = 256
+    public var headChunkRows = 160
 
     public init(file: GGUFFile, cacheWeights: Bool = false) throws {
         LlamaModel.keepFreedMemory()
@@ -76,7 +78,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         typealias MallOpt = @convention(c) (Int32, Int32) -> Int32
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return }  // RTLD_DEFAULT
         let mallopt = unsafeBitCast(symbol, to: MallOpt.self)
-        _ = mallopt(-3, 1 << 30)  // M_MMAP_THRESHOLD
+        _ = mallopt(-3, 32 << 20)  // M_MMAP_THRESHOLD: 32 MiB is glibc's maximum
         _ = mallopt(-1, 1 << 30)  // M_TRIM_THRESHOLD
         #endif
     }
@@ -137,7 +139,24 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         c.act = [T](repeating: 0, count: n * F)
         SwiGLU.forward(gate: c.gate, up: c.up, out: &c.act, count: n * F)
         let down = linear(p + "ffn_down", c.act, n, F, C, w.down, c)
+        c.h1 = []
+        c.h2 = []
+        c.act = []
+        c.probs = []
         return zip(c.xMid, down).map { $0 + $1 }
+    }
+
+    /// Rebuilds what `layerForward` dropped: h1, h2, act and the attention probabilities.
+    func restore(_ c: LayerCache<T>, w: LayerWeights<T>, attention: Attention<T>) {
+        let n = c.xIn.count / config.embedding, C = config.embedding
+        c.h1 = [T](repeating: 0, count: n * C)
+        RMSNorm.forward(x: c.xIn, weight: w.attnNorm, y: &c.h1, rstd: nil, rows: n, cols: C, eps: T(config.rmsEpsilon))
+        c.h2 = [T](repeating: 0, count: n * C)
+        RMSNorm.forward(x: c.xMid, weight: w.ffnNorm, y: &c.h2, rstd: nil, rows: n, cols: C, eps: T(config.rmsEpsilon))
+        c.act = [T](repeating: 0, count: c.gate.count)
+        SwiGLU.forward(gate: c.gate, up: c.up, out: &c.act, count: c.gate.count)
+        c.probs = [T](repeating: 0, count: attention.probsCount)
+        attention.probabilities(q: c.q, k: c.k, probs: &c.probs)
     }
 
     func linear(_ name: String, _ x: [T], _ n: Int, _ inF: Int, _ outF: Int, _ w: [T], _ cache: LayerCache<T>) -> [T] {

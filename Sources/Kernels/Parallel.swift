@@ -1,0 +1,19 @@
+import Dispatch
+
+/// Splits element-wise work across threads (the BLAS runs its own threads for products).
+public enum Parallel {
+    /// Threads for element-wise kernels; `BLAS.setThreads` sets it too.
+    nonisolated(unsafe) public static var threads = 1
+
+    /// Calls `body` on disjoint ranges covering 0..<count, in parallel when the work is large enough.
+    @inlinable
+    public static func forEachRange(_ count: Int, minimumPerThread: Int = 4096, _ body: (Range<Int>) -> Void) {
+        let parts = max(1, min(threads, count / max(1, minimumPerThread)))
+        if parts == 1 { body(0..<count); return }
+        let per = (count + parts - 1) / parts
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let start = p * per, end = min(count, start + per)
+            if start < end { body(start..<end) }
+        }
+    }
+}
