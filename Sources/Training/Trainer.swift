@@ -188,8 +188,9 @@ public final class Trainer {
         try model.attach(adapter, trainable: true, source: "training adapter")
 
         let rowsPerStep = c.batch * c.gradientAccumulation
-        let layerBytes = 4 * c.batch * c.context * (6 * model.config.embedding + 3 * model.config.qDim
-            + 3 * model.config.feedForward) + 4 * c.batch * model.config.heads * c.context * c.context
+        // Kept per layer: input, mid-layer residual, q, attention output, k, v, gate, up (see LayerCache).
+        let layerBytes = 4 * c.batch * c.context * (2 * model.config.embedding + 2 * model.config.qDim
+            + 2 * model.config.kvDim + 2 * model.config.feedForward)
         let checkpointing = c.gradientCheckpointing ?? (layerBytes * model.config.layers > 1 << 30)
         model.gradientCheckpointing = checkpointing
         let weightBytes = model.config.vocabulary * model.config.embedding * 4
