@@ -12,6 +12,8 @@ public struct SamplingOptions: Sendable, Equatable {
     public var separateWithBOS = true
     /// Start each sample at a random offset inside it.
     public var randomOffsets = false
+    /// Let a sample run past the next sample start (up to what a row can hold), as --overlapping-samples.
+    public var overlapping = false
     public init() {}
 
     /// `\n \r \t \' \" \\` in the pattern when `escape` is on (other `\x` kept as is).
@@ -62,7 +64,7 @@ public struct TokenStream: Sendable {
     }
 
     /// Plain text sampled as the finetune samples it.
-    public init(text: [UInt8], tokenizer: Tokenizer, options: SamplingOptions) {
+    public init(text: [UInt8], tokenizer: Tokenizer, options: SamplingOptions, context: Int = 256) {
         if let pattern = options.pattern.map({ Array($0.utf8) }), !pattern.isEmpty {
             var starts: [Int] = []
             var i = 0
@@ -74,7 +76,13 @@ public struct TokenStream: Sendable {
             var examples: [TrainingExample] = []
             for (k, s) in starts.enumerated() {
                 let begin = s + (options.includeSampleStart ? 0 : (starts == [0] && !text.starts(with: pattern) ? 0 : pattern.count))
-                let end = k + 1 < starts.count ? starts[k + 1] : text.count
+                var end = k + 1 < starts.count ? starts[k + 1] : text.count
+                if options.overlapping {
+                    // As the finetune: enough text for a full row, cut at a UTF-8 character boundary.
+                    let longest = tokenizer.vocabulary.tokens.map { $0.count }.max() ?? 16
+                    end = min(text.count, begin + longest * (context + 1))
+                    while end < text.count && text[end] & 0xC0 == 0x80 { end += 1 }
+                }
                 guard begin < end else { continue }
                 var ids = tokenizer.encode(bytes: Array(text[begin..<end]), addSpecial: false)
                 if tokenizer.vocabulary.addBOS, let bos = tokenizer.vocabulary.bos { ids.insert(bos, at: 0) }

@@ -38,6 +38,10 @@ public struct TrainingConfiguration: Sendable {
     public var relativeLossTolerance: Float = 0
     /// Stop after this many steps without a new best training loss (≤ 0: off).
     public var maxNoImprovement = 0
+    /// The finetune's delta test: stop when |loss(now − past) − loss(now)| / loss(now) < `pastDelta` (past ≤ 0: off).
+    /// The window of past losses starts empty after a resume.
+    public var past = 0
+    public var pastDelta: Float = 1e-5
 
     public var seed: UInt64 = 1
     public var threads: Int?
@@ -147,7 +151,7 @@ public final class Trainer {
             if format == .text {
                 guard let data = FileManager.default.contents(atPath: path) else { throw DataError.unreadable(path: path) }
                 guard !data.isEmpty else { throw DataError.empty(path: path, reason: "the file is empty") }
-                return TokenStream(text: Array(data), tokenizer: tokenizer, options: c.sampling)
+                return TokenStream(text: Array(data), tokenizer: tokenizer, options: c.sampling, context: c.context)
             }
             let reader = JSONLReader(tokenizer: tokenizer, chatTemplate: template, trainOnPrompt: c.trainOnPrompt)
             return TokenStream(examples: try reader.read(path: path, format: format))
@@ -239,6 +243,7 @@ public final class Trainer {
         }
 
         var bestValidation = Double.infinity, evaluationsWithoutImprovement = 0
+        var pastLosses: [Double] = []
         var lastLoss: Double?
         var stopReason: String?
         let started = Date()
@@ -298,6 +303,12 @@ public final class Trainer {
             }
             if Float(loss) < bestLoss { bestLoss = Float(loss); noImprovement = 0 } else { noImprovement += 1 }
             if c.maxNoImprovement > 0 && noImprovement >= c.maxNoImprovement { stopReason = "no improvement for \(noImprovement) steps" }
+            if c.past > 0 {
+                if pastLosses.count >= c.past, abs(pastLosses[pastLosses.count - c.past] - loss) / max(loss, 1e-12) < Double(c.pastDelta) {
+                    stopReason = "loss changed by less than --opt-delta over --opt-past steps"
+                }
+                pastLosses.append(loss)
+            }
             previousLoss = Float(loss)
             lastLoss = loss
             if c.validationEvery > 0 && step % c.validationEvery == 0 && step < startStep + c.iterations, let v = try validate(step: step) {

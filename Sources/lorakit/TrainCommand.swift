@@ -83,6 +83,7 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("separate-with-eos"), inversion: .prefixedNo, help: "Put EOS between packed samples.") var separateWithEos = false
     @Flag(name: .customLong("separate-with-bos"), inversion: .prefixedNo, help: "Put BOS between packed samples.") var separateWithBos = true
     @Flag(name: .customLong("sample-random-offsets"), help: "Start each sample at a random offset.") var sampleRandomOffsets = false
+    @Flag(name: .customLong("overlapping-samples"), help: "Let samples run past the next --sample-start (up to a full row).") var overlappingSamples = false
     @Flag(name: .customLong("force-reshuffle"), help: "Start a new shuffle instead of the checkpoint's.") var forceReshuffle = false
     @Option(name: .customLong("epochs"), help: "Stop after this many passes over the data (≤ 0: no limit).") var epochs = -1
     @Flag(name: .customLong("inspect-data"), help: "Show the first samples with learned tokens marked, then exit.") var inspectData = false
@@ -97,8 +98,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("adam-beta2")) var adamBeta2: Float = 0.999
     @Option(name: .customLong("adam-gclip"), help: "Clip the global gradient norm to this (0: off).") var adamGclip: Float = 1
     @Option(name: .customLong("adam-epsf"), help: "Stop when the relative loss change falls below this (≤ 0: off).") var adamEpsf: Float = 0
-    @Option(name: .customLong("opt-past"), help: "Not supported: use --opt-max-no-improvement or --early-stop.") var optPast: Int?
-    @Option(name: .customLong("opt-delta"), help: "Not supported (see --opt-past).") var optDelta: Float?
+    @Option(name: .customLong("opt-past"), help: "Stop when the loss changed by less than --opt-delta (relative) over this many steps (0: off).") var optPast = 0
+    @Option(name: .customLong("opt-delta"), help: "Threshold of the --opt-past test.") var optDelta: Float = 1e-5
     @Option(name: .customLong("opt-max-no-improvement"), help: "Stop after N steps without a new best loss (≤ 0: off).") var optMaxNoImprovement = 0
     @Option(name: .customLong("grad-acc"), help: "Micro-batches accumulated per step.") var gradAcc = 1
     @Option(name: .customLong("warmup"), help: "Linear warm-up steps (default: min(100, iters/10)).") var warmup: Int?
@@ -126,9 +127,6 @@ struct TrainCommand: ParsableCommand {
         for (name, v) in [("--rank-att-norm", rankAttNorm), ("--rank-ffn-norm", rankFfnNorm), ("--rank-out-norm", rankOutNorm)] where v != nil {
             throw ValidationError("\(name): norm weights are not adapted (llama.cpp and PEFT adapters cannot carry norm deltas)")
         }
-        if optPast != nil || optDelta != nil {
-            throw ValidationError("--opt-past/--opt-delta are not supported; use --opt-max-no-improvement or --early-stop")
-        }
         if ctx < 2 || batch < 1 || gradAcc < 1 || loraR < 1 || adamIter < 0 {
             throw ValidationError("--ctx ≥ 2, --batch ≥ 1, --grad-acc ≥ 1, --lora-r ≥ 1 and --adam-iter ≥ 0 are required")
         }
@@ -154,6 +152,9 @@ struct TrainCommand: ParsableCommand {
         c.sampling.separateWithEOS = separateWithEos
         c.sampling.separateWithBOS = separateWithBos
         c.sampling.randomOffsets = sampleRandomOffsets
+        c.sampling.overlapping = overlappingSamples
+        c.past = optPast
+        c.pastDelta = optDelta
         c.context = ctx
         c.batch = batch
         c.iterations = adamIter

@@ -124,6 +124,20 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(try adapterBytes(dir + "/good.gguf") == before, "the good adapter was overwritten")
     }
 
+    func testConvergenceTestsStopTheRun() throws {
+        var c = config("past.gguf", iterations: 10)
+        c.past = 2
+        c.pastDelta = 10  // any change is "small": stops as soon as two past losses exist
+        var summary = try Trainer(configuration: c).run { _ in true }
+        XCTAssertEqual(summary.steps, 3)
+        XCTAssertNotNil(summary.stoppedEarly)
+        c = config("noimp.gguf", iterations: 10)
+        c.adam.learningRate = 0  // no learning: the loss never beats its best for long
+        c.maxNoImprovement = 2
+        summary = try Trainer(configuration: c).run { _ in true }
+        XCTAssertLessThan(summary.steps, 10)
+    }
+
     func testScheduleFollowsTheFinetuneFormulas() {
         let s = LearningSchedule(warmup: 10, cosineDecaySteps: 100, cosineDecayMin: 0.1, cosineDecayRestart: 1.1, restarts: false)
         XCTAssertEqual(s.factor(step: 0, minFraction: 0), 0)
@@ -156,6 +170,12 @@ final class TrainerTests: XCTestCase {
         let included = TokenStream(text: text, tokenizer: tokenizer, options: o)
         XCTAssertEqual(included.samples.map { s in tokenizer.decode(Array(included.tokens[s.start..<(s.start + s.count)])) },
                        ["##BC", "##DEF"])
+        var overlapping = o
+        overlapping.includeSampleStart = false
+        overlapping.overlapping = true
+        let over = TokenStream(text: text, tokenizer: tokenizer, options: overlapping, context: 6)
+        XCTAssertEqual(over.samples.map { s in tokenizer.decode(Array(over.tokens[s.start..<(s.start + s.count)])) },
+                       ["BC##DEF", "DEF"], "overlapping samples run past the next sample start")
         // Rows: padded with EOS (not learned) without fill; packed with a BOS separator with fill.
         var b = Batcher(stream: stream, length: 6, seed: 1, options: SamplingOptions(), bos: 64, eos: 65)
         let rows = b.evaluationRows()
