@@ -1,0 +1,69 @@
+import Foundation
+import GGUF
+import Training
+import XCTest
+
+/// Real training runs on SmolLM2 with the shared data (a few minutes in all).
+final class RealTrainingTests: XCTestCase {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+
+    func model() throws -> String {
+        let path = root + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
+        throw XCTSkip("SmolLM2 not fetched")
+    }
+
+    func shared(_ name: String) throws -> String {
+        let path = root + "/../shared/data/" + name
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("missing \(path)") }
+        return path
+    }
+
+    /// ctx 256, batch 4, rank 8, lr 1e-4, 30 steps: the loss on held-out Shakespeare (the perplexity's log) falls.
+    func testShakespeareHeldOutLossFalls() throws {
+        let text = try Data(contentsOf: URL(fileURLWithPath: try shared("shakespeare.txt")))
+        let dir = NSTemporaryDirectory() + "/lorakit-shk-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try text.prefix(text.count - 20000).write(to: URL(fileURLWithPath: dir + "/train.txt"))
+        try text.suffix(20000).write(to: URL(fileURLWithPath: dir + "/heldout.txt"))
+        var c = TrainingConfiguration(model: try model(), trainData: dir + "/train.txt", adapterOut: dir + "/shk.gguf")
+        c.validationData = dir + "/heldout.txt"
+        c.context = 256
+        c.batch = 4
+        c.rank = 8
+        c.adam.learningRate = 1e-4
+        c.iterations = 30
+        c.saveEvery = 0
+        c.checkpointOut = nil
+        c.seed = 1
+        var validation: [Double] = []
+        _ = try Trainer(configuration: c).run { event in
+            if case let .validation(_, loss, _) = event { validation.append(loss) }
+            return true
+        }
+        XCTAssertEqual(validation.count, 2)
+        XCTAssertLessThan(validation[1], validation[0] - 0.01, "held-out loss (log perplexity) before and after: \(validation)")
+    }
+
+    func testWikiSQLValidationLossFalls() throws {
+        let dir = NSTemporaryDirectory()
+        var c = TrainingConfiguration(model: try model(), trainData: try shared("wikisql-train.jsonl"), adapterOut: dir + "/wikisql-\(getpid()).gguf")
+        c.validationData = try shared("wikisql-valid.jsonl")
+        c.context = 128
+        c.batch = 4
+        c.iterations = 15
+        c.adam.learningRate = 5e-4
+        c.saveEvery = 0
+        c.checkpointOut = nil
+        c.seed = 1
+        var validation: [Double] = []
+        _ = try Trainer(configuration: c).run { event in
+            if case let .validation(_, loss, _) = event { validation.append(loss) }
+            return true
+        }
+        XCTAssertEqual(validation.count, 2)
+        XCTAssertLessThan(validation[1], validation[0], "validation loss before and after: \(validation)")
+    }
+}
