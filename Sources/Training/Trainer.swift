@@ -104,6 +104,8 @@ public struct StepReport: Sendable {
     public var eta: Double
     public var scoredTokens: Int
     public var epoch: Int
+    /// Share of the step spent outside forward/backward (data, optimizer, checks).
+    public var overhead: Double
 }
 
 public struct TrainingSummary: Sendable {
@@ -264,11 +266,13 @@ public final class Trainer {
             let scored = micro.reduce(0) { $0 + $1.targets.filter { $0 >= 0 }.count }
             adapter.zeroGradients()
             var lossSum = 0.0
+            let computeStart = Date()
             for mb in micro where scored > 0 {
                 lossSum += try model.forwardBackward(tokens: mb.tokens, targets: mb.targets, batch: c.batch,
                                                      lossScale: 1 / Float(scored)).sum
             }
             let loss = scored > 0 ? lossSum / Double(scored) : 0
+            let computeSeconds = Date().timeIntervalSince(computeStart)
             step += 1
             guard loss.isFinite else { throw TrainingError.nonFinite(step: step, what: "the loss") }
             for name in adapter.order {
@@ -296,7 +300,8 @@ public final class Trainer {
             let keepGoing = report(.step(StepReport(
                 step: step, loss: loss, learningRate: c.adam.learningRate * sched, gradientNorm: gnorm,
                 tokensPerSecond: Double(rowsPerStep * c.context) / Date().timeIntervalSince(stepStart), elapsed: elapsed,
-                eta: perStep * Double(startStep + c.iterations - step), scoredTokens: scored, epoch: batcher.state.epoch)))
+                eta: perStep * Double(startStep + c.iterations - step), scoredTokens: scored, epoch: batcher.state.epoch,
+                overhead: max(0, 1 - computeSeconds / Date().timeIntervalSince(stepStart)))))
             // Convergence tests of the finetune.
             if c.relativeLossTolerance > 0, let last = lastLoss, abs(last - loss) / max(loss, 1e-12) < Double(c.relativeLossTolerance) {
                 stopReason = "loss changed by less than --adam-epsf"

@@ -42,7 +42,8 @@ struct TrainingReport {
             metrics.append(JSON.object([("type", .string("step")), ("step", .int(Int64(s.step))), ("loss", .double(s.loss)),
                                         ("lr", .double(Double(s.learningRate))), ("grad_norm", .double(s.gradientNorm)),
                                         ("tokens_per_second", .double(s.tokensPerSecond)), ("elapsed", .double(s.elapsed)),
-                                        ("tokens", .int(Int64(s.scoredTokens))), ("epoch", .int(Int64(s.epoch)))]).text)
+                                        ("tokens", .int(Int64(s.scoredTokens))), ("epoch", .int(Int64(s.epoch))),
+                                        ("overhead", .double(s.overhead))]).text)
             flushMetrics()
         case let .validation(step, loss, best):
             validationLoss.append((step, loss))
