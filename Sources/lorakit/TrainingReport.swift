@@ -26,6 +26,7 @@ struct TrainingReport {
     }
 
     mutating func render(_ event: TrainingEvent) {
+        defer { fflush(stdout) }  // progress must reach a pipe (tee, a log) as it happens
         switch event {
         case let .plan(p):
             print("plan: \(p.trainableParameters) trainable parameters (rank \(config.rank), alpha \(config.alpha), \(config.targets.map(\.rawValue).joined(separator: ",")))")

@@ -1,0 +1,49 @@
+import Foundation
+import XCTest
+
+final class TrainCommandTests: XCTestCase {
+    var model: String { LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+
+    /// Ctrl-C finishes the current step, saves checkpoint and adapter, exits 0 and says how to resume.
+    func testInterruptSavesAndExplainsHowToResume() throws {
+        guard FileManager.default.fileExists(atPath: model) else {
+            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
+            throw XCTSkip("SmolLM2 not fetched")
+        }
+        let dir = NSTemporaryDirectory() + "/lorakit-sigint-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
+        p.arguments = ["train", "-m", model, "--train-data", LoRAKitBinary.packageRoot + "/../shared/data/shakespeare.txt",
+                       "--ctx", "32", "--batch", "1", "--iters", "1000", "--seed", "1", "--save-every", "0",
+                       "--lora-out", dir + "/a.gguf", "-t", "1"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        var text = ""
+        let deadline = Date().addingTimeInterval(120)
+        while !text.contains("step     2"), Date() < deadline {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        kill(p.processIdentifier, SIGINT)
+        text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("resume with: --checkpoint-in"), text)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a.gguf"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf"))
+        XCTAssertFalse(text.contains("step  1000"), "stopped early")
+    }
+
+    func testBadOptionsAreRefused() throws {
+        let (status, _, err) = try LoRAKitBinary.run(["train", "-m", "x.gguf", "--train-data", "y.txt", "--rank-att-norm", "1"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("norm"), err)
+        let (status2, _, err2) = try LoRAKitBinary.run(["train", "-m", "/nonexistent.gguf", "--train-data", "y.txt"])
+        XCTAssertEqual(status2, 1)
+        XCTAssertTrue(err2.hasPrefix("error: "), err2)
+    }
+}
