@@ -159,7 +159,9 @@ public final class Trainer {
             return TokenStream(examples: try reader.read(path: path, format: format))
         }
         let trainStream = try load(c.trainData)
-        guard trainStream.tokens.count >= 2 else { throw DataError.empty(path: c.trainData, reason: "fewer than 2 tokens") }
+        guard trainStream.tokens.count >= 2, trainStream.sampleCount > 0 else {
+            throw DataError.empty(path: c.trainData, reason: "no samples (fewer than 2 tokens, or nothing after the --sample-start marks)")
+        }
         var batcher = Batcher(stream: trainStream, length: c.context, seed: c.seed, options: c.sampling,
                               bos: tokenizer.vocabulary.bos, eos: tokenizer.vocabulary.eos)
         let validationRows = try c.validationData.map { path in
