@@ -93,12 +93,20 @@ struct TrainingReport {
             var text = ""
             var inLearned = false
             let learned = [false] + row.targets.map { $0 >= 0 }
-            let tokens = row.tokens + [row.targets.last.map { $0 >= 0 ? $0 : -1 } ?? -1]
-            for (t, id) in tokens.enumerated() where id >= 0 {
+            var tokens = row.tokens + [row.targets.last.map { $0 >= 0 ? $0 : -1 } ?? -1]
+            // Padding after the sample: the trailing run of unlearned EOS tokens, summarized.
+            var padding = 0
+            while let last = tokens.dropLast().last, last == tokenizer.vocabulary.eos, !learned[tokens.count - 2],
+                  tokens.count >= 2, padding < row.tokens.count - 1 {
+                tokens.removeLast()
+                padding += 1
+            }
+            for (t, id) in tokens.enumerated() where id >= 0 && t < tokens.count - (padding > 0 ? 1 : 0) {
                 if learned[t] != inLearned { text += learned[t] ? "[" : "]"; inLearned = learned[t] }
                 text += String(decoding: tokenizer.piece(id, special: true), as: UTF8.self)
             }
             if inLearned { text += "]" }
+            if padding > 0 { text += "\n(\(padding) padding tokens, not learned)" }
             print("--- sample \(i + 1) ---\n" + text)
         }
     }

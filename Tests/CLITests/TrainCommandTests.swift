@@ -38,6 +38,18 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertFalse(text.contains("step  1000"), "stopped early")
     }
 
+    func testInspectDataMarksLearnedTokens() throws {
+        guard FileManager.default.fileExists(atPath: model) else { throw XCTSkip("SmolLM2 not fetched") }
+        let data = LoRAKitBinary.packageRoot + "/data/demo/velmora-valid.jsonl"
+        let (status, out, err) = try LoRAKitBinary.run(["train", "-m", model, "--train-data", data, "--ctx", "96", "--inspect-data"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("format chat"), out)
+        // Only the assistant's answer and its end-of-turn token are learned.
+        XCTAssertTrue(out.contains("<|im_start|>assistant\n["), out)
+        XCTAssertTrue(out.contains("<|im_end|>]"), out)
+        XCTAssertFalse(out.contains("[<|im_start|>user"), out)
+    }
+
     func testBadOptionsAreRefused() throws {
         let (status, _, err) = try LoRAKitBinary.run(["train", "-m", "x.gguf", "--train-data", "y.txt", "--rank-att-norm", "1"])
         XCTAssertNotEqual(status, 0)
