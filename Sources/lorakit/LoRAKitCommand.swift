@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -13,11 +14,21 @@ struct LoRAKitCommand: ParsableCommand {
         subcommands: [InfoCommand.self, TokenizeCommand.self, TrainCommand.self, GenerateCommand.self, PerplexityCommand.self, ConvertCommand.self, MergeCommand.self]
     )
 
+    /// As the 2023 finetune: `_` in an option name means `-` (`--adam_iter` = `--adam-iter`).
+    static func normalizedArguments(_ arguments: [String]) -> [String] {
+        arguments.map { arg in
+            guard arg.hasPrefix("--") else { return arg }
+            let parts = arg.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = parts[0].replacingOccurrences(of: "_", with: "-")
+            return parts.count > 1 ? name + "=" + parts[1] : name
+        }
+    }
+
     /// Runs the command; errors from files and data print as one `error: …` line with exit status 1, while
     /// option errors keep ArgumentParser's usage message.
     static func main() {
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(normalizedArguments(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch let error as CLIError {
             CLI.fail(error.description)
