@@ -189,6 +189,42 @@ final class TrainerTests: XCTestCase {
         XCTAssertFalse(packed.tokens.contains(65), "no padding when filled")
     }
 
+    func testSeparatorsRandomOffsetsAndReshuffle() throws {
+        let tokenizer = try Tokenizer(file: GGUFFile(path: modelPath))
+        var o = SamplingOptions()
+        o.sampleStart = "##"
+        let stream = TokenStream(text: Array("##AB##CD##EF##GH".utf8), tokenizer: tokenizer, options: o)
+        XCTAssertEqual(stream.samples.count, 4)
+        // Filled rows: sample, EOS, BOS, next sample … (both separators on).
+        var fill = o
+        fill.fillWithNextSamples = true
+        fill.separateWithEOS = true
+        fill.separateWithBOS = true
+        var b = Batcher(stream: stream, length: 9, seed: 3, options: fill, bos: 64, eos: 65)
+        let row = b.next(rows: 1).tokens
+        XCTAssertEqual(Array(row[2...3]), [65, 64], "EOS then BOS between samples: \(row)")
+        XCTAssertEqual(Array(row[6...7]), [65, 64])
+        // Random offsets: some rows start inside their sample, never past its last token.
+        var offsets = o
+        offsets.randomOffsets = true
+        let long = TokenStream(text: Array("##ABCDEFGHIJ##KLMNOPQRST".utf8), tokenizer: tokenizer, options: offsets)
+        b = Batcher(stream: long, length: 4, seed: 11, options: offsets, bos: 64, eos: 65)
+        let starts = (0..<20).map { _ in b.next(rows: 1).tokens[0] }
+        let sampleStarts = Set(tokenizer.encode("AK", addSpecial: false))
+        XCTAssertTrue(starts.contains { !sampleStarts.contains($0) }, "some rows start at a random offset")
+        // --force-reshuffle: resuming with a new shuffle gives other batches than resuming the saved one.
+        _ = try Trainer(configuration: config("r1.gguf", iterations: 2)).run { _ in true }
+        try FileManager.default.copyItem(atPath: dir + "/r1.gguf.ckpt", toPath: dir + "/r2.ckpt")
+        var resume = config("r1.gguf", iterations: 2)
+        resume.checkpointIn = dir + "/r1.gguf.ckpt"
+        _ = try Trainer(configuration: resume).run { _ in true }
+        var reshuffled = config("r2.gguf", iterations: 2)
+        reshuffled.checkpointIn = dir + "/r2.ckpt"
+        reshuffled.forceReshuffle = true
+        _ = try Trainer(configuration: reshuffled).run { _ in true }
+        XCTAssertFalse(try adapterBytes(dir + "/r1.gguf") == adapterBytes(dir + "/r2.gguf"), "a new shuffle gives other batches")
+    }
+
     func testBadJSONLLineNamesFileAndLine() throws {
         let path = dir + "/bad.jsonl"
         try "{\"text\": \"OK\"}\n{\"text\": oops}\n".write(toFile: path, atomically: true, encoding: .utf8)
