@@ -121,7 +121,7 @@ public enum BLAS {
 }
 
 /// Element types the kernels compute in: Float for real work, Double for gradient checks.
-public protocol KernelScalar: BinaryFloatingPoint, SIMDScalar, Sendable {
+public protocol KernelScalar: BinaryFloatingPoint, SIMDScalar, Sendable, Codable {
     /// C = alpha · op(A) · op(B) + beta · C, row-major; op(A) is M×K, op(B) is K×N.
     static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Self,
                      a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,

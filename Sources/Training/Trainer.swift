@@ -212,12 +212,11 @@ public final class Trainer {
                      ("LoRA, gradients, AdamW moments", adapter.parameterCount * 16)])
         guard report(.plan(plan)) else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
 
-        let iterationsPerEpoch = max(1, trainStream.sampleCount / rowsPerStep)
         let schedule = LearningSchedule(warmup: c.warmup ?? min(100, c.iterations / 10),
                                         cosineDecaySteps: c.cosineDecaySteps ?? max(1, c.iterations),
                                         cosineDecayMin: c.cosineDecayMin, cosineDecayRestart: c.cosineDecayRestart,
                                         restarts: c.restarts)
-        func save(step: Int, final: Bool) throws {
+        func save(step: Int) throws {
             try writeAdapter(adapter, model: model, file: file, path: c.adapterOut, step: step)
             guard let out = c.checkpointOut else { return }
             let cp = Checkpoint(adapter: adapter, moments: moments, iteration: step, batcher: batcher.state, seed: c.seed,
@@ -332,10 +331,9 @@ public final class Trainer {
                     stopReason = "validation loss did not improve for \(c.earlyStop) evaluations"
                 }
             }
-            if c.saveEvery > 0 && step % c.saveEvery == 0 { try save(step: step, final: false) }
+            if c.saveEvery > 0 && step % c.saveEvery == 0 { try save(step: step) }
             if !keepGoing { stopReason = "stopped on request"; break }
             if stopReason != nil { break }
-            _ = iterationsPerEpoch
         }
         if let v = try validate(step: step) {
             let isBest = v < bestValidation
@@ -343,7 +341,7 @@ public final class Trainer {
             _ = report(.validation(step: step, loss: v, best: isBest))
         }
         if !(c.saveEvery > 0 && step % c.saveEvery == 0 && step > startStep) || stopReason != nil {
-            try save(step: step, final: true)
+            try save(step: step)
         }
         _ = report(.saved(kind: "adapter", path: c.adapterOut))
         if batcher.truncated > 0 { _ = report(.warning("\(batcher.truncated) samples were longer than --ctx and were cut")) }
@@ -358,7 +356,7 @@ public final class Trainer {
         let c = configuration
         return try LoRAAdapter<Float>.initialized(
             layers: model.config.layers,
-            shapes: { t in model.config.tiedEmbeddings && t == .output && false ? nil : model.config.features(of: t) },
+            shapes: { model.config.features(of: $0) },
             targets: c.targets, rank: { c.ranks[$0] ?? c.rank }, alpha: c.alpha, rsLoRA: c.rsLoRA, seed: c.seed)
     }
 

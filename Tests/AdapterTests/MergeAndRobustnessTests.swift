@@ -84,7 +84,7 @@ final class MergeAndRobustnessTests: XCTestCase {
             var bytes = good
             if i % 3 == 0 { bytes = Array(bytes.prefix(Int(rng.next() % UInt64(bytes.count)))) }
             else { for _ in 0..<4 { bytes[Int(rng.next() % 200)] = UInt8(truncatingIfNeeded: rng.next()) } }
-            FileManager.default.createFile(atPath: dir + "/bad.gguf", contents: Data(bytes))
+            _ = FileManager.default.createFile(atPath: dir + "/bad.gguf", contents: Data(bytes))
             _ = try? AdapterFile.read(path: dir + "/bad.gguf", as: Float.self)  // must not crash
         }
         // Mismatched rank between A and B.
