@@ -16,7 +16,7 @@ scripts/install-deps.sh
 scripts/fetch-model.sh
 if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
   echo "building lorakit (release) …"
-  swift build -c release --product lorakit 2>&1 | grep -E "error|warning: |Build complete" || true
+  swift build -c release --product lorakit $(scripts/swift-flags.sh) 2>&1 | grep -E "error|warning: |Build complete" || true
 fi
 [ -x "$LORAKIT" ] || { echo "error: the build failed" >&2; exit 1; }
 mkdir -p "$OUT"

@@ -7,6 +7,7 @@ scripts/install-deps.sh
 scripts/fetch-model.sh
 export LORAKIT_REQUIRE_MODEL=1
 mkdir -p .build
-swift build -c release --build-tests
-swift test -c release --skip-build 2>&1 | tee .build/test.log
+FLAGS=$(scripts/swift-flags.sh)
+swift build -c release --build-tests $FLAGS
+swift test -c release --skip-build $FLAGS 2>&1 | tee .build/test.log
 grep -q "with 0 failures" .build/test.log

@@ -17,11 +17,11 @@ public enum Dequantize {
             for i in 0..<count {
                 dst[i] = Float(bitPattern: UInt32(base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16)
             }
-        case .q4_0: for b in 0..<blocks { q4_0(base + b * 18, dst + b * 32) }
-        case .q4_1: for b in 0..<blocks { q4_1(base + b * 20, dst + b * 32) }
-        case .q5_0: for b in 0..<blocks { q5(base + b * 22, dst + b * 32, hasMin: false) }
-        case .q5_1: for b in 0..<blocks { q5(base + b * 24, dst + b * 32, hasMin: true) }
-        case .q8_0: for b in 0..<blocks { q8_0(base + b * 34, dst + b * 32) }
+        case .q4_0: withHalfTable { h in for b in 0..<blocks { q4_0(base + b * 18, dst + b * 32, h) } }
+        case .q4_1: withHalfTable { h in for b in 0..<blocks { q4_1(base + b * 20, dst + b * 32, h) } }
+        case .q5_0: withHalfTable { h in for b in 0..<blocks { q5(base + b * 22, dst + b * 32, hasMin: false, h) } }
+        case .q5_1: withHalfTable { h in for b in 0..<blocks { q5(base + b * 24, dst + b * 32, hasMin: true, h) } }
+        case .q8_0: withHalfTable { h in for b in 0..<blocks { q8_0(base + b * 34, dst + b * 32, h) } }
         case .q2_K: for b in 0..<blocks { q2_K(base + b * 84, dst + b * 256) }
         case .q3_K: for b in 0..<blocks { q3_K(base + b * 110, dst + b * 256) }
         case .q4_K: for b in 0..<blocks { q4_K(base + b * 144, dst + b * 256) }
@@ -45,6 +45,17 @@ public enum Dequantize {
         HalfPrecision.floatFromHalfBits(p.loadUnaligned(as: UInt16.self))
     }
 
+    /// Block scales through the 65 536-entry table: no branches per block.
+    @inline(__always)
+    static func half(_ p: UnsafeRawPointer, _ table: UnsafePointer<Float>) -> Float {
+        table[Int(p.loadUnaligned(as: UInt16.self))]
+    }
+
+    @inline(__always)
+    static func withHalfTable(_ body: (UnsafePointer<Float>) -> Void) {
+        HalfPrecision.halfTable.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+
     /// Unpacks 16 bytes into their 32 nibbles: low nibbles first, then high nibbles.
     @inline(__always)
     static func nibbles(_ p: UnsafeRawPointer) -> (SIMD16<UInt8>, SIMD16<UInt8>) {
@@ -64,23 +75,26 @@ public enum Dequantize {
         UnsafeMutableRawPointer(dst).storeBytes(of: v, as: SIMD16<Float>.self)
     }
 
-    static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p)
+    @inline(__always)
+    static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, _ table: UnsafePointer<Float>) {
+        let d = half(p, table)
         let (lo, hi) = nibbles(p + 2)
         store((floats(lo) - 8) * d, y)
         store((floats(hi) - 8) * d, y + 16)
     }
 
-    static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p), m = half(p + 2)
+    @inline(__always)
+    static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, _ table: UnsafePointer<Float>) {
+        let d = half(p, table), m = half(p + 2, table)
         let (lo, hi) = nibbles(p + 4)
         store(d * floats(lo) + m, y)
         store(d * floats(hi) + m, y + 16)
     }
 
-    static func q5(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, hasMin: Bool) {
-        let d = half(p)
-        let m: Float = hasMin ? half(p + 2) : 0
+    @inline(__always)
+    static func q5(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, hasMin: Bool, _ table: UnsafePointer<Float>) {
+        let d = half(p, table)
+        let m: Float = hasMin ? half(p + 2, table) : 0
         let qhOffset = hasMin ? 4 : 2
         let qh = p.loadUnaligned(fromByteOffset: qhOffset, as: UInt32.self)
         let (lo, hi) = nibbles(p + qhOffset + 4)
@@ -98,8 +112,9 @@ public enum Dequantize {
         }
     }
 
-    static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p)
+    @inline(__always)
+    static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, _ table: UnsafePointer<Float>) {
+        let d = half(p, table)
         for i in 0..<32 { y[i] = Float(p.load(fromByteOffset: 2 + i, as: Int8.self)) * d }
     }
 

@@ -10,7 +10,8 @@ enum MatVec {
     static func multiply(type: TensorType, data: UnsafeRawBufferPointer, rows: Int, cols: Int,
                          x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, threads: Int) {
         let rowBytes = cols / type.blockSize * type.blockBytes
-        let parts = max(1, min(threads, rows / 64))
+        // Waking threads costs more than small products gain: only large matrices (the head) are split.
+        let parts = rows * cols >= 1 << 22 ? max(1, min(threads, rows / 64)) : 1
         let per = (rows + parts - 1) / parts
         let body = { (part: Int) in
             let start = part * per, end = min(rows, start + per)
