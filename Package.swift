@@ -41,7 +41,7 @@ let package = Package(
             dependencies: ["GGUF", "Tokenizer", "LoRA", "Llama", "Training"],
             path: "Examples/FineTune"
         ),
-        .target(name: "TestSupport", dependencies: ["GGUF"]),
+        .target(name: "TestSupport", dependencies: ["GGUF", "LoRA"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "TestSupport"]),

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import GGUF
+import LoRA
 
 /// Writes small random llama-architecture GGUF models for tests, so unit tests need no download.
 public struct TinyLlama {
@@ -89,17 +90,10 @@ public struct TinyLlama {
     public func write(to path: String) throws { try writer().write(to: path) }
 }
 
-/// A small deterministic random generator for tests.
-public struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// The project's SplitMix64 generator, with a signed draw for test data.
+public typealias SplitMix64 = SplitMix
+
+extension SplitMix {
     /// Uniform in [-1, 1).
     public mutating func nextSigned() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
 }

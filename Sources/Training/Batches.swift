@@ -1,3 +1,4 @@
+import LoRA
 import Tokenizer
 
 /// Options of the 2023 finetune's text sampling.
@@ -128,7 +129,7 @@ public struct Batcher: Sendable {
 
     /// The order of samples in `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch).
     func permutation(epoch: Int) -> [Int] {
-        var rng = SplitMixRNG(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+        var rng = SplitMix(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
         var p = Array(0..<stream.sampleCount)
         if p.count > 1 {
             for i in stride(from: p.count - 1, to: 0, by: -1) {
@@ -152,7 +153,7 @@ public struct Batcher: Sendable {
     }
 
     /// Tokens and learned flags of sample `index` (for windows: `length + 1` tokens from that position).
-    func sample(_ index: Int, rng: inout SplitMixRNG, randomOffset: Bool) -> (tokens: ArraySlice<Int32>, trained: ArraySlice<Bool>) {
+    func sample(_ index: Int, rng: inout SplitMix, randomOffset: Bool) -> (tokens: ArraySlice<Int32>, trained: ArraySlice<Bool>) {
         if stream.windows {
             let end = min(stream.tokens.count, index + length + 1)
             return (stream.tokens[index..<end], stream.trained[index..<end])
@@ -166,7 +167,7 @@ public struct Batcher: Sendable {
     /// The next micro-batch: `rows` rows of `length` input tokens and their targets (−1 = not learned).
     public mutating func next(rows: Int) -> (tokens: [Int32], targets: [Int32]) {
         var tokens: [Int32] = [], targets: [Int32] = []
-        var rng = SplitMixRNG(seed: seed ^ UInt64(state.epoch) << 32 ^ UInt64(state.cursor))
+        var rng = SplitMix(seed: seed ^ UInt64(state.epoch) << 32 ^ UInt64(state.cursor))
         for _ in 0..<rows {
             var seq: [Int32] = [], learn: [Bool] = []
             var first = true
@@ -199,7 +200,7 @@ public struct Batcher: Sendable {
         var copy = self
         copy.state = State(epoch: 0, cursor: 0)
         var rows: [(tokens: [Int32], targets: [Int32])] = []
-        var rng = SplitMixRNG(seed: 0)
+        var rng = SplitMix(seed: 0)
         let indices: [Int] = stream.windows ? Array(stride(from: 0, to: max(1, stream.tokens.count - 1), by: length)) : Array(0..<stream.samples.count)
         for index in indices {
             let (seq, learn) = copy.sample(index, rng: &rng, randomOffset: false)
@@ -212,18 +213,5 @@ public struct Batcher: Sendable {
             rows.append((t, g))
         }
         return rows
-    }
-}
-
-/// SplitMix64 for data order (independent of the adapter's initialization stream).
-struct SplitMixRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
