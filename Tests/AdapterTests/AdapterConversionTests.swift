@@ -7,19 +7,8 @@ import TestSupport
 import XCTest
 
 enum AdapterFixtures {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().path
-    static func model() throws -> String {
-        let path = root + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-        throw XCTSkip("SmolLM2 not fetched")
-    }
-    static func shared(_ relative: String) throws -> String {
-        let path = root + "/../shared/" + relative
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("missing \(path)") }
-        return path
-    }
+    static func model() throws -> String { try TestData.smolLM2() }
+    static func shared(_ relative: String) throws -> String { try TestData.shared(relative) }
     static let smolHeads = PEFT.Heads(heads: 9, kvHeads: 3)
 }
 

@@ -1,14 +1,12 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// Runs the README's first command, shortened: the tuned model answers with the taught facts, the base model does not.
 final class DemoTests: XCTestCase {
     func testShortenedDemo() throws {
         let root = LoRAKitBinary.packageRoot
-        guard FileManager.default.fileExists(atPath: root + "/models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
-            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-            throw XCTSkip("SmolLM2 not fetched")
-        }
+        _ = try TestData.smolLM2()
         let out = NSTemporaryDirectory() + "/lorakit-demo-\(getpid())"
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")

@@ -1,14 +1,12 @@
 import Foundation
+import TestSupport
 import XCTest
 
 final class GenerateCommandTests: XCTestCase {
     var model: String { LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
 
     func requireModel() throws {
-        guard FileManager.default.fileExists(atPath: model) else {
-            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-            throw XCTSkip("SmolLM2 not fetched")
-        }
+        _ = try TestData.smolLM2()
     }
 
     func testGreedyGenerationAndSpeedReport() throws {

@@ -63,10 +63,7 @@ final class InfoCommandTests: XCTestCase {
     }
 
     func testInfoOnSmolLM2() throws {
-        guard FileManager.default.fileExists(atPath: smolLM2) else {
-            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-            throw XCTSkip("SmolLM2 not fetched")
-        }
+        _ = try TestData.smolLM2()
         let start = Date()
         let (status, raw, err) = try LoRAKitBinary.run(["info", smolLM2])
         let out = squeezed(raw)

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// `lorakit perplexity` on SmolLM2 against the float32 reference (transformers on the same GGUF, scored as
@@ -6,10 +7,7 @@ import XCTest
 final class PerplexityCommandTests: XCTestCase {
     func testSmolLM2ShakespearePerplexity() throws {
         let model = LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: model) else {
-            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-            throw XCTSkip("SmolLM2 not fetched")
-        }
+        _ = try TestData.smolLM2()
         let text = try Data(contentsOf: URL(fileURLWithPath: LoRAKitBinary.packageRoot + "/../shared/data/shakespeare.txt")).prefix(20000)
         let path = NSTemporaryDirectory() + "/shakespeare-20k-\(getpid()).txt"
         try text.write(to: URL(fileURLWithPath: path))

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 final class TrainCommandTests: XCTestCase {
@@ -6,10 +7,7 @@ final class TrainCommandTests: XCTestCase {
 
     /// Ctrl-C finishes the current step, saves checkpoint and adapter, exits 0 and says how to resume.
     func testInterruptSavesAndExplainsHowToResume() throws {
-        guard FileManager.default.fileExists(atPath: model) else {
-            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-            throw XCTSkip("SmolLM2 not fetched")
-        }
+        _ = try TestData.smolLM2()
         let dir = NSTemporaryDirectory() + "/lorakit-sigint-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let p = Process()

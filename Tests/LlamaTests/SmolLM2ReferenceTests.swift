@@ -3,25 +3,12 @@ import GGUF
 import Kernels
 import Llama
 import LoRA
+import TestSupport
 import XCTest
 
 enum Fixtures {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().path
-    static let shared = packageRoot + "/../shared"
-
-    static func model() throws -> String {
-        let path = packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing: \(path)") }
-        throw XCTSkip("SmolLM2 not fetched (scripts/fetch-model.sh)")
-    }
-
-    static func shared(_ relative: String) throws -> String {
-        let path = shared + "/" + relative
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("missing \(path)") }
-        return path
-    }
+    static func model() throws -> String { try TestData.smolLM2() }
+    static func shared(_ relative: String) throws -> String { try TestData.shared(relative) }
 }
 
 /// The real model against transformers/PEFT float32 references (../shared/testdata/reference).

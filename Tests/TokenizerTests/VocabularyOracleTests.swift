@@ -1,25 +1,12 @@
 import Foundation
 import GGUF
+import TestSupport
 import Tokenizer
 import XCTest
 
 enum SharedData {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().path + "/shared"
-    static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().path + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-    static func require(_ relative: String) throws -> String {
-        let path = root + "/" + relative
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("missing \(path)") }
-        return path
-    }
-
-    static func requireModel() throws -> String {
-        if FileManager.default.fileExists(atPath: model) { return model }
-        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing: \(model)") }
-        throw XCTSkip("SmolLM2 not fetched (scripts/fetch-model.sh)")
-    }
+    static func require(_ relative: String) throws -> String { try TestData.shared(relative) }
+    static func requireModel() throws -> String { try TestData.smolLM2() }
 }
 
 /// llama.cpp's own tokenizer tests: every `.inp` case must give the ids of the matching `.out` line

@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import TestSupport
 import Tokenizer
 import Training
 import XCTest
@@ -7,13 +8,7 @@ import XCTest
 /// Chat and prompt/completion data learn only the assistant / completion tokens, by token spans.
 final class ChatMaskTests: XCTestCase {
     func smolLM2() throws -> (GGUFFile, Tokenizer) {
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().path + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else {
-            if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-            throw XCTSkip("SmolLM2 not fetched")
-        }
-        let file = try GGUFFile(path: path)
+        let file = try GGUFFile(path: try TestData.smolLM2())
         return (file, try Tokenizer(file: file))
     }
 

@@ -1,24 +1,22 @@
 import Foundation
 import GGUF
+import TestSupport
 import Training
 import XCTest
 
 /// Real training runs on SmolLM2 with the shared data (a few minutes in all).
 final class RealTrainingTests: XCTestCase {
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().path
+    func model() throws -> String { try TestData.smolLM2() }
+    func shared(_ name: String) throws -> String { try TestData.shared("data/" + name) }
 
-    func model() throws -> String {
-        let path = root + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" { XCTFail("model missing") }
-        throw XCTSkip("SmolLM2 not fetched")
-    }
-
-    func shared(_ name: String) throws -> String {
-        let path = root + "/../shared/data/" + name
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("missing \(path)") }
-        return path
+    /// Trains with `c` and returns the validation losses (at the start and at the end).
+    func validationLosses(_ c: TrainingConfiguration) throws -> [Double] {
+        var losses: [Double] = []
+        _ = try Trainer(configuration: c).run { event in
+            if case let .validation(_, loss, _) = event { losses.append(loss) }
+            return true
+        }
+        return losses
     }
 
     /// ctx 256, batch 4, rank 8, lr 1e-4, 30 steps: the loss on held-out Shakespeare (the perplexity's log) falls.
@@ -38,11 +36,7 @@ final class RealTrainingTests: XCTestCase {
         c.saveEvery = 0
         c.checkpointOut = nil
         c.seed = 1
-        var validation: [Double] = []
-        _ = try Trainer(configuration: c).run { event in
-            if case let .validation(_, loss, _) = event { validation.append(loss) }
-            return true
-        }
+        let validation = try validationLosses(c)
         XCTAssertEqual(validation.count, 2)
         XCTAssertLessThan(validation[1], validation[0] - 0.01, "held-out loss (log perplexity) before and after: \(validation)")
     }
@@ -58,11 +52,7 @@ final class RealTrainingTests: XCTestCase {
         c.saveEvery = 0
         c.checkpointOut = nil
         c.seed = 1
-        var validation: [Double] = []
-        _ = try Trainer(configuration: c).run { event in
-            if case let .validation(_, loss, _) = event { validation.append(loss) }
-            return true
-        }
+        let validation = try validationLosses(c)
         XCTAssertEqual(validation.count, 2)
         XCTAssertLessThan(validation[1], validation[0], "validation loss before and after: \(validation)")
     }

@@ -1,0 +1,30 @@
+import Foundation
+import XCTest
+
+/// Where tests find the SmolLM2 model and the shared test data beside the project.
+public enum TestData {
+    /// The package's root folder.
+    public static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+
+    /// `../shared` beside the project (LORAKIT_SHARED overrides).
+    public static let sharedRoot = ProcessInfo.processInfo.environment["LORAKIT_SHARED"] ?? packageRoot + "/../shared"
+
+    /// The SmolLM2 model (LORAKIT_MODEL overrides). Missing, the test fails when `LORAKIT_REQUIRE_MODEL=1` (as in
+    /// CI) and is skipped otherwise.
+    public static func smolLM2() throws -> String {
+        let path = ProcessInfo.processInfo.environment["LORAKIT_MODEL"] ?? packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" {
+            XCTFail("SmolLM2 model missing at \(path): run scripts/fetch-model.sh")
+        }
+        throw XCTSkip("SmolLM2 model not found at \(path) (scripts/fetch-model.sh fetches it)")
+    }
+
+    /// A file or folder of the shared data (`testdata/…`, `data/…`); skipped when missing.
+    public static func shared(_ relative: String) throws -> String {
+        let path = sharedRoot + "/" + relative
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("shared test data missing: \(path)") }
+        return path
+    }
+}
