@@ -23,8 +23,10 @@ import Darwin
 ///
 /// Debian's OpenBLAS 0.3.21 does not recognize recent CPUs and silently falls back to its slow generic
 /// `Prescott` kernels. OpenBLAS reads `OPENBLAS_CORETYPE` once, when it loads; because we load it ourselves,
-/// we can set that variable first (to `SkylakeX` on Intel AVX-512, `Haswell` on other AVX2 CPUs) unless the
-/// user has set it. Without a BLAS the plain Swift reference GEMM is used.
+/// we can choose first: `SkylakeX` (AVX-512) or `Haswell` (AVX2) from the CPU's flags. An `OPENBLAS_CORETYPE`
+/// inherited from the environment is kept unless it names older kernels than the CPU runs (machines often pin
+/// `Haswell` so that every program avoids `Prescott`; AVX-512 CPUs run `SkylakeX` up to 1.4× faster).
+/// `LORAKIT_BLAS_CORETYPE` decides outright. Without a BLAS the plain Swift reference GEMM is used.
 public enum BLAS {
     typealias SgemmFunction = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Float,
                                               UnsafePointer<Float>?, Int32, UnsafePointer<Float>?, Int32, Float,
@@ -57,10 +59,24 @@ public enum BLAS {
     /// The core type to ask OpenBLAS for on this CPU, or nil to let it decide.
     public static func preferredCoreType(cpuInfo: String) -> String? {
         let flags = Set(cpuInfo.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).map(String.init))
-        let intel = cpuInfo.contains("GenuineIntel")
-        if intel && flags.contains("avx512f") && flags.contains("avx512bw") { return "SkylakeX" }
+        if ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy(flags.contains) { return "SkylakeX" }
         if flags.contains("avx2") && flags.contains("fma") { return "Haswell" }
         return nil
+    }
+
+    /// x86 kernel families OpenBLAS can be asked for, oldest first.
+    static let coreGenerations = ["prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge", "haswell",
+                                  "zen", "skylakex"]
+
+    /// The core type to load OpenBLAS with: `explicit` (LORAKIT_BLAS_CORETYPE) wins; an `inherited`
+    /// OPENBLAS_CORETYPE stays unless it is an older generation than `preferred`.
+    public static func chooseCoreType(explicit: String?, inherited: String?, preferred: String?) -> String? {
+        if let explicit, !explicit.isEmpty { return explicit }
+        guard let preferred else { return inherited }
+        guard let inherited, !inherited.isEmpty else { return preferred }
+        guard let old = coreGenerations.firstIndex(of: inherited.lowercased()),
+              let new = coreGenerations.firstIndex(of: preferred.lowercased()) else { return inherited }
+        return old < new ? preferred : inherited
     }
 
     static func readCPUInfo() -> String {
@@ -81,8 +97,13 @@ public enum BLAS {
     static func load() -> Library {
         var lib = Library()
         #if os(Linux)
-        if getenv("OPENBLAS_CORETYPE") == nil, let core = preferredCoreType(cpuInfo: readCPUInfo()) {
-            setenv("OPENBLAS_CORETYPE", core, 0)
+        // Set for OpenBLAS's constructor only; child processes see the environment as it was.
+        let inherited = getenv("OPENBLAS_CORETYPE").map { String(cString: $0) }
+        let chosen = chooseCoreType(explicit: getenv("LORAKIT_BLAS_CORETYPE").map { String(cString: $0) },
+                                    inherited: inherited, preferred: preferredCoreType(cpuInfo: readCPUInfo()))
+        if let chosen { setenv("OPENBLAS_CORETYPE", chosen, 1) }
+        defer {
+            if let inherited { setenv("OPENBLAS_CORETYPE", inherited, 1) } else { unsetenv("OPENBLAS_CORETYPE") }
         }
         let candidates = ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"]
         #else

@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Kernels
 import Tokenizer
 import Training
 
@@ -33,6 +34,8 @@ struct TrainingReport {
             print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")")
             print("      memory: " + p.memory.map { "\($0.0) \(TrainingReport.mb($0.1))" }.joined(separator: ", ")
                   + "; gradient checkpointing \(p.gradientCheckpointing ? "on" : "off")")
+            print("      compute: \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), BLAS "
+                  + (BLAS.libraryPath.map { "\($0) (\(BLAS.coreName ?? "?") kernels)" } ?? "none (Swift reference GEMM)"))
         case let .warning(w):
             CLI.printError("warning: " + w)
         case let .step(s):

@@ -3,36 +3,63 @@ import Kernels
 import XCTest
 
 final class BLASTests: XCTestCase {
-    /// OpenBLAS must run its fast kernels: never the generic Prescott ones on an AVX-512 (or AVX2) machine.
+    /// OpenBLAS must run its fast kernels: AVX-512 ones on an AVX-512 machine (whatever older core the
+    /// environment's OPENBLAS_CORETYPE names), never the generic Prescott ones on an AVX2 machine.
     func testOpenBLASUsesFastKernels() throws {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { throw XCTSkip("no /proc/cpuinfo") }
         XCTAssertNotNil(BLAS.libraryPath, "OpenBLAS should be installed (scripts/install-deps.sh)")
         guard let core = BLAS.coreName else { throw XCTSkip("the BLAS does not report its kernels") }
+        if ProcessInfo.processInfo.environment["LORAKIT_BLAS_CORETYPE"] == nil,
+           BLAS.preferredCoreType(cpuInfo: info) == "SkylakeX" {
+            XCTAssertEqual(core.lowercased(), "skylakex", "OpenBLAS should run its AVX-512 kernels on this CPU")
+        }
         if info.contains("avx512f") || info.contains("avx2") {
             XCTAssertNotEqual(core.lowercased(), "prescott", "OpenBLAS fell back to generic kernels")
         }
     }
 
     func testPreferredCoreType() {
-        XCTAssertEqual(BLAS.preferredCoreType(cpuInfo: "vendor_id : GenuineIntel\nflags : fpu avx2 fma avx512f avx512bw"), "SkylakeX")
-        XCTAssertEqual(BLAS.preferredCoreType(cpuInfo: "vendor_id : AuthenticAMD\nflags : fpu avx2 fma avx512f avx512bw"), "Haswell")
+        let avx512 = "flags : fpu avx2 fma avx512f avx512dq avx512bw avx512vl"
+        XCTAssertEqual(BLAS.preferredCoreType(cpuInfo: "vendor_id : GenuineIntel\n" + avx512), "SkylakeX")
+        XCTAssertEqual(BLAS.preferredCoreType(cpuInfo: "vendor_id : AuthenticAMD\n" + avx512), "SkylakeX")
+        XCTAssertEqual(BLAS.preferredCoreType(cpuInfo: "flags : fpu avx2 fma avx512f"), "Haswell")
         XCTAssertNil(BLAS.preferredCoreType(cpuInfo: "flags : fpu sse2"))
     }
 
-    /// The BLAS product equals the plain reference loop for every transpose combination and leading dimension.
+    func testChooseCoreType() {
+        // An older inherited core is raised; a same or newer one, or one we do not know, is kept.
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: nil, inherited: "Haswell", preferred: "SkylakeX"), "SkylakeX")
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: nil, inherited: "PRESCOTT", preferred: "Haswell"), "Haswell")
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: nil, inherited: "SkylakeX", preferred: "Haswell"), "SkylakeX")
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: nil, inherited: "CooperLake", preferred: "SkylakeX"), "CooperLake")
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: nil, inherited: nil, preferred: "SkylakeX"), "SkylakeX")
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: nil, inherited: "Haswell", preferred: nil), "Haswell")
+        XCTAssertNil(BLAS.chooseCoreType(explicit: nil, inherited: nil, preferred: nil))
+        // LORAKIT_BLAS_CORETYPE decides outright.
+        XCTAssertEqual(BLAS.chooseCoreType(explicit: "Haswell", inherited: "Haswell", preferred: "SkylakeX"), "Haswell")
+    }
+
+    /// The BLAS product equals the plain reference loop for every transpose combination and leading dimension,
+    /// on shapes from tiny (OpenBLAS's small-matrix paths) to the LoRA ranks and model widths a step uses.
     func testGEMMEqualsReference() {
         var seed: UInt64 = 1
         func next() -> Float { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return Float(Int64(bitPattern: seed) >> 40) / Float(1 << 23) }
-        for (transA, transB) in [(false, false), (false, true), (true, false), (true, true)] {
-            let m = 37, n = 29, k = 53, lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 2, ldc = n + 5
-            let a = (0..<((transA ? k : m) * lda)).map { _ in next() }
-            let b = (0..<((transB ? n : k) * ldb)).map { _ in next() }
-            var c1 = (0..<(m * ldc)).map { _ in next() }, c2 = c1
-            Float.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda, b: b, ldb: ldb,
-                       beta: 2, c: &c1, ldc: ldc)
-            ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: Float(0.5), a: a, lda: lda,
-                               b: b, ldb: ldb, beta: 2, c: &c2, ldc: ldc)
-            for i in 0..<c1.count { XCTAssertEqual(c1[i], c2[i], accuracy: 1e-4) }
+        let shapes = [(37, 29, 53), (1, 1, 1), (3, 5, 2), (8, 8, 8), (16, 8, 576), (64, 576, 8), (200, 96, 64), (130, 1, 77)]
+        for (m, n, k) in shapes {
+            for (transA, transB) in [(false, false), (false, true), (true, false), (true, true)] {
+                for (alpha, beta): (Float, Float) in [(0.5, 2), (1, 0)] {
+                    let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 2, ldc = n + 5
+                    let a = (0..<((transA ? k : m) * lda)).map { _ in next() }
+                    let b = (0..<((transB ? n : k) * ldb)).map { _ in next() }
+                    var c1 = (0..<(m * ldc)).map { _ in next() }, c2 = c1
+                    Float.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+                               ldb: ldb, beta: beta, c: &c1, ldc: ldc)
+                    ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                                       b: b, ldb: ldb, beta: beta, c: &c2, ldc: ldc)
+                    let worst = zip(c1, c2).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+                    XCTAssertLessThan(worst, 1e-5, "\(m)×\(n)×\(k) transA \(transA) transB \(transB) beta \(beta)")
+                }
+            }
         }
     }
 }
