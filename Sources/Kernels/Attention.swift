@@ -12,7 +12,6 @@ public struct Attention<T: KernelScalar> {
     public let headDim: Int
 
     @inlinable
-
     public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int) {
         self.batch = batch
         self.length = length
@@ -29,7 +28,6 @@ public struct Attention<T: KernelScalar> {
     @usableFromInline func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
 
     @inlinable
-
     public func forward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                         out: UnsafeMutablePointer<T>, probs: UnsafeMutablePointer<T>) {
         let L = length, d = headDim
@@ -67,7 +65,17 @@ public struct Attention<T: KernelScalar> {
     }
 
     /// Softmax over the first `visible` entries of a row; the rest become 0.
-    @usableFromInline static func causalSoftmax(_ row: UnsafeMutablePointer<T>, count: Int, visible: Int) {
+    @inlinable
+    public static func causalSoftmax(_ row: UnsafeMutablePointer<T>, count: Int, visible: Int) {
+        if T.self == Float.self {
+            causalSoftmaxFast(row.asMutableFloat, count: count, visible: visible)
+        } else {
+            causalSoftmaxReference(row, count: count, visible: visible)
+        }
+    }
+
+    @inlinable
+    public static func causalSoftmaxReference(_ row: UnsafeMutablePointer<T>, count: Int, visible: Int) {
         var m = row[0]
         for j in 1..<visible where row[j] > m { m = row[j] }
         var sum: T = 0
@@ -79,6 +87,35 @@ public struct Attention<T: KernelScalar> {
         let inv = 1 / sum
         for j in 0..<visible { row[j] *= inv }
         for j in visible..<count { row[j] = 0 }
+    }
+
+    @inlinable
+    public static func causalSoftmaxFast(_ row: UnsafeMutablePointer<Float>, count: Int, visible: Int) {
+        let m = VectorMath.maximum(row, count: visible)
+        let sum = VectorMath.exponentiate(row, count: visible, minus: m)
+        VectorMath.scale(row, count: visible, by: Float(1 / sum))
+        (row + visible).update(repeating: 0, count: count - visible)
+    }
+
+    /// Softmax backward of row i in place: dSⱼ = Pⱼ·(dPⱼ − Σₖ dPₖ·Pₖ) for j ≤ i, 0 after.
+    @inlinable
+    static func softmaxBackwardRow(p: UnsafePointer<T>, dP: UnsafeMutablePointer<T>, count: Int, visible: Int) {
+        if T.self == Float.self {
+            let pr = p.asFloat, dr = dP.asMutableFloat
+            let dot = VectorMath.dot(pr, dr, count: visible)
+            var j = 0
+            while j < visible {
+                let left = visible - j
+                let pv = VectorMath.load(pr + j, left, padding: 0), dv = VectorMath.load(dr + j, left, padding: 0)
+                VectorMath.store(pv * (dv - dot), dr + j, left)
+                j += VectorMath.width
+            }
+        } else {
+            var dot: T = 0
+            for j in 0..<visible { dot += p[j] * dP[j] }
+            for j in 0..<visible { dP[j] = p[j] * (dP[j] - dot) }
+        }
+        (dP + visible).update(repeating: 0, count: count - visible)
     }
 
     /// Writes dq and accumulates into dk, dv (which the caller zeroes).
@@ -99,13 +136,7 @@ public struct Attention<T: KernelScalar> {
                 T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
                        b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset, ldc: kvStride)
                 Parallel.forEachRange(L, minimumPerThread: 32) { rows in
-                    for i in rows {
-                        let pr = p + i * L, dr = dP + i * L
-                        var dot: T = 0
-                        for j in 0...i { dot += pr[j] * dr[j] }
-                        for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
-                        for j in (i + 1)..<L { dr[j] = 0 }
-                    }
+                    for i in rows { Attention.softmaxBackwardRow(p: p + i * L, dP: dP + i * L, count: L, visible: i + 1) }
                 }
                 T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
                        b: k + kvOffset, ldb: kvStride, beta: 0, c: dq + qOffset, ldc: qStride)

@@ -1,0 +1,123 @@
+import Foundation
+import Kernels
+import XCTest
+
+/// Each vector kernel against its plain reference (libm's expf and the scalar loops).
+final class VectorMathTests: XCTestCase {
+    var seed: UInt64 = 7
+    func uniform(_ lo: Float, _ hi: Float) -> Float {
+        seed = seed &* 6364136223846793005 &+ 1442695040888963407
+        return lo + (hi - lo) * Float(seed >> 40) / Float(1 << 24)
+    }
+
+    func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+        zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-30) }.max() ?? 0
+    }
+
+    func testExpWithinTwoULPOfLibm() {
+        var worst: Float = 0
+        for _ in 0..<20_000 {
+            let x = VectorMath.Vector((0..<16).map { _ in uniform(-87, 88) })
+            let e = VectorMath.exp(x)
+            for i in 0..<16 {
+                let exact = expf(x[i])
+                worst = max(worst, abs(e[i] - exact) / exact.ulp)
+            }
+        }
+        XCTAssertLessThanOrEqual(worst, 2, "worst error in ulp")
+        let special = VectorMath.exp(VectorMath.Vector([0, -.infinity, .infinity, .nan, -100, 100, -87.3, 88.3,
+                                                          1, -1, 0.5, -0.5, 1e-8, -1e-8, 10, -10]))
+        XCTAssertEqual(special[0], 1)
+        XCTAssertEqual(special[1], 0)
+        XCTAssertEqual(special[2], .infinity)
+        XCTAssertTrue(special[3].isNaN, "NaN must stay NaN")
+        XCTAssertEqual(special[4], 0)
+        XCTAssertEqual(special[5], .infinity)
+        XCTAssertEqual(special[6], expf(-87.3), accuracy: 2 * expf(-87.3).ulp)
+        XCTAssertEqual(special[7], expf(88.3), accuracy: 2 * expf(88.3).ulp)
+        XCTAssertEqual(special[8], expf(1), accuracy: 2 * expf(1).ulp)
+    }
+
+    func testSoftmaxRowsMatchReference() {
+        for (count, visible) in [(1, 1), (7, 3), (16, 16), (17, 17), (256, 1), (256, 100), (256, 256), (300, 257)] {
+            let row = (0..<count).map { _ in uniform(-30, 30) }
+            var fast = row, reference = row
+            fast.withUnsafeMutableBufferPointer { Attention<Float>.causalSoftmaxFast($0.baseAddress!, count: count, visible: visible) }
+            reference.withUnsafeMutableBufferPointer {
+                Attention<Float>.causalSoftmaxReference($0.baseAddress!, count: count, visible: visible)
+            }
+            for j in 0..<count { XCTAssertEqual(fast[j], reference[j], accuracy: 2e-6 * max(1, reference[j]), "\(count)/\(visible) at \(j)") }
+            XCTAssertEqual(fast[visible...].reduce(0, +), 0)
+        }
+    }
+
+    func testCrossEntropyMatchesReference() {
+        let vocab = 1000, rows = 24
+        let logits = (0..<(rows * vocab)).map { _ in uniform(-20, 20) }
+        let targets = (0..<rows).map { $0 % 5 == 3 ? Int32(-1) : Int32(($0 * 37) % vocab) }
+        for gradient in [false, true] {
+            var fast = logits, reference = logits
+            var fastLosses = [Float](repeating: 9, count: rows), referenceLosses = fastLosses
+            let fastTotal = CrossEntropy.forwardBackward(logits: &fast, targets: targets, rows: rows, vocab: vocab,
+                                                         gradientScale: 0.25, gradient: gradient, losses: &fastLosses)
+            let referenceTotal = CrossEntropy.rowsReference(logits: &reference, targets: targets, rows: 0..<rows, vocab: vocab,
+                                                            gradientScale: Float(0.25), gradient: gradient,
+                                                            losses: &referenceLosses)
+            XCTAssertEqual(fastTotal, referenceTotal, accuracy: 1e-5 * abs(referenceTotal))
+            for r in 0..<rows { XCTAssertEqual(fastLosses[r], referenceLosses[r], accuracy: 1e-5 * max(1, referenceLosses[r])) }
+            if gradient {
+                for i in 0..<fast.count { XCTAssertEqual(fast[i], reference[i], accuracy: 1e-7) }
+            } else {
+                XCTAssertEqual(fast, logits, "without the gradient the logits stay as they were")
+            }
+        }
+        // A NaN logit makes the loss NaN (the NaN guard depends on it).
+        var poisoned = logits
+        poisoned[5] = .nan
+        let total = CrossEntropy.forwardBackward(logits: &poisoned, targets: targets, rows: rows, vocab: vocab,
+                                                 gradientScale: 1, gradient: true)
+        XCTAssertTrue(total.isNaN)
+    }
+
+    func testSwiGLUMatchesReference() {
+        let n = 1000 + 13
+        let gate = (0..<n).map { _ in uniform(-12, 12) }, up = (0..<n).map { _ in uniform(-3, 3) }
+        let dOut = (0..<n).map { _ in uniform(-1, 1) }
+        var fast = [Float](repeating: 0, count: n), reference = fast
+        SwiGLU.forwardFast(gate: gate, up: up, out: &fast, count: n)
+        SwiGLU.forwardReference(gate: gate, up: up, out: &reference, count: n)
+        XCTAssertLessThan(relativeError(fast, reference), 1e-5)
+        var dgFast = [Float](repeating: 0, count: n), duFast = dgFast, dgReference = dgFast, duReference = dgFast
+        SwiGLU.backwardFast(dOut: dOut, gate: gate, up: up, dGate: &dgFast, dUp: &duFast, count: n)
+        SwiGLU.backwardReference(dOut: dOut, gate: gate, up: up, dGate: &dgReference, dUp: &duReference, count: n)
+        for i in 0..<n {
+            XCTAssertEqual(dgFast[i], dgReference[i], accuracy: 1e-5 * max(1, abs(dgReference[i])))
+            XCTAssertEqual(duFast[i], duReference[i], accuracy: 1e-5 * max(1, abs(duReference[i])))
+        }
+    }
+
+    /// The whole attention backward with Float (vector softmax backward) against Double (the reference loops).
+    func testAttentionFloatMatchesDouble() {
+        let attention = Attention<Float>(batch: 2, length: 37, heads: 4, kvHeads: 2, headDim: 8)
+        let reference = Attention<Double>(batch: 2, length: 37, heads: 4, kvHeads: 2, headDim: 8)
+        let n = 2 * 37
+        let q = (0..<(n * 32)).map { _ in uniform(-1, 1) }, k = (0..<(n * 16)).map { _ in uniform(-1, 1) }
+        let v = (0..<(n * 16)).map { _ in uniform(-1, 1) }, dOut = (0..<(n * 32)).map { _ in uniform(-1, 1) }
+        var out = [Float](repeating: 0, count: n * 32), probs = [Float](repeating: 0, count: attention.probsCount)
+        attention.forward(q: q, k: k, v: v, out: &out, probs: &probs)
+        var dq = [Float](repeating: 0, count: n * 32), dk = [Float](repeating: 0, count: n * 16), dv = dk
+        var scratch = [Float](repeating: 0, count: 37 * 37)
+        attention.backward(dOut: dOut, q: q, k: k, v: v, probs: probs, dq: &dq, dk: &dk, dv: &dv, scratch: &scratch)
+
+        func d(_ x: [Float]) -> [Double] { x.map(Double.init) }
+        var outD = [Double](repeating: 0, count: n * 32), probsD = [Double](repeating: 0, count: reference.probsCount)
+        reference.forward(q: d(q), k: d(k), v: d(v), out: &outD, probs: &probsD)
+        var dqD = [Double](repeating: 0, count: n * 32), dkD = [Double](repeating: 0, count: n * 16), dvD = dkD
+        var scratchD = [Double](repeating: 0, count: 37 * 37)
+        reference.backward(dOut: d(dOut), q: d(q), k: d(k), v: d(v), probs: probsD, dq: &dqD, dk: &dkD, dv: &dvD,
+                           scratch: &scratchD)
+        for (f, r) in [(out, outD), (dq, dqD), (dk, dkD), (dv, dvD)] {
+            for i in 0..<f.count { XCTAssertEqual(Double(f[i]), r[i], accuracy: 1e-5) }
+        }
+    }
+}
