@@ -58,26 +58,11 @@ public enum VectorMath {
         return m.max()
     }
 
-    /// Σ e^(xᵢ − shift), in Float blocks of 64 added in Double (tens of thousands of terms stay exact).
+    /// Σ e^(xᵢ − shift), in Float blocks of 64 added in Double (tens of thousands of terms stay exact); each
+    /// e^(xᵢ − shift) is also stored to `out` when given.
     @inlinable
-    public static func sumOfExponentials(_ p: UnsafePointer<Float>, count: Int, minus shift: Float) -> Double {
-        var total = 0.0
-        var i = 0
-        while i < count {
-            var block = Vector()
-            let end = min(count, i + 4 * width)
-            while i < end {
-                block += exp(load(p + i, count - i, padding: -.infinity) - shift)
-                i += width
-            }
-            total += Double(block.sum())
-        }
-        return total
-    }
-
-    /// xᵢ ← e^(xᵢ − shift); returns their sum (as `sumOfExponentials`).
-    @inlinable
-    public static func exponentiate(_ p: UnsafeMutablePointer<Float>, count: Int, minus shift: Float) -> Double {
+    public static func sumOfExponentials(_ p: UnsafePointer<Float>, count: Int, minus shift: Float,
+                                         storingTo out: UnsafeMutablePointer<Float>? = nil) -> Double {
         var total = 0.0
         var i = 0
         while i < count {
@@ -85,13 +70,19 @@ public enum VectorMath {
             let end = min(count, i + 4 * width)
             while i < end {
                 let e = exp(load(p + i, count - i, padding: -.infinity) - shift)
-                store(e, p + i, count - i)
+                if let out { store(e, out + i, count - i) }
                 block += e
                 i += width
             }
             total += Double(block.sum())
         }
         return total
+    }
+
+    /// xᵢ ← e^(xᵢ − shift); returns their sum.
+    @inlinable
+    public static func exponentiate(_ p: UnsafeMutablePointer<Float>, count: Int, minus shift: Float) -> Double {
+        sumOfExponentials(p, count: count, minus: shift, storingTo: p)
     }
 
     /// xᵢ ← xᵢ · factor.
