@@ -30,37 +30,34 @@ public struct Attention<T: KernelScalar> {
     @inlinable
     public func forward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                         out: UnsafeMutablePointer<T>, probs: UnsafeMutablePointer<T>) {
+        probabilities(q: q, k: k, probs: probs)
+        output(probs: probs, v: v, out: out)
+    }
+
+    /// P = softmax(q·kᵀ/√d) with the causal mask.
+    @inlinable
+    public func probabilities(q: UnsafePointer<T>, k: UnsafePointer<T>, probs: UnsafeMutablePointer<T>) {
         let L = length, d = headDim
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let p = probs + (b * heads + h) * L * L
-                let qh = q + b * L * qStride + h * d
-                let kh = k + b * L * kvStride + kvHead(h) * d
-                let vh = v + b * L * kvStride + kvHead(h) * d
-                T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: qh, lda: qStride,
-                       b: kh, ldb: kvStride, beta: 0, c: p, ldc: L)
-                Parallel.forEachRange(L, minimumPerThread: 32) { rows in
-                    for i in rows { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
-                }
-                T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
-                       b: vh, ldb: kvStride, beta: 0, c: out + b * L * qStride + h * d, ldc: qStride)
+        for bh in 0..<(batch * heads) {
+            let b = bh / heads, h = bh % heads
+            let p = probs + bh * L * L
+            T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
+                   lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: p, ldc: L)
+            Parallel.forEachRange(L, minimumPerThread: 32) { rows in
+                for i in rows { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
             }
         }
     }
 
-    /// Only the probabilities P (to rebuild them in backward instead of keeping them).
+    /// out = P·v (also how backward rebuilds the attention output instead of keeping it).
     @inlinable
-    public func probabilities(q: UnsafePointer<T>, k: UnsafePointer<T>, probs: UnsafeMutablePointer<T>) {
+    public func output(probs: UnsafePointer<T>, v: UnsafePointer<T>, out: UnsafeMutablePointer<T>) {
         let L = length, d = headDim
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let p = probs + (b * heads + h) * L * L
-                T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
-                       lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: p, ldc: L)
-                Parallel.forEachRange(L, minimumPerThread: 32) { rows in
-                    for i in rows { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
-                }
-            }
+        for bh in 0..<(batch * heads) {
+            let b = bh / heads, h = bh % heads
+            T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: 1, a: probs + bh * L * L, lda: L,
+                   b: v + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0,
+                   c: out + b * L * qStride + h * d, ldc: qStride)
         }
     }
 
@@ -123,14 +120,15 @@ public struct Attention<T: KernelScalar> {
     @inlinable
     public func backward(dOut: UnsafePointer<T>, q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                          probs: UnsafePointer<T>, dq: UnsafeMutablePointer<T>, dk: UnsafeMutablePointer<T>,
-                         dv: UnsafeMutablePointer<T>, scratch: UnsafeMutablePointer<T>) {
+                         dv: UnsafeMutablePointer<T>) {
         let L = length, d = headDim
+        let dP = UnsafeMutablePointer<T>.allocate(capacity: L * L)  // [L, L], then dS in place
+        defer { dP.deallocate() }
         for b in 0..<batch {
             for h in 0..<heads {
                 let p = probs + (b * heads + h) * L * L
                 let qOffset = b * L * qStride + h * d
                 let kvOffset = b * L * kvStride + kvHead(h) * d
-                let dP = scratch
                 T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
                        b: v + kvOffset, ldb: kvStride, beta: 0, c: dP, ldc: L)
                 T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,

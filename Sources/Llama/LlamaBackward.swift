@@ -54,12 +54,12 @@ extension LlamaModel {
             let cache: LayerCache<T>
             if let inputs {
                 cache = LayerCache<T>()
-                _ = layerForward(l, x: inputs[l], w: w, rope: rope, attention: attention, cache: cache)
+                _ = layerForward(l, x: inputs[l], w: w, rope: rope, attention: attention, cache: cache, keepAll: true)
             } else {
                 cache = caches![l]
                 caches![l] = LayerCache<T>()  // free as we go
+                restore(l, cache, w: w, attention: attention)
             }
-            restore(cache, w: w, attention: attention)
             dx = layerBackward(l, dOut: dx, w: w, rope: rope, attention: attention, cache: cache)
         }
         embeddingLoRABackward(tokens: tokens, dx: dx)
@@ -74,20 +74,24 @@ extension LlamaModel {
         // x3 = xMid + down(act):  dxMid = dOut + (norm path below)
         var dAct = [T](repeating: 0, count: n * F)
         linearBack(p + "ffn_down", dOut, c.act, n, F, C, w.down, c, &dAct, accumulate: false)
+        c.act = []  // release each saved activation after its last use: the first layer's backward sets the peak
         var dGate = [T](repeating: 0, count: n * F), dUp = [T](repeating: 0, count: n * F)
         SwiGLU.backward(dOut: dAct, gate: c.gate, up: c.up, dGate: &dGate, dUp: &dUp, count: n * F)
+        (c.gate, c.up, dAct) = ([], [], [])
         var dh2 = [T](repeating: 0, count: n * C)
         linearBack(p + "ffn_gate", dGate, c.h2, n, C, F, w.gate, c, &dh2, accumulate: false)
         linearBack(p + "ffn_up", dUp, c.h2, n, C, F, w.up, c, &dh2, accumulate: true)
+        (c.h2, dGate, dUp) = ([], [], [])
         var dxMid = dOut
         RMSNorm.backward(dy: dh2, x: c.xMid, weight: w.ffnNorm, rstd: c.rstd2, dx: &dxMid, rows: n, cols: C)
         // xMid = xIn + o(attn)
         var dAttn = [T](repeating: 0, count: n * config.qDim)
         linearBack(p + "attn_output", dxMid, c.attn, n, config.qDim, C, w.o, c, &dAttn, accumulate: false)
+        c.attn = []
         var dq = [T](repeating: 0, count: n * config.qDim)
         var dk = [T](repeating: 0, count: n * config.kvDim), dv = dk
-        var scratch = [T](repeating: 0, count: attention.length * attention.length)
-        attention.backward(dOut: dAttn, q: c.q, k: c.k, v: c.v, probs: c.probs, dq: &dq, dk: &dk, dv: &dv, scratch: &scratch)
+        attention.backward(dOut: dAttn, q: c.q, k: c.k, v: c.v, probs: c.probs, dq: &dq, dk: &dk, dv: &dv)
+        (c.probs, dAttn) = ([], [])
         dq.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads, inverse: true) }
         dk.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads, inverse: true) }
         var dh1 = [T](repeating: 0, count: n * C)

@@ -5,9 +5,9 @@ import GGUF
 import Kernels
 import LoRA
 
-/// What one layer's forward keeps for its backward. The normalized inputs (h1, h2), the SwiGLU output (act) and
-/// the attention probabilities are cheap to recompute, so backward rebuilds them instead of keeping them
-/// (that halves the activation memory).
+/// What one layer's forward keeps for its backward. The normalized inputs (h1, h2), the SwiGLU output (act), the
+/// attention probabilities and output (attn) and the residual after attention (xMid, one product away) are cheap
+/// to recompute, so backward rebuilds them instead of keeping them (that more than halves the activation memory).
 ///
 /// Shapes (N tokens, C embedding, F feed-forward): xIn, h1, xMid, h2 [N, C]; q, attn [N, H·d]; k, v [N, KV·d];
 /// probs [batch, H, T, T]; gate, up, act [N, F]; rstd1, rstd2 [N]; lora: the x·Aᵀ products by weight name.
@@ -112,51 +112,60 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         return (x, rstd, hf)
     }
 
-    /// One transformer block; fills `cache` and returns the block's output [N, C].
+    /// One transformer block; fills `cache` and returns the block's output [N, C]. Unless `keepAll`, the cache
+    /// leaves out what `restore` can rebuild cheaply (h1, h2, act, probs, attn).
     func layerForward(_ l: Int, x: [T], w: LayerWeights<T>, rope: RoPE<T>, attention: Attention<T>,
-                      cache c: LayerCache<T>) -> [T] {
+                      cache c: LayerCache<T>, keepAll: Bool = false) -> [T] {
         let n = x.count / config.embedding, C = config.embedding, F = config.feedForward
         let p = "blk.\(l)."
-        c.xIn = x
-        c.h1 = [T](repeating: 0, count: n * C)
-        c.rstd1 = [T](repeating: 0, count: n)
-        RMSNorm.forward(x: x, weight: w.attnNorm, y: &c.h1, rstd: &c.rstd1, rows: n, cols: C, eps: T(config.rmsEpsilon))
-        c.q = linear(p + "attn_q", c.h1, n, C, config.qDim, w.q, c)
-        c.k = linear(p + "attn_k", c.h1, n, C, config.kvDim, w.k, c)
-        c.v = linear(p + "attn_v", c.h1, n, C, config.kvDim, w.v, c)
-        c.q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
-        c.k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads) }
-        c.probs = [T](repeating: 0, count: attention.probsCount)
-        c.attn = [T](repeating: 0, count: n * config.qDim)
-        attention.forward(q: c.q, k: c.k, v: c.v, out: &c.attn, probs: &c.probs)
-        let o = linear(p + "attn_output", c.attn, n, config.qDim, C, w.o, c)
-        c.xMid = zip(x, o).map { $0 + $1 }
-        c.h2 = [T](repeating: 0, count: n * C)
-        c.rstd2 = [T](repeating: 0, count: n)
-        RMSNorm.forward(x: c.xMid, weight: w.ffnNorm, y: &c.h2, rstd: &c.rstd2, rows: n, cols: C, eps: T(config.rmsEpsilon))
-        c.gate = linear(p + "ffn_gate", c.h2, n, C, F, w.gate, c)
-        c.up = linear(p + "ffn_up", c.h2, n, C, F, w.up, c)
-        c.act = [T](repeating: 0, count: n * F)
-        SwiGLU.forward(gate: c.gate, up: c.up, out: &c.act, count: n * F)
-        let down = linear(p + "ffn_down", c.act, n, F, C, w.down, c)
-        c.h1 = []
-        c.h2 = []
-        c.act = []
-        c.probs = []
-        return zip(c.xMid, down).map { $0 + $1 }
+        let eps = T(config.rmsEpsilon)
+        var h1 = [T](repeating: 0, count: n * C), rstd1 = [T](repeating: 0, count: n)
+        RMSNorm.forward(x: x, weight: w.attnNorm, y: &h1, rstd: &rstd1, rows: n, cols: C, eps: eps)
+        var q = linear(p + "attn_q", h1, n, C, config.qDim, w.q, c)
+        var k = linear(p + "attn_k", h1, n, C, config.kvDim, w.k, c)
+        let v = linear(p + "attn_v", h1, n, C, config.kvDim, w.v, c)
+        q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
+        k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads) }
+        var probs = [T](repeating: 0, count: attention.probsCount), attn = [T](repeating: 0, count: n * config.qDim)
+        attention.forward(q: q, k: k, v: v, out: &attn, probs: &probs)
+        var xMid = linear(p + "attn_output", attn, n, config.qDim, C, w.o, c)
+        LlamaModel.addInPlace(&xMid, x)
+        var h2 = [T](repeating: 0, count: n * C), rstd2 = [T](repeating: 0, count: n)
+        RMSNorm.forward(x: xMid, weight: w.ffnNorm, y: &h2, rstd: &rstd2, rows: n, cols: C, eps: eps)
+        let gate = linear(p + "ffn_gate", h2, n, C, F, w.gate, c)
+        let up = linear(p + "ffn_up", h2, n, C, F, w.up, c)
+        var act = [T](repeating: 0, count: n * F)
+        SwiGLU.forward(gate: gate, up: up, out: &act, count: n * F)
+        var out = linear(p + "ffn_down", act, n, F, C, w.down, c)
+        LlamaModel.addInPlace(&out, xMid)
+        (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
+        if keepAll { (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act) }
+        return out
     }
 
-    /// Rebuilds what `layerForward` dropped: h1, h2, act and the attention probabilities.
-    func restore(_ c: LayerCache<T>, w: LayerWeights<T>, attention: Attention<T>) {
+    /// Rebuilds what `layerForward` left out: h1, the attention probabilities and output, xMid (one product),
+    /// h2 and act.
+    func restore(_ l: Int, _ c: LayerCache<T>, w: LayerWeights<T>, attention: Attention<T>) {
         let n = c.xIn.count / config.embedding, C = config.embedding
-        c.h1 = [T](repeating: 0, count: n * C)
-        RMSNorm.forward(x: c.xIn, weight: w.attnNorm, y: &c.h1, rstd: nil, rows: n, cols: C, eps: T(config.rmsEpsilon))
-        c.h2 = [T](repeating: 0, count: n * C)
-        RMSNorm.forward(x: c.xMid, weight: w.ffnNorm, y: &c.h2, rstd: nil, rows: n, cols: C, eps: T(config.rmsEpsilon))
-        c.act = [T](repeating: 0, count: c.gate.count)
-        SwiGLU.forward(gate: c.gate, up: c.up, out: &c.act, count: c.gate.count)
-        c.probs = [T](repeating: 0, count: attention.probsCount)
-        attention.probabilities(q: c.q, k: c.k, probs: &c.probs)
+        let eps = T(config.rmsEpsilon)
+        var h1 = [T](repeating: 0, count: n * C), h2 = h1
+        RMSNorm.forward(x: c.xIn, weight: w.attnNorm, y: &h1, rstd: nil, rows: n, cols: C, eps: eps)
+        var probs = [T](repeating: 0, count: attention.probsCount), attn = [T](repeating: 0, count: n * config.qDim)
+        attention.probabilities(q: c.q, k: c.k, probs: &probs)
+        attention.output(probs: probs, v: c.v, out: &attn)
+        var xMid = linear("blk.\(l).attn_output", attn, n, config.qDim, C, w.o, c)
+        LlamaModel.addInPlace(&xMid, c.xIn)
+        RMSNorm.forward(x: xMid, weight: w.ffnNorm, y: &h2, rstd: nil, rows: n, cols: C, eps: eps)
+        var act = [T](repeating: 0, count: c.gate.count)
+        SwiGLU.forward(gate: c.gate, up: c.up, out: &act, count: c.gate.count)
+        (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act)
+    }
+
+    /// a += b, element-wise.
+    static func addInPlace(_ a: inout [T], _ b: [T]) {
+        a.withUnsafeMutableBufferPointer { a in
+            b.withUnsafeBufferPointer { b in for i in 0..<a.count { a[i] += b[i] } }
+        }
     }
 
     func linear(_ name: String, _ x: [T], _ n: Int, _ inF: Int, _ outF: Int, _ w: [T], _ cache: LayerCache<T>) -> [T] {

@@ -106,16 +106,13 @@ final class VectorMathTests: XCTestCase {
         var out = [Float](repeating: 0, count: n * 32), probs = [Float](repeating: 0, count: attention.probsCount)
         attention.forward(q: q, k: k, v: v, out: &out, probs: &probs)
         var dq = [Float](repeating: 0, count: n * 32), dk = [Float](repeating: 0, count: n * 16), dv = dk
-        var scratch = [Float](repeating: 0, count: 37 * 37)
-        attention.backward(dOut: dOut, q: q, k: k, v: v, probs: probs, dq: &dq, dk: &dk, dv: &dv, scratch: &scratch)
+        attention.backward(dOut: dOut, q: q, k: k, v: v, probs: probs, dq: &dq, dk: &dk, dv: &dv)
 
         func d(_ x: [Float]) -> [Double] { x.map(Double.init) }
         var outD = [Double](repeating: 0, count: n * 32), probsD = [Double](repeating: 0, count: reference.probsCount)
         reference.forward(q: d(q), k: d(k), v: d(v), out: &outD, probs: &probsD)
         var dqD = [Double](repeating: 0, count: n * 32), dkD = [Double](repeating: 0, count: n * 16), dvD = dkD
-        var scratchD = [Double](repeating: 0, count: 37 * 37)
-        reference.backward(dOut: d(dOut), q: d(q), k: d(k), v: d(v), probs: probsD, dq: &dqD, dk: &dkD, dv: &dvD,
-                           scratch: &scratchD)
+        reference.backward(dOut: d(dOut), q: d(q), k: d(k), v: d(v), probs: probsD, dq: &dqD, dk: &dkD, dv: &dvD)
         for (f, r) in [(out, outD), (dq, dqD), (dk, dkD), (dv, dvD)] {
             for i in 0..<f.count { XCTAssertEqual(Double(f[i]), r[i], accuracy: 1e-5) }
         }

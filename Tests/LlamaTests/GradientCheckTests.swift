@@ -88,8 +88,7 @@ final class GradientCheckTests: XCTestCase {
         var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.probsCount)
         att.forward(q: q, k: k, v: v, out: &out, probs: &p)
         var dq = [Double](repeating: 0, count: q.count), dk = [Double](repeating: 0, count: k.count), dv = dk
-        var scratch = [Double](repeating: 0, count: L * L)
-        att.backward(dOut: g, q: q, k: k, v: v, probs: p, dq: &dq, dk: &dk, dv: &dv, scratch: &scratch)
+        att.backward(dOut: g, q: q, k: k, v: v, probs: p, dq: &dq, dk: &dk, dv: &dv)
         check("attention q", params: &q, analytic: dq) { f($0, k, v) }
         check("attention k", params: &k, analytic: dk) { f(q, $0, v) }
         check("attention v", params: &v, analytic: dv) { f(q, k, $0) }
