@@ -9,7 +9,7 @@ public enum VectorMath {
     public static let width = 16
 
     @inlinable @inline(__always)
-    static func load(_ p: UnsafePointer<Float>, _ count: Int, padding: Float) -> Vector {
+    public static func load(_ p: UnsafePointer<Float>, _ count: Int, padding: Float) -> Vector {
         if count >= width { return UnsafeRawPointer(p).loadUnaligned(as: Vector.self) }
         var v = Vector(repeating: padding)
         for i in 0..<count { v[i] = p[i] }
@@ -17,7 +17,7 @@ public enum VectorMath {
     }
 
     @inlinable @inline(__always)
-    static func store(_ v: Vector, _ p: UnsafeMutablePointer<Float>, _ count: Int) {
+    public static func store(_ v: Vector, _ p: UnsafeMutablePointer<Float>, _ count: Int) {
         if count >= width { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vector.self); return }
         for i in 0..<count { p[i] = v[i] }
     }
@@ -91,6 +91,17 @@ public enum VectorMath {
         var i = 0
         while i < count {
             store(load(p + i, count - i, padding: 0) * factor, p + i, count - i)
+            i += width
+        }
+    }
+
+    /// yᵢ ← yᵢ + a·xᵢ.
+    @inlinable
+    public static func addScaled(_ x: UnsafePointer<Float>, _ a: Float, into y: UnsafeMutablePointer<Float>, count: Int) {
+        var i = 0
+        while i < count {
+            let left = count - i
+            store(load(y + i, left, padding: 0) + a * load(x + i, left, padding: 0), y + i, left)
             i += width
         }
     }

@@ -106,6 +106,8 @@ public final class InferenceSession: @unchecked Sendable {
     }
 
     /// Causal attention of the n new queries over the cache (positions 0 ..< position + n).
+    ///
+    /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d]; scores [position + n].
     func attend(layer l: Int, q: [Float], n: Int) -> [Float] {
         let c = model.config, d = c.headDim, group = c.heads / c.kvHeads
         let scale = 1 / Float(d).squareRoot()
@@ -114,27 +116,25 @@ public final class InferenceSession: @unchecked Sendable {
         keys[l].withUnsafeBufferPointer { K in
           values[l].withUnsafeBufferPointer { V in
             q.withUnsafeBufferPointer { Q in
-                for t in 0..<n {
-                    let visible = position + t + 1
-                    for h in 0..<c.heads {
-                        let kvh = h / group
-                        let qh = Q.baseAddress! + t * c.qDim + h * d
-                        var m = -Float.infinity
-                        for j in 0..<visible {
-                            let s = MatVec.dot(qh, K.baseAddress! + j * c.kvDim + kvh * d, d) * scale
-                            scores[j] = s
-                            m = max(m, s)
-                        }
-                        var sum: Float = 0
-                        for j in 0..<visible { scores[j] = Float.exp(scores[j] - m); sum += scores[j] }
-                        let inv = 1 / sum
-                        for j in 0..<visible {
-                            let pj = scores[j] * inv
-                            let vj = V.baseAddress! + j * c.kvDim + kvh * d
-                            for i in 0..<d { out[t * c.qDim + h * d + i] += pj * vj[i] }
+              out.withUnsafeMutableBufferPointer { O in
+                scores.withUnsafeMutableBufferPointer { S in
+                    let scores = S.baseAddress!
+                    for t in 0..<n {
+                        let visible = position + t + 1
+                        for h in 0..<c.heads {
+                            let kvh = h / group
+                            let qh = Q.baseAddress! + t * c.qDim + h * d, oh = O.baseAddress! + t * c.qDim + h * d
+                            for j in 0..<visible { scores[j] = MatVec.dot(qh, K.baseAddress! + j * c.kvDim + kvh * d, d) * scale }
+                            let m = VectorMath.maximum(scores, count: visible)
+                            let sum = VectorMath.exponentiate(scores, count: visible, minus: m)
+                            VectorMath.scale(scores, count: visible, by: Float(1 / sum))
+                            for j in 0..<visible {
+                                VectorMath.addScaled(V.baseAddress! + j * c.kvDim + kvh * d, scores[j], into: oh, count: d)
+                            }
                         }
                     }
                 }
+              }
             }
           }
         }

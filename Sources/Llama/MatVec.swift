@@ -1,14 +1,29 @@
+import CKernels
 import Dispatch
 import GGUF
 import Kernels
 
 /// y = W·x for one token, reading the weight's blocks as the file stores them (no dequantized copy of the
-/// matrix): each row is dequantized into a small buffer and dotted with x. Rows are split across threads.
+/// matrix). F32, F16, BF16, Q4_0/1, Q5_0/1 and Q8_0 go through CKernels' vector kernels where the CPU has them;
+/// otherwise (K-quants, other CPUs) each row is dequantized into a small buffer and dotted with x.
 ///
 /// Shapes: W [rows, cols] (GGUF ne = [cols, rows]); x [cols]; y [rows].
 enum MatVec {
     static func multiply(type: TensorType, data: UnsafeRawBufferPointer, rows: Int, cols: Int,
                          x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, threads: Int) {
+        let rowBytes = cols / type.blockSize * type.blockBytes
+        if lk_matvec_supported(Int32(type.rawValue)) != 0 && cols % 32 == 0 {
+            if lk_threads() != threads { lk_set_threads(Int32(threads)) }
+            lk_matvec(Int32(type.rawValue), data.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, y)
+            return
+        }
+        multiplyByDequantizedRows(type: type, data: data, rows: rows, cols: cols, x: x, y: y, threads: threads)
+    }
+
+    /// The plain path (every type, every CPU), and the reference for the vector kernels: each row dequantized
+    /// into a buffer, then dotted with x.
+    static func multiplyByDequantizedRows(type: TensorType, data: UnsafeRawBufferPointer, rows: Int, cols: Int,
+                                          x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, threads: Int) {
         let rowBytes = cols / type.blockSize * type.blockBytes
         // Waking threads costs more than small products gain: only large matrices (the head) are split.
         let parts = rows * cols >= 1 << 22 ? max(1, min(threads, rows / 64)) : 1

@@ -1,0 +1,227 @@
+// Per-token matrix-vector products on GGUF blocks, with AVX2 + FMA + F16C (chosen at run time, so the package
+// needs no compiler flags). Each block of 32 weights is expanded to floats in registers and multiplied with x in
+// float: no activation rounding, so the products equal dequantize-then-dot up to summation order.
+//
+// Block layouts (d, m: f16 scale and minimum; qs: packed quants; qh: the fifth bits):
+//   Q4_0 {d, qs[16]}        w = d·(q − 8)       element j < 16: low nibble of qs[j]; j ≥ 16: high nibble of qs[j−16]
+//   Q4_1 {d, m, qs[16]}     w = d·q + m
+//   Q5_0 {d, qh[4], qs[16]} w = d·(q − 16)      q = nibble | (bit j of qh) << 4
+//   Q5_1 {d, m, qh[4], qs[16]} w = d·q + m
+//   Q8_0 {d, qs[32] int8}   w = d·q
+// With s_b = Σ x over block b, a row's product is Σ_b d_b·(Σ_j q_j·x_j) + offset_b·s_b, offset_b = −8d, −16d or m.
+
+#include "CKernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, BF16 = 30 };
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define LK_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+static int has_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached;
+}
+
+LK_AVX2 static inline float half_to_float(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+LK_AVX2 static inline float horizontal_sum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+// The low 8 bytes of b as floats: unsigned (quants) or signed (Q8_0).
+LK_AVX2 static inline __m256 unsigned_bytes(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
+LK_AVX2 static inline __m256 signed_bytes(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
+
+// Σ_j q_j·x_j over 32 elements whose quants are lo (elements 0..15) and hi (16..31), one byte each.
+LK_AVX2 static inline __m256 dot_32(__m128i lo, __m128i hi, const float *x) {
+    __m256 acc = _mm256_mul_ps(unsigned_bytes(lo), _mm256_loadu_ps(x));
+    acc = _mm256_fmadd_ps(unsigned_bytes(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), acc);
+    acc = _mm256_fmadd_ps(unsigned_bytes(hi), _mm256_loadu_ps(x + 16), acc);
+    return _mm256_fmadd_ps(unsigned_bytes(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), acc);
+}
+
+LK_AVX2 static inline void split_nibbles(const uint8_t *qs, __m128i *lo, __m128i *hi) {
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    *lo = _mm_and_si128(b, mask);
+    *hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+}
+
+// Byte i = 16 when bit i of `bits` is set, else 0 (the fifth bit of 16 five-bit quants).
+LK_AVX2 static inline __m128i fifth_bits(uint16_t bits) {
+    const __m128i select = _mm_set_epi8((char)0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x02, 0x01,
+                                        (char)0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x02, 0x01);
+    __m128i v = _mm_shuffle_epi8(_mm_set1_epi16((short)bits), _mm_set_epi8(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0));
+    v = _mm_cmpeq_epi8(_mm_and_si128(v, select), select);
+    return _mm_and_si128(v, _mm_set1_epi8(0x10));
+}
+
+LK_AVX2 static float row_q4(int type, const uint8_t *row, const float *x, const float *sums, int blocks) {
+    const int bytes = type == Q4_0 ? 18 : 20, quants = type == Q4_0 ? 2 : 4;
+    __m256 total = _mm256_setzero_ps();
+    float offsets = 0;
+    for (int b = 0; b < blocks; b++, row += bytes) {
+        float d = half_to_float(row);
+        offsets += (type == Q4_0 ? -8 * d : half_to_float(row + 2)) * sums[b];
+        __m128i lo, hi;
+        split_nibbles(row + quants, &lo, &hi);
+        total = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_32(lo, hi, x + 32 * b), total);
+    }
+    return horizontal_sum(total) + offsets;
+}
+
+LK_AVX2 static float row_q5(int type, const uint8_t *row, const float *x, const float *sums, int blocks) {
+    const int bytes = type == Q5_0 ? 22 : 24, high = type == Q5_0 ? 2 : 4;
+    __m256 total = _mm256_setzero_ps();
+    float offsets = 0;
+    for (int b = 0; b < blocks; b++, row += bytes) {
+        float d = half_to_float(row);
+        offsets += (type == Q5_0 ? -16 * d : half_to_float(row + 2)) * sums[b];
+        uint32_t qh;
+        memcpy(&qh, row + high, 4);
+        __m128i lo, hi;
+        split_nibbles(row + high + 4, &lo, &hi);
+        lo = _mm_or_si128(lo, fifth_bits((uint16_t)qh));
+        hi = _mm_or_si128(hi, fifth_bits((uint16_t)(qh >> 16)));
+        total = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_32(lo, hi, x + 32 * b), total);
+    }
+    return horizontal_sum(total) + offsets;
+}
+
+LK_AVX2 static float row_q8_0(const uint8_t *row, const float *x, int blocks) {
+    __m256 total = _mm256_setzero_ps();
+    for (int b = 0; b < blocks; b++, row += 34) {
+        const float *xb = x + 32 * b;
+        __m128i lo = _mm_loadu_si128((const __m128i *)(row + 2)), hi = _mm_loadu_si128((const __m128i *)(row + 18));
+        __m256 acc = _mm256_mul_ps(signed_bytes(lo), _mm256_loadu_ps(xb));
+        acc = _mm256_fmadd_ps(signed_bytes(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xb + 8), acc);
+        acc = _mm256_fmadd_ps(signed_bytes(hi), _mm256_loadu_ps(xb + 16), acc);
+        acc = _mm256_fmadd_ps(signed_bytes(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xb + 24), acc);
+        total = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(row)), acc, total);
+    }
+    return horizontal_sum(total);
+}
+
+// F32, F16, BF16 rows: cols is a multiple of 8 (checked by the caller); the tail is summed one by one.
+LK_AVX2 static float row_float(int type, const uint8_t *row, const float *x, int cols) {
+    __m256 acc = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        __m256 w;
+        if (type == F32) {
+            w = _mm256_loadu_ps((const float *)row + c);
+        } else if (type == F16) {
+            w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
+        } else {
+            __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
+            w = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+        }
+        acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + c), acc);
+    }
+    float sum = horizontal_sum(acc);
+    for (; c < cols; c++) {
+        uint16_t h;
+        memcpy(&h, (const uint16_t *)row + c, 2);
+        float w = type == F32 ? ((const float *)row)[c] : type == F16 ? _cvtsh_ss(h) : 0;
+        if (type == BF16) {
+            uint32_t bits = (uint32_t)h << 16;
+            memcpy(&w, &bits, 4);
+        }
+        sum += w * x[c];
+    }
+    return sum;
+}
+
+LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
+                              const float *sums, float *y, int begin, int end) {
+    const int blocks = cols / 32;
+    for (int r = begin; r < end; r++) {
+        const uint8_t *row = data + (size_t)r * row_bytes;
+        switch (type) {
+        case Q4_0: case Q4_1: y[r] = row_q4(type, row, x, sums, blocks); break;
+        case Q5_0: case Q5_1: y[r] = row_q5(type, row, x, sums, blocks); break;
+        case Q8_0: y[r] = row_q8_0(row, x, blocks); break;
+        default: y[r] = row_float(type, row, x, cols); break;
+        }
+    }
+}
+#endif
+
+int lk_matvec_supported(int type) {
+#if defined(__x86_64__)
+    switch (type) {
+    case F32: case F16: case BF16: case Q4_0: case Q4_1: case Q5_0: case Q5_1: case Q8_0: return has_avx2();
+    default: return 0;
+    }
+#else
+    (void)type;
+    return 0;
+#endif
+}
+
+void lk_block_sums(const float *x, int cols, float *sums) {
+    for (int b = 0; b < cols / 32; b++) {
+        float s = 0;
+        for (int j = 0; j < 32; j++) s += x[32 * b + j];
+        sums[b] = s;
+    }
+}
+
+void lk_matvec_rows(int type, const void *data, size_t row_bytes, int cols, const float *x, const float *block_sums,
+                    float *y, int row_begin, int row_end) {
+#if defined(__x86_64__)
+    rows_avx2(type, (const uint8_t *)data, row_bytes, cols, x, block_sums, y, row_begin, row_end);
+#else
+    (void)type; (void)data; (void)row_bytes; (void)cols; (void)x; (void)block_sums; (void)y; (void)row_begin; (void)row_end;
+#endif
+}
+
+typedef struct {
+    int type;
+    const void *data;
+    size_t row_bytes;
+    int rows, cols, parts;
+    const float *x, *sums;
+    float *y;
+} matvec_job;
+
+static void matvec_part(void *context, int part) {
+    const matvec_job *job = context;
+    // Parts of whole 16-row groups, so that neighbouring threads never write the same cache line of y.
+    int groups = (job->rows + 15) / 16, per = (groups + job->parts - 1) / job->parts;
+    int begin = part * per * 16, end = begin + per * 16;
+    if (end > job->rows) end = job->rows;
+    if (begin < end) lk_matvec_rows(job->type, job->data, job->row_bytes, job->cols, job->x, job->sums, job->y, begin, end);
+}
+
+void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y) {
+    float stack_sums[512];
+    int blocks = cols / 32;
+    float *sums = blocks <= 512 ? stack_sums : malloc(sizeof(float) * (size_t)blocks);
+    lk_block_sums(x, cols, sums);
+    int threads = lk_threads();
+    // Below ~64 K weights a part is too small to pay for waking a thread.
+    long long weights = (long long)rows * cols;
+    int parts = weights < (1 << 16) ? 1 : threads;
+    if (parts > (rows + 15) / 16) parts = (rows + 15) / 16;
+    matvec_job job = {type, data, row_bytes, rows, cols, parts, x, sums, y};
+    if (parts <= 1) matvec_part(&job, 0);
+    else lk_parallel_for(parts, matvec_part, &job);
+    if (sums != stack_sums) free(sums);
+}

@@ -1,0 +1,101 @@
+// A minimal thread pool for per-token work: generating one token runs ~200 small products a few microseconds
+// apart, too short for dispatch queues to wake threads each time. Workers spin on a job counter for a while
+// after each job, then sleep on a condition variable.
+
+#include "CKernels.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum { max_workers = 63, spin_rounds = 200000 };
+
+static struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t wake;
+    int threads;  // including the caller
+    int started;  // workers created so far
+    // One word: generation << 40 | parts << 20 | next part. Claiming a part is one compare-and-swap on it, so a
+    // worker late from the previous job can never take a part of the next one.
+    _Atomic uint64_t ticket;
+    _Atomic int pending;
+    lk_task task;
+    void *context;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0};
+
+static inline void relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static void run_parts(uint64_t generation) {
+    for (;;) {
+        uint64_t t = atomic_load_explicit(&pool.ticket, memory_order_acquire);
+        if (t >> 40 != generation) return;
+        uint64_t parts = (t >> 20) & 0xFFFFF, next = t & 0xFFFFF;
+        if (next >= parts) return;
+        if (!atomic_compare_exchange_weak_explicit(&pool.ticket, &t, t + 1, memory_order_acq_rel, memory_order_acquire)) continue;
+        pool.task(pool.context, (int)next);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+    }
+}
+
+static void *worker(void *unused) {
+    (void)unused;
+    uint64_t seen = atomic_load(&pool.ticket) >> 40;
+    for (;;) {
+        uint64_t now;
+        int spins = 0;
+        while ((now = atomic_load_explicit(&pool.ticket, memory_order_acquire) >> 40) == seen) {
+            if (++spins < spin_rounds) {
+                relax();
+                continue;
+            }
+            pthread_mutex_lock(&pool.mutex);
+            while (atomic_load(&pool.ticket) >> 40 == seen) pthread_cond_wait(&pool.wake, &pool.mutex);
+            pthread_mutex_unlock(&pool.mutex);
+        }
+        seen = now;
+        run_parts(now);
+    }
+    return 0;
+}
+
+void lk_set_threads(int threads) {
+    pthread_mutex_lock(&pool.mutex);
+    pool.threads = threads < 1 ? 1 : threads > max_workers + 1 ? max_workers + 1 : threads;
+    pthread_mutex_unlock(&pool.mutex);
+}
+
+int lk_threads(void) { return pool.threads; }
+
+void lk_parallel_for(int parts, lk_task task, void *context) {
+    if (pool.threads <= 1 || parts <= 1 || parts > 0xFFFFF) {
+        for (int p = 0; p < parts; p++) task(context, p);
+        return;
+    }
+    pthread_mutex_lock(&pool.mutex);
+    while (pool.started < pool.threads - 1) {
+        pthread_t thread;
+        if (pthread_create(&thread, 0, worker, 0) != 0) break;
+        pthread_detach(thread);
+        pool.started++;
+    }
+    pthread_mutex_unlock(&pool.mutex);
+    if (pool.started == 0) {
+        for (int p = 0; p < parts; p++) task(context, p);
+        return;
+    }
+    pool.task = task;
+    pool.context = context;
+    atomic_store_explicit(&pool.pending, parts, memory_order_relaxed);
+    pthread_mutex_lock(&pool.mutex);
+    uint64_t generation = ((atomic_load(&pool.ticket) >> 40) + 1) & 0xFFFFFF;
+    atomic_store_explicit(&pool.ticket, generation << 40 | (uint64_t)parts << 20, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mutex);
+    run_parts(generation);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) relax();
+}

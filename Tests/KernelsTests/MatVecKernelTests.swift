@@ -1,0 +1,59 @@
+import CKernels
+import GGUF
+import XCTest
+
+/// CKernels' per-token products on quantized blocks against the plain path: reference dequantization, then a
+/// dot product in Double.
+final class MatVecKernelTests: XCTestCase {
+    static let types: [TensorType] = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
+
+    func testEveryTypeMatchesDequantizeThenDot() throws {
+        var seed: UInt64 = 11
+        func next() -> Float {
+            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int64(bitPattern: seed) >> 40) / Float(1 << 23)
+        }
+        for type in Self.types {
+            guard lk_matvec_supported(Int32(type.rawValue)) != 0 else { continue }
+            for (rows, cols) in [(1, 32), (37, 64), (300, 576), (64, 1536)] {
+                let weights = (0..<(rows * cols)).map { _ in next() * 2 }
+                let data = try Quantize.quantize(weights, to: type)
+                let rowBytes = data.count / rows
+                let x = (0..<cols).map { _ in next() }
+                let expected: [Double] = data.withUnsafeBytes { raw in
+                    let w = DequantizeReference.dequantize(type, from: raw, count: rows * cols)
+                    return (0..<rows).map { r in (0..<cols).reduce(0.0) { $0 + Double(w[r * cols + $1]) * Double(x[$1]) } }
+                }
+                let scale = x.reduce(0.0) { $0 + Double(abs($1)) } * 2
+                for threads in [1, 2, 3] {
+                    lk_set_threads(Int32(threads))
+                    var y = [Float](repeating: .nan, count: rows)
+                    data.withUnsafeBytes { raw in
+                        lk_matvec(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
+                    }
+                    for r in 0..<rows {
+                        XCTAssertEqual(Double(y[r]), expected[r], accuracy: 1e-5 * scale, "\(type) \(rows)×\(cols) row \(r), \(threads) threads")
+                    }
+                }
+            }
+        }
+        lk_set_threads(1)
+    }
+
+    /// Many small jobs in a row on the pool: every part runs exactly once per job.
+    func testPoolRunsEveryPartOnce() {
+        lk_set_threads(2)
+        defer { lk_set_threads(1) }
+        let counts = UnsafeMutablePointer<Int32>.allocate(capacity: 64)
+        defer { counts.deallocate() }
+        for job in 0..<2000 {
+            let parts = 1 + job % 64
+            counts.initialize(repeating: 0, count: 64)
+            lk_parallel_for(Int32(parts), { context, part in
+                let c = context!.assumingMemoryBound(to: Int32.self)
+                c[Int(part)] += 1  // each part is one task: no two threads write the same counter
+            }, counts)
+            for p in 0..<64 { XCTAssertEqual(counts[p], p < parts ? 1 : 0, "job \(job) part \(p)") }
+        }
+    }
+}
