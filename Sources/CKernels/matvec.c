@@ -72,33 +72,23 @@ LK_AVX2 static inline __m128i fifth_bits(uint16_t bits) {
     return _mm_and_si128(v, _mm_set1_epi8(0x10));
 }
 
-LK_AVX2 static float row_q4(int type, const uint8_t *row, const float *x, const float *sums, int blocks) {
-    const int bytes = type == Q4_0 ? 18 : 20, quants = type == Q4_0 ? 2 : 4;
+LK_AVX2 static float row_q4_q5(int type, const uint8_t *row, const float *x, const float *sums, int blocks) {
+    const int five = type == Q5_0 || type == Q5_1, with_minimum = type == Q4_1 || type == Q5_1;
+    const int header = with_minimum ? 4 : 2, quants = header + (five ? 4 : 0), bytes = quants + 16;
+    const float offset = five ? -16 : -8;
     __m256 total = _mm256_setzero_ps();
     float offsets = 0;
     for (int b = 0; b < blocks; b++, row += bytes) {
         float d = half_to_float(row);
-        offsets += (type == Q4_0 ? -8 * d : half_to_float(row + 2)) * sums[b];
+        offsets += (with_minimum ? half_to_float(row + 2) : offset * d) * sums[b];
         __m128i lo, hi;
         split_nibbles(row + quants, &lo, &hi);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_32(lo, hi, x + 32 * b), total);
-    }
-    return horizontal_sum(total) + offsets;
-}
-
-LK_AVX2 static float row_q5(int type, const uint8_t *row, const float *x, const float *sums, int blocks) {
-    const int bytes = type == Q5_0 ? 22 : 24, high = type == Q5_0 ? 2 : 4;
-    __m256 total = _mm256_setzero_ps();
-    float offsets = 0;
-    for (int b = 0; b < blocks; b++, row += bytes) {
-        float d = half_to_float(row);
-        offsets += (type == Q5_0 ? -16 * d : half_to_float(row + 2)) * sums[b];
-        uint32_t qh;
-        memcpy(&qh, row + high, 4);
-        __m128i lo, hi;
-        split_nibbles(row + high + 4, &lo, &hi);
-        lo = _mm_or_si128(lo, fifth_bits((uint16_t)qh));
-        hi = _mm_or_si128(hi, fifth_bits((uint16_t)(qh >> 16)));
+        if (five) {
+            uint32_t qh;
+            memcpy(&qh, row + header, 4);
+            lo = _mm_or_si128(lo, fifth_bits((uint16_t)qh));
+            hi = _mm_or_si128(hi, fifth_bits((uint16_t)(qh >> 16)));
+        }
         total = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_32(lo, hi, x + 32 * b), total);
     }
     return horizontal_sum(total) + offsets;
@@ -154,8 +144,7 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
         switch (type) {
-        case Q4_0: case Q4_1: y[r] = row_q4(type, row, x, sums, blocks); break;
-        case Q5_0: case Q5_1: y[r] = row_q5(type, row, x, sums, blocks); break;
+        case Q4_0: case Q4_1: case Q5_0: case Q5_1: y[r] = row_q4_q5(type, row, x, sums, blocks); break;
         case Q8_0: y[r] = row_q8_0(row, x, blocks); break;
         default: y[r] = row_float(type, row, x, cols); break;
         }
