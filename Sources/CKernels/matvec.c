@@ -9,13 +9,17 @@
 //   Q5_1 {d, m, qh[4], qs[16]} w = d·q + m
 //   Q8_0 {d, qs[32] int8}   w = d·q
 // With s_b = Σ x over block b, a row's product is Σ_b d_b·(Σ_j q_j·x_j) + offset_b·s_b, offset_b = −8d, −16d or m.
+// K-quants (superblocks of 256 in sub-blocks of 32 or 16; layouts as in GGUF's DequantizeReference.swift):
+//   Q4_K {d, dmin, scales[12], qs[128]}          w = d·sc_s·q − dmin·m_s   (six-bit sc, m per sub-block of 32)
+//   Q5_K {d, dmin, scales[12], qh[32], qs[128]}  the same with q = nibble | (bit s of qh[l]) << 4
+//   Q6_K {ql[128], qh[64], scales[16], d}        w = d·sc_s·(q − 32)       (int8 sc per sub-block of 16)
 
 #include "CKernels.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, BF16 = 30 };
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -108,6 +112,89 @@ LK_AVX2 static float row_q8_0(const uint8_t *row, const float *x, int blocks) {
     return horizontal_sum(total);
 }
 
+// The six-bit scale and minimum of sub-block j (0..<8) of a Q4_K/Q5_K superblock.
+static inline void scale_min_k4(const uint8_t *q, int j, float *scale, float *minimum) {
+    if (j < 4) {
+        *scale = q[j] & 63;
+        *minimum = q[j + 4] & 63;
+    } else {
+        *scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *minimum = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Byte l = 16 where bit `bit` of byte l of v is set.
+LK_AVX2 static inline __m128i bit_as_16(__m128i v, int bit) {
+    const __m128i mask = _mm_set1_epi8((char)(1 << bit));
+    return _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(v, mask), mask), _mm_set1_epi8(0x10));
+}
+
+LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const float *x, const float *sums, int superblocks) {
+    const int five = type == Q5_K, bytes = five ? 176 : 144, quants = five ? 48 : 16;
+    __m256 total = _mm256_setzero_ps();
+    float minimums = 0;
+    for (int b = 0; b < superblocks; b++, row += bytes) {
+        const float d = half_to_float(row), dmin = half_to_float(row + 2);
+        const float *xb = x + 256 * b;
+        __m128i h0 = _mm_setzero_si128(), h1 = _mm_setzero_si128();
+        if (five) {
+            h0 = _mm_loadu_si128((const __m128i *)(row + 16));
+            h1 = _mm_loadu_si128((const __m128i *)(row + 32));
+        }
+        for (int g = 0; g < 4; g++) {
+            const __m128i mask = _mm_set1_epi8(0x0F);
+            __m128i b0 = _mm_loadu_si128((const __m128i *)(row + quants + 32 * g));
+            __m128i b1 = _mm_loadu_si128((const __m128i *)(row + quants + 32 * g + 16));
+            for (int half = 0; half < 2; half++) {
+                int sub = 2 * g + half;
+                __m128i lo = half ? _mm_and_si128(_mm_srli_epi16(b0, 4), mask) : _mm_and_si128(b0, mask);
+                __m128i hi = half ? _mm_and_si128(_mm_srli_epi16(b1, 4), mask) : _mm_and_si128(b1, mask);
+                if (five) {
+                    lo = _mm_or_si128(lo, bit_as_16(h0, sub));
+                    hi = _mm_or_si128(hi, bit_as_16(h1, sub));
+                }
+                float scale, minimum;
+                scale_min_k4(row + 4, sub, &scale, &minimum);
+                minimums += dmin * minimum * sums[8 * b + sub];
+                total = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), dot_32(lo, hi, xb + 32 * sub), total);
+            }
+        }
+    }
+    return horizontal_sum(total) - minimums;
+}
+
+// Σ (q_l − 32)·x_l for 16 six-bit quants held one per byte.
+LK_AVX2 static inline __m256 dot_16_centered(__m128i q, const float *x) {
+    q = _mm_sub_epi8(q, _mm_set1_epi8(32));
+    __m256 acc = _mm256_mul_ps(signed_bytes(q), _mm256_loadu_ps(x));
+    return _mm256_fmadd_ps(signed_bytes(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x + 8), acc);
+}
+
+LK_AVX2 static float row_q6_k(const uint8_t *row, const float *x, int superblocks) {
+    const __m128i mask = _mm_set1_epi8(0x0F), three = _mm_set1_epi8(3);
+    __m256 total = _mm256_setzero_ps();
+    for (int b = 0; b < superblocks; b++, row += 210) {
+        const float d = half_to_float(row + 208);
+        const int8_t *scales = (const int8_t *)(row + 192);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = row + 64 * h, *qh = row + 128 + 32 * h;
+            for (int quarter = 0; quarter < 4; quarter++) {
+                const float *xq = x + 256 * b + 128 * h + 32 * quarter;
+                for (int part = 0; part < 2; part++) {  // l in [16·part, 16·part + 16): one scale each
+                    __m128i low = _mm_loadu_si128((const __m128i *)(ql + 32 * (quarter % 2) + 16 * part));
+                    low = quarter < 2 ? _mm_and_si128(low, mask) : _mm_and_si128(_mm_srli_epi16(low, 4), mask);
+                    __m128i high = _mm_loadu_si128((const __m128i *)(qh + 16 * part));
+                    high = _mm_and_si128(_mm_srli_epi16(high, 2 * quarter), three);
+                    __m128i q = _mm_or_si128(low, _mm_slli_epi16(high, 4));
+                    float scale = d * scales[8 * h + part + 2 * quarter];
+                    total = _mm256_fmadd_ps(_mm256_set1_ps(scale), dot_16_centered(q, xq + 16 * part), total);
+                }
+            }
+        }
+    }
+    return horizontal_sum(total);
+}
+
 // F32, F16, BF16 rows: cols is a multiple of 8 (checked by the caller); the tail is summed one by one.
 LK_AVX2 static float row_float(int type, const uint8_t *row, const float *x, int cols) {
     __m256 acc = _mm256_setzero_ps();
@@ -146,6 +233,8 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
         switch (type) {
         case Q4_0: case Q4_1: case Q5_0: case Q5_1: y[r] = row_q4_q5(type, row, x, sums, blocks); break;
         case Q8_0: y[r] = row_q8_0(row, x, blocks); break;
+        case Q4_K: case Q5_K: y[r] = row_q4_q5_k(type, row, x, sums, cols / 256); break;
+        case Q6_K: y[r] = row_q6_k(row, x, cols / 256); break;
         default: y[r] = row_float(type, row, x, cols); break;
         }
     }
@@ -155,7 +244,8 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
 int lk_matvec_supported(int type) {
 #if defined(__x86_64__)
     switch (type) {
-    case F32: case F16: case BF16: case Q4_0: case Q4_1: case Q5_0: case Q5_1: case Q8_0: return has_avx2();
+    case F32: case F16: case BF16: case Q4_0: case Q4_1: case Q5_0: case Q5_1: case Q8_0: case Q4_K: case Q5_K: case Q6_K:
+        return has_avx2();
     default: return 0;
     }
 #else

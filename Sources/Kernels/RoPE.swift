@@ -42,15 +42,43 @@ public struct RoPE<T: KernelScalar> {
                     let c = cs.baseAddress! + t * half, s = ss.baseAddress! + t * half
                     for h in 0..<heads {
                         let v = x + (t * heads + h) * headDim
-                        for i in 0..<half {
-                            let a = v[2 * i], b = v[2 * i + 1]
-                            let sn = inverse ? -s[i] : s[i]
-                            v[2 * i] = a * c[i] - b * sn
-                            v[2 * i + 1] = a * sn + b * c[i]
+                        if T.self == Float.self && half % 8 == 0 {
+                            RoPE.rotateFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
+                        } else {
+                            RoPE.rotateReference(v, cos: c, sin: s, half: half, inverse: inverse)
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// One head: pairs (v₂ᵢ, v₂ᵢ₊₁) rotated by θᵢ (−θᵢ when `inverse`).
+    @inlinable
+    public static func rotateReference(_ v: UnsafeMutablePointer<T>, cos c: UnsafePointer<T>, sin s: UnsafePointer<T>,
+                                       half: Int, inverse: Bool) {
+        for i in 0..<half {
+            let a = v[2 * i], b = v[2 * i + 1]
+            let sn = inverse ? -s[i] : s[i]
+            v[2 * i] = a * c[i] - b * sn
+            v[2 * i + 1] = a * sn + b * c[i]
+        }
+    }
+
+    /// The same, eight pairs at a time (`half` a multiple of 8).
+    @inlinable
+    public static func rotateFast(_ v: UnsafeMutablePointer<Float>, cos c: UnsafePointer<Float>, sin s: UnsafePointer<Float>,
+                                  half: Int, inverse: Bool) {
+        var i = 0
+        while i < half {
+            var pairs = UnsafeRawPointer(v + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
+            let a = pairs.evenHalf, b = pairs.oddHalf
+            let cosine = UnsafeRawPointer(c + i).loadUnaligned(as: SIMD8<Float>.self)
+            let sine = UnsafeRawPointer(s + i).loadUnaligned(as: SIMD8<Float>.self) * (inverse ? -1 : 1)
+            pairs.evenHalf = a * cosine - b * sine
+            pairs.oddHalf = a * sine + b * cosine
+            UnsafeMutableRawPointer(v + 2 * i).storeBytes(of: pairs, as: SIMD16<Float>.self)
+            i += 8
         }
     }
 }

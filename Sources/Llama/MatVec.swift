@@ -4,8 +4,8 @@ import GGUF
 import Kernels
 
 /// y = W·x for one token, reading the weight's blocks as the file stores them (no dequantized copy of the
-/// matrix). F32, F16, BF16, Q4_0/1, Q5_0/1 and Q8_0 go through CKernels' vector kernels where the CPU has them;
-/// otherwise (K-quants, other CPUs) each row is dequantized into a small buffer and dotted with x.
+/// matrix). F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K and Q6_K go through CKernels' vector kernels where the
+/// CPU has them; otherwise (Q2_K, Q3_K, other CPUs) each row is dequantized into a small buffer and dotted with x.
 ///
 /// Shapes: W [rows, cols] (GGUF ne = [cols, rows]); x [cols]; y [rows].
 enum MatVec {

@@ -196,10 +196,12 @@ public final class Trainer {
         try model.attach(adapter, trainable: true, source: "training adapter")
 
         let rowsPerStep = c.batch * c.gradientAccumulation
-        // Kept per layer: input, mid-layer residual, q, attention output, k, v, gate, up (see LayerCache).
-        let layerBytes = 4 * c.batch * c.context * (2 * model.config.embedding + 2 * model.config.qDim
-            + 2 * model.config.kvDim + 2 * model.config.feedForward)
-        let checkpointing = c.gradientCheckpointing ?? (layerBytes * model.config.layers > 1 << 30)
+        // Kept per layer: input, q, k, v, gate, up (see LayerCache); the layer in flight also holds its normalized
+        // inputs, residual, attention output and probabilities, SwiGLU output and their gradients.
+        let mc = model.config, tokens = c.batch * c.context
+        let layerBytes = 4 * tokens * (mc.embedding + mc.qDim + 2 * mc.kvDim + 2 * mc.feedForward)
+        let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward) + c.batch * mc.heads * c.context * c.context)
+        let checkpointing = c.gradientCheckpointing ?? (layerBytes * mc.layers > 1 << 30)
         model.gradientCheckpointing = checkpointing
         let weightBytes = model.config.vocabulary * model.config.embedding * 4
             + (c.cacheWeights ? file.parameterCount * 4 : 0)
@@ -208,7 +210,8 @@ public final class Trainer {
             startStep: startStep, samples: trainStream.sampleCount, validationRows: validationRows.count,
             gradientCheckpointing: checkpointing,
             memory: [("weights (mapped file) + dequantized head", file.fileSize + weightBytes),
-                     ("activations", checkpointing ? layerBytes + 4 * c.batch * c.context * model.config.embedding * model.config.layers : layerBytes * model.config.layers),
+                     ("activations", workingBytes + (checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers
+                                                                   : layerBytes * mc.layers)),
                      ("LoRA, gradients, AdamW moments", adapter.parameterCount * 16)])
         guard report(.plan(plan)) else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
 

@@ -40,6 +40,43 @@ final class MatVecKernelTests: XCTestCase {
         lk_set_threads(1)
     }
 
+    /// K-quant blocks: any bytes are a valid block once the f16 scales are finite, so random superblocks with
+    /// small scales test every quant, scale and minimum position.
+    func testKQuantsMatchDequantizeThenDot() {
+        var seed: UInt64 = 5
+        func nextByte() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
+        func half(_ v: Float) -> (UInt8, UInt8) { let b = Float16(v).bitPattern; return (UInt8(b & 0xFF), UInt8(b >> 8)) }
+        // (type, bytes per superblock, offsets of the f16 scales)
+        for (type, bytes, scaleOffsets) in [(TensorType.q4_K, 144, [0, 2]), (.q5_K, 176, [0, 2]), (.q6_K, 210, [208])] {
+            XCTAssertEqual(lk_matvec_supported(Int32(type.rawValue)), 1)
+            for (rows, cols) in [(3, 256), (37, 512), (64, 1536)] {
+                var data = (0..<(rows * cols / 256 * bytes)).map { _ in nextByte() }
+                for block in 0..<(rows * cols / 256) {
+                    for (k, offset) in scaleOffsets.enumerated() {
+                        let (lo, hi) = half(Float(nextByte()) / 25_600 + (k == 0 ? 0.001 : 0))
+                        data[block * bytes + offset] = lo
+                        data[block * bytes + offset + 1] = hi
+                    }
+                }
+                let x = (0..<cols).map { _ in Float(Int(nextByte()) - 128) / 128 }
+                let expected: [Double] = data.withUnsafeBytes { raw in
+                    let w = DequantizeReference.dequantize(type, from: raw, count: rows * cols)
+                    return (0..<rows).map { r in (0..<cols).reduce(0.0) { $0 + Double(w[r * cols + $1]) * Double(x[$1]) } }
+                }
+                let magnitude: Double = data.withUnsafeBytes { raw in
+                    DequantizeReference.dequantize(type, from: raw, count: rows * cols).map { Double(abs($0)) }.max()! * Double(cols)
+                }
+                var y = [Float](repeating: .nan, count: rows)
+                data.withUnsafeBytes { raw in
+                    lk_matvec(Int32(type.rawValue), raw.baseAddress!, cols / 256 * bytes, Int32(rows), Int32(cols), x, &y)
+                }
+                for r in 0..<rows {
+                    XCTAssertEqual(Double(y[r]), expected[r], accuracy: 1e-6 * magnitude, "\(type) \(rows)×\(cols) row \(r)")
+                }
+            }
+        }
+    }
+
     /// Many small jobs in a row on the pool: every part runs exactly once per job.
     func testPoolRunsEveryPartOnce() {
         lk_set_threads(2)

@@ -117,4 +117,44 @@ final class VectorMathTests: XCTestCase {
             for i in 0..<f.count { XCTAssertEqual(Double(f[i]), r[i], accuracy: 1e-5) }
         }
     }
+
+    func testRMSNormRowsMatchReference() {
+        for cols in [16, 37, 576] {
+            let x = (0..<cols).map { _ in uniform(-3, 3) }, w = (0..<cols).map { _ in uniform(0.5, 1.5) }
+            let dy = (0..<cols).map { _ in uniform(-1, 1) }
+            var yFast = [Float](repeating: 0, count: cols), yReference = yFast
+            let sFast = RMSNorm.forwardRowFast(x: x, weight: w, y: &yFast, cols: cols, eps: 1e-5)
+            let sReference = RMSNorm.forwardRowReference(x: x, weight: w, y: &yReference, cols: cols, eps: Float(1e-5))
+            XCTAssertEqual(sFast, sReference, accuracy: 1e-6 * sReference)
+            XCTAssertLessThan(relativeError(yFast, yReference), 1e-5)
+            var dxFast = (0..<cols).map { _ in uniform(-1, 1) }, dxReference = dxFast
+            RMSNorm.backwardRowFast(dy: dy, x: x, weight: w, rstd: sReference, dx: &dxFast, cols: cols)
+            RMSNorm.backwardRowReference(dy: dy, x: x, weight: w, rstd: sReference, dx: &dxReference, cols: cols)
+            for c in 0..<cols { XCTAssertEqual(dxFast[c], dxReference[c], accuracy: 1e-5) }
+        }
+    }
+
+    func testRoPEMatchesReference() {
+        let half = 32
+        let rope = RoPE<Float>(positions: [0, 1, 7, 300], frequencies: RoPE<Float>.frequencies(headDim: 64, base: 100_000))
+        let x = (0..<(4 * 3 * 64)).map { _ in uniform(-2, 2) }
+        for inverse in [false, true] {
+            var fast = x, reference = x
+            fast.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: 4, heads: 3, inverse: inverse) }
+            rope.cosines.withUnsafeBufferPointer { c in
+                rope.sines.withUnsafeBufferPointer { s in
+                    for t in 0..<4 {
+                        for h in 0..<3 {
+                            reference.withUnsafeMutableBufferPointer {
+                                RoPE<Float>.rotateReference($0.baseAddress! + (t * 3 + h) * 64, cos: c.baseAddress! + t * half,
+                                                            sin: s.baseAddress! + t * half, half: half, inverse: inverse)
+                            }
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(fast, reference, "the vector rotation does the same arithmetic")
+            XCTAssertNotEqual(fast, x)
+        }
+    }
 }

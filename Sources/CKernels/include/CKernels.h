@@ -8,7 +8,8 @@
 /// small thread pool that splits them.
 ///
 /// Shapes: W [rows, cols], `row_bytes` bytes per row as the file stores it; x [cols]; y [rows].
-/// Types use GGUF's numbering: 0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0, 30 BF16.
+/// Types use GGUF's numbering: 0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0, 12 Q4_K, 13 Q5_K, 14 Q6_K,
+/// 30 BF16.
 
 /// 1 when `type` has a vector kernel on this CPU (AVX2 + FMA + F16C); otherwise the caller dequantizes rows.
 int lk_matvec_supported(int type);
