@@ -18,9 +18,10 @@ static struct {
     // worker late from the previous job can never take a part of the next one.
     _Atomic uint64_t ticket;
     _Atomic int pending;
+    _Atomic int busy;  // a job is running: a second caller runs its parts itself
     lk_task task;
     void *context;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, 0, 0, 0};
 
 static inline void relax(void) {
 #if defined(__x86_64__)
@@ -72,7 +73,7 @@ void lk_set_threads(int threads) {
 int lk_threads(void) { return pool.threads; }
 
 void lk_parallel_for(int parts, lk_task task, void *context) {
-    if (pool.threads <= 1 || parts <= 1 || parts > 0xFFFFF) {
+    if (pool.threads <= 1 || parts <= 1 || parts > 0xFFFFF || atomic_exchange(&pool.busy, 1)) {
         for (int p = 0; p < parts; p++) task(context, p);
         return;
     }
@@ -86,6 +87,7 @@ void lk_parallel_for(int parts, lk_task task, void *context) {
     pthread_mutex_unlock(&pool.mutex);
     if (pool.started == 0) {
         for (int p = 0; p < parts; p++) task(context, p);
+        atomic_store(&pool.busy, 0);
         return;
     }
     pool.task = task;
@@ -98,4 +100,5 @@ void lk_parallel_for(int parts, lk_task task, void *context) {
     pthread_mutex_unlock(&pool.mutex);
     run_parts(generation);
     while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) relax();
+    atomic_store_explicit(&pool.busy, 0, memory_order_release);
 }

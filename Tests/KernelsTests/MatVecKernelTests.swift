@@ -1,4 +1,5 @@
 import CKernels
+import Dispatch
 import GGUF
 import XCTest
 
@@ -91,6 +92,21 @@ final class MatVecKernelTests: XCTestCase {
                 c[Int(part)] += 1  // each part is one task: no two threads write the same counter
             }, counts)
             for p in 0..<64 { XCTAssertEqual(counts[p], p < parts ? 1 : 0, "job \(job) part \(p)") }
+        }
+    }
+
+    /// Two threads using the pool at once (two generation sessions in one app): both get every part done.
+    func testPoolWithConcurrentCallers() {
+        lk_set_threads(2)
+        defer { lk_set_threads(1) }
+        DispatchQueue.concurrentPerform(iterations: 4) { caller in
+            let counts = UnsafeMutablePointer<Int32>.allocate(capacity: 16)
+            defer { counts.deallocate() }
+            for _ in 0..<500 {
+                counts.initialize(repeating: 0, count: 16)
+                lk_parallel_for(16, { context, part in context!.assumingMemoryBound(to: Int32.self)[Int(part)] += 1 }, counts)
+                for p in 0..<16 where counts[p] != 1 { XCTFail("caller \(caller): part \(p) ran \(counts[p]) times") }
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ void lk_block_sums(const float *x, int cols, float *sums);
 
 /// Runs task(context, part) for part in [0, parts) on the pool's threads and the caller's; returns when all
 /// are done. Workers spin briefly between jobs (a token's products come microseconds apart), then sleep.
-/// One caller at a time, and a task must not call it again.
+/// Callers on other threads while a job runs do their parts themselves; a task must not call it again.
 typedef void (*lk_task)(void *context, int part);
 void lk_parallel_for(int parts, lk_task task, void *context);
 
