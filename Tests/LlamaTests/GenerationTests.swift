@@ -38,9 +38,8 @@ final class GenerationTests: XCTestCase {
         return Array(ids[prompt.count...])
     }
 
-    /// Expected ids from transformers' llama in float32 on the same GGUF (its Flax implementation: torch is not
-    /// installable here; its logits match the torch reference within 8e-5):
-    /// `/tmp/refenv/bin/python scripts/reference-greedy-ids.py models/SmolLM2-135M-Instruct.Q4_1.gguf ../shared/testdata/reference`
+    /// Expected ids from Hugging Face transformers 5.24 with torch 2.13 (CPU, float32) on the same GGUF:
+    /// `/tmp/refenv/bin/python scripts/reference-greedy-ids.py models/SmolLM2-135M-Instruct.Q4_1.gguf`
     static let transformersGreedy: [(prompt: [Int32], continuation: [Int32])] = [
         // "The capital of France is"
         ([504, 3575, 282, 4649, 314], [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33]),
