@@ -27,4 +27,16 @@ public enum TestData {
         guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("shared test data missing: \(path)") }
         return path
     }
+
+    /// One of llama.cpp's tokenizer test vocabularies beyond those in ../shared (`ggml-vocab-NAME.gguf` with its
+    /// `.inp` and `.out`), fetched into models/vocab by scripts/fetch-vocab-oracles.sh. Missing, the test fails when
+    /// `LORAKIT_REQUIRE_MODEL=1` (as in CI) and is skipped otherwise.
+    public static func vocabOracle(_ name: String) throws -> String {
+        let path = packageRoot + "/models/vocab/ggml-vocab-\(name).gguf"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" {
+            XCTFail("tokenizer oracle missing at \(path): run scripts/fetch-vocab-oracles.sh")
+        }
+        throw XCTSkip("tokenizer oracle not found at \(path) (scripts/fetch-vocab-oracles.sh fetches it)")
+    }
 }
