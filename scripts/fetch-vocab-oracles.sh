@@ -18,8 +18,12 @@ fi
 mkdir -p "$DEST"
 echo "fetching llama.cpp's tokenizer test vocabularies (llama-cpp-python 0.3.36 source package, PyPI) …"
 python3 - "$DEST" $NAMES <<'PY'
-import hashlib, io, os, re, sys, tarfile, urllib.request
+import hashlib, io, os, re, ssl, sys, tarfile, urllib.request
 dest, names = sys.argv[1], sys.argv[2:]
+# The certificates pip is told to use (PIP_CERT), else the system's.
+context = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+urllib.request.install_opener(opener)
 version, sha256 = "0.3.36", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 index = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/", timeout=120).read().decode()
 match = re.search(r'href="([^"#]*llama_cpp_python-%s\.tar\.gz)' % re.escape(version), index)
