@@ -1,6 +1,7 @@
-/// Float kernels on 16-lane vectors for the element-wise ops (softmax, cross-entropy, SiLU). Each op keeps a
-/// plain scalar version (its `reference`) that the tests compare these against; Double always takes the scalar
-/// path, so the gradient checks exercise the references.
+/// Float building blocks on 16-lane vectors for the element-wise ops (softmax, cross-entropy, SwiGLU, RMSNorm,
+/// attention's softmax backward, KV-cache attention). Each op keeps a plain scalar version (its `…Reference`) that
+/// the tests compare the vector one against; Double always takes the scalar path, so the gradient checks exercise
+/// the references.
 ///
 /// Rows are processed in whole vectors, and the tail through a vector padded with a neutral value, so every
 /// element goes through the same arithmetic whatever its position.
