@@ -43,6 +43,7 @@ public enum BLAS {
         var setThreads: SetThreadsFunction?
         var coreName: CoreNameFunction?
         var path: String?
+        var inheritedCoreType: String?
     }
 
     nonisolated(unsafe) static var library: Library = load()
@@ -55,6 +56,9 @@ public enum BLAS {
         guard let f = library.coreName, let name = f() else { return nil }
         return String(cString: name)
     }
+
+    /// OPENBLAS_CORETYPE as the process found it (and as child processes still see it).
+    public static var inheritedCoreType: String? { library.inheritedCoreType }
 
     /// The core type to ask OpenBLAS for on this CPU, or nil to let it decide.
     public static func preferredCoreType(cpuInfo: String) -> String? {
@@ -99,6 +103,7 @@ public enum BLAS {
         #if os(Linux)
         // Set for OpenBLAS's constructor only; child processes see the environment as it was.
         let inherited = getenv("OPENBLAS_CORETYPE").map { String(cString: $0) }
+        lib.inheritedCoreType = inherited
         let chosen = chooseCoreType(explicit: getenv("LORAKIT_BLAS_CORETYPE").map { String(cString: $0) },
                                     inherited: inherited, preferred: preferredCoreType(cpuInfo: readCPUInfo()))
         if let chosen { setenv("OPENBLAS_CORETYPE", chosen, 1) }

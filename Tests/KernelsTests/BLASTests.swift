@@ -18,6 +18,12 @@ final class BLASTests: XCTestCase {
         }
     }
 
+    /// The core is chosen for OpenBLAS only: the process environment (what child processes inherit) is as it was.
+    func testEnvironmentIsLeftAsItWas() {
+        _ = BLAS.coreName  // loads the library
+        XCTAssertEqual(getenv("OPENBLAS_CORETYPE").map { String(cString: $0) }, BLAS.inheritedCoreType)
+    }
+
     func testPreferredCoreType() {
         let avx512 = "flags : fpu avx2 fma avx512f avx512dq avx512bw avx512vl"
         XCTAssertEqual(BLAS.preferredCoreType(cpuInfo: "vendor_id : GenuineIntel\n" + avx512), "SkylakeX")
