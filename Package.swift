@@ -35,7 +35,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "lorakit-bench",
-            dependencies: ["GGUF", "Tokenizer", "Kernels", "LoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["GGUF", "Tokenizer", "Kernels", "CKernels", "LoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "lorakit-example",

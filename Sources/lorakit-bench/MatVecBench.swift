@@ -1,0 +1,57 @@
+import ArgumentParser
+import CKernels
+import Foundation
+import GGUF
+
+/// Per-token product speed of each block type's kernel on one random matrix (generation's inner loop).
+struct MatVecBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "matvec", abstract: "Weights per nanosecond of the per-token product kernels, by block type.")
+
+    @Option var rows = 4096
+    @Option var cols = 4096
+    @Option(help: "Thread counts to measure, comma-separated.") var threads = "1,2"
+
+    func run() throws {
+        let types: [TensorType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K]
+        var seed: UInt64 = 1
+        func byte() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
+        let x = (0..<cols).map { _ in Float(Int(byte()) - 128) / 128 }
+        var y = [Float](repeating: 0, count: rows)
+        print("\(rows) × \(cols) weights, random blocks (f16 scales kept small)")
+        for type in types where lk_matvec_supported(Int32(type.rawValue)) != 0 {
+            let rowBytes = cols / type.blockSize * type.blockBytes
+            var data = (0..<(rows * rowBytes)).map { _ in byte() }
+            // Every f16 in a block is harmless as 0x2000 (≈ 0.0078); quant bytes stay random.
+            for block in stride(from: 0, to: data.count, by: type.blockBytes) {
+                for offset in halfOffsets(type) { data[block + offset] = 0x00; data[block + offset + 1] = 0x20 }
+            }
+            var line = String(format: "%-5@", type.description)
+            for t in threads.split(separator: ",").compactMap({ Int($0) }) {
+                lk_set_threads(Int32(t))
+                let repeats = 20
+                let elapsed = data.withUnsafeBytes { raw in
+                    seconds {
+                        for _ in 0..<repeats {
+                            lk_matvec(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
+                        }
+                    }
+                }
+                let perNanosecond = Double(rows * cols * repeats) / (elapsed * 1e9)
+                let gigabytes = Double(data.count * repeats) / elapsed / 1e9
+                line += String(format: "  %d thread%@: %5.2f weights/ns (%5.1f GB/s)", t, t == 1 ? " " : "s", perNanosecond, gigabytes)
+            }
+            print(line)
+        }
+    }
+
+    /// Byte offsets of the f16 fields inside one block.
+    func halfOffsets(_ type: TensorType) -> [Int] {
+        switch type {
+        case .f16, .bf16: return []
+        case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
+        case .q6_K: return [208]
+        default: return [0]
+        }
+    }
+}
