@@ -148,6 +148,7 @@ public final class Trainer {
                                                                   override: c.chatTemplate)
         if c.chatTemplate != nil { _ = try tokenizer.chatTemplate(templateText: nil, override: c.chatTemplate) }
 
+        var warnings: [String] = []
         func load(_ path: String) throws -> TokenStream {
             let format = try c.dataFormat ?? (path.hasSuffix(".jsonl") ? JSONLReader.detectFormat(path: path) : .text)
             if format == .text {
@@ -156,7 +157,17 @@ public final class Trainer {
                 return TokenStream(text: Array(data), tokenizer: tokenizer, options: c.sampling, context: c.context)
             }
             let reader = JSONLReader(tokenizer: tokenizer, chatTemplate: template, trainOnPrompt: c.trainOnPrompt)
-            return TokenStream(examples: try reader.read(path: path, format: format))
+            let stream = TokenStream(examples: try reader.read(path: path, format: format))
+            // A mask that hides everything trains nothing; one that hides nothing in prompt/chat data is suspicious.
+            let trained = stream.trained.filter { $0 }.count
+            if trained == 0 {
+                throw DataError.empty(path: path, reason: "no token is learned: every token is prompt (no completions or "
+                                      + "assistant messages?); --train-on-prompt learns them all")
+            }
+            if (format == .completion || format == .chat) && !c.trainOnPrompt && trained == stream.trained.count {
+                warnings.append("\(path): every token is learned, although only completions or assistant messages should be")
+            }
+            return stream
         }
         let trainStream = try load(c.trainData)
         guard trainStream.tokens.count >= 2, trainStream.sampleCount > 0 else {
@@ -214,6 +225,7 @@ public final class Trainer {
                                                                    : layerBytes * mc.layers)),
                      ("LoRA, gradients, AdamW moments", adapter.parameterCount * 16)])
         guard report(.plan(plan)) else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
+        for warning in warnings { _ = report(.warning(warning)) }
 
         let schedule = LearningSchedule(warmup: c.warmup ?? min(100, c.iterations / 10),
                                         cosineDecaySteps: c.cosineDecaySteps ?? max(1, c.iterations),

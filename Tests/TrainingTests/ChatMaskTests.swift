@@ -38,4 +38,35 @@ final class ChatMaskTests: XCTestCase {
         let learned = zip(e.tokens, e.trained).filter { $0.1 }.map { $0.0 }
         XCTAssertEqual(tokenizer.decode(learned, special: true), " 4<|im_end|>", "completion plus EOS so the model learns to stop")
     }
+
+    /// Data whose masks leave nothing to learn is an error naming the file, not a run that trains nothing; with
+    /// --train-on-prompt the same file trains.
+    func testDataWithNothingToLearnIsAnError() throws {
+        let model = try TestData.smolLM2()
+        let dir = temporaryDirectory("lorakit-mask")
+        let path = dir + "/questions.jsonl"
+        try #"{"messages": [{"role": "user", "content": "Capital of Zorbia?"}]}"#.appending("\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        var c = TrainingConfiguration(model: model, trainData: path, adapterOut: dir + "/a.gguf")
+        c.context = 32
+        c.batch = 1
+        c.iterations = 1
+        c.threads = 1
+        XCTAssertThrowsError(try Trainer(configuration: c).run { _ in true }) { error in
+            XCTAssertTrue(String(describing: error).hasPrefix(path + ": no token is learned"), String(describing: error))
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: c.adapterOut))
+        c.trainOnPrompt = true
+        XCTAssertEqual(try Trainer(configuration: c).run { _ in true }.steps, 1)
+
+        // Completions with empty prompts leave nothing masked: trained, with a warning.
+        try #"{"prompt": "", "completion": "Quillton."}"#.appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
+        c.trainOnPrompt = false
+        var warnings: [String] = []
+        _ = try Trainer(configuration: c).run { event in
+            if case let .warning(w) = event { warnings.append(w) }
+            return true
+        }
+        XCTAssertEqual(warnings, [path + ": every token is learned, although only completions or assistant messages should be"])
+    }
 }
