@@ -48,6 +48,9 @@ public struct TrainingConfiguration: Sendable {
     /// nil: automatic (on when keeping every layer's activations would take more than 1 GiB).
     public var gradientCheckpointing: Bool?
     public var cacheWeights = false
+    /// Memory the run may plan to use, in bytes; nil: the machine's physical memory. A plan above it is refused
+    /// before training starts (and automatic checkpointing turns on above 80 % of it).
+    public var memoryLimit: Int?
 
     public var adapterOut: String
     public var checkpointIn: String?
@@ -212,19 +215,30 @@ public final class Trainer {
         let mc = model.config, tokens = c.batch * c.context
         let layerBytes = 4 * tokens * (mc.embedding + mc.qDim + 2 * mc.kvDim + 2 * mc.feedForward)
         let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward) + c.batch * mc.heads * c.context * c.context)
-        let checkpointing = c.gradientCheckpointing ?? (layerBytes * mc.layers > 1 << 30)
+        let headBytes = mc.vocabulary * mc.embedding * 4
+        // Weights are dequantized one layer at a time, or all kept with --cache-weights.
+        let dequantizedBytes = c.cacheWeights ? file.parameterCount * 4 : (file.parameterCount - mc.vocabulary * mc.embedding) / mc.layers * 4
+        func memory(checkpointing: Bool) -> [(String, Int)] {
+            [("weights (mapped file) + dequantized head and layer", file.fileSize + headBytes + dequantizedBytes),
+             ("activations", workingBytes + (checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers
+                                                           : layerBytes * mc.layers)),
+             ("LoRA, gradients, AdamW moments", adapter.parameterCount * 16)]
+        }
+        let limit = c.memoryLimit ?? Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        let total = { (parts: [(String, Int)]) in parts.reduce(0) { $0 + $1.1 } }
+        let checkpointing = c.gradientCheckpointing
+            ?? (layerBytes * mc.layers > 1 << 30 || total(memory(checkpointing: false)) > limit / 10 * 8)
         model.gradientCheckpointing = checkpointing
-        let weightBytes = model.config.vocabulary * model.config.embedding * 4
-            + (c.cacheWeights ? file.parameterCount * 4 : 0)
         let plan = TrainingPlan(
             trainableParameters: adapter.parameterCount, tokensPerStep: rowsPerStep * c.context, steps: c.iterations,
             startStep: startStep, samples: trainStream.sampleCount, validationRows: validationRows.count,
-            gradientCheckpointing: checkpointing,
-            memory: [("weights (mapped file) + dequantized head", file.fileSize + weightBytes),
-                     ("activations", workingBytes + (checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers
-                                                                   : layerBytes * mc.layers)),
-                     ("LoRA, gradients, AdamW moments", adapter.parameterCount * 16)])
+            gradientCheckpointing: checkpointing, memory: memory(checkpointing: checkpointing))
         guard report(.plan(plan)) else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
+        if total(plan.memory) > limit {
+            throw TrainingError.invalid(String(format: "the plan needs about %.1f GB, more than the %.1f GB of memory here; "
+                + "try %@a smaller --batch or --ctx, a lower rank or fewer --targets", Double(total(plan.memory)) / 1e9,
+                Double(limit) / 1e9, checkpointing ? "" : "--use-checkpointing, "))
+        }
         for warning in warnings { _ = report(.warning(warning)) }
 
         let schedule = LearningSchedule(warmup: c.warmup ?? min(100, c.iterations / 10),

@@ -225,6 +225,23 @@ final class TrainerTests: XCTestCase {
         XCTAssertFalse(try adapterBytes(dir + "/r1.gguf") == adapterBytes(dir + "/r2.gguf"), "a new shuffle gives other batches")
     }
 
+    /// A plan larger than the memory there is stops before training, with the plan reported first; automatic
+    /// checkpointing turns on when it would fit only with it.
+    func testPlanAboveMemoryIsRefused() throws {
+        var c = config("m.gguf", iterations: 1)
+        var plans: [TrainingPlan] = []
+        c.memoryLimit = 1000  // bytes: less than any plan
+        XCTAssertThrowsError(try Trainer(configuration: c).run { event in
+            if case let .plan(p) = event { plans.append(p) }
+            return true
+        }) { XCTAssertTrue(String(describing: $0).hasPrefix("the plan needs about"), String(describing: $0)) }
+        XCTAssertEqual(plans.count, 1)
+        XCTAssertEqual(plans.first?.gradientCheckpointing, true, "over 80 % of the limit, checkpointing turns on by itself")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: c.adapterOut))
+        c.memoryLimit = nil
+        XCTAssertEqual(try Trainer(configuration: c).run { _ in true }.steps, 1)
+    }
+
     func testBadJSONLLineNamesFileAndLine() throws {
         let path = dir + "/bad.jsonl"
         try "{\"text\": \"OK\"}\n{\"text\": oops}\n".write(toFile: path, atomically: true, encoding: .utf8)
