@@ -51,6 +51,8 @@ public struct TrainingConfiguration: Sendable {
     /// Memory the run may plan to use, in bytes; nil: the machine's physical memory. A plan above it is refused
     /// before training starts (and automatic checkpointing turns on above 80 % of it).
     public var memoryLimit: Int?
+    /// false: write nothing (no adapter, checkpoint or best adapter), as for a dry run that measures speed.
+    public var writeFiles = true
 
     public var adapterOut: String
     public var checkpointIn: String?
@@ -246,6 +248,7 @@ public final class Trainer {
                                         cosineDecayMin: c.cosineDecayMin, cosineDecayRestart: c.cosineDecayRestart,
                                         restarts: c.restarts)
         func save(step: Int) throws {
+            guard c.writeFiles else { return }
             try writeAdapter(adapter, model: model, file: file, path: c.adapterOut, step: step)
             guard let out = c.checkpointOut else { return }
             let cp = Checkpoint(adapter: adapter, moments: moments, iteration: step, batcher: batcher.state, seed: c.seed,
@@ -351,7 +354,7 @@ public final class Trainer {
                 if isBest {
                     bestValidation = v
                     evaluationsWithoutImprovement = 0
-                    if c.keepBest { try writeBest(adapter, model: model, file: file) }
+                    if c.keepBest && c.writeFiles { try writeBest(adapter, model: model, file: file) }
                 } else {
                     evaluationsWithoutImprovement += 1
                 }
@@ -366,13 +369,13 @@ public final class Trainer {
         }
         if let v = try validate(step: step) {
             let isBest = v < bestValidation
-            if isBest { bestValidation = v; if c.keepBest { try writeBest(adapter, model: model, file: file) } }
+            if isBest { bestValidation = v; if c.keepBest && c.writeFiles { try writeBest(adapter, model: model, file: file) } }
             _ = report(.validation(step: step, loss: v, best: isBest))
         }
         if !(c.saveEvery > 0 && step % c.saveEvery == 0 && step > startStep) || stopReason != nil {
             try save(step: step)
         }
-        _ = report(.saved(kind: "adapter", path: c.adapterOut))
+        if c.writeFiles { _ = report(.saved(kind: "adapter", path: c.adapterOut)) }
         if batcher.truncated > 0 { _ = report(.warning("\(batcher.truncated) samples were longer than --ctx and were cut")) }
         let summary = TrainingSummary(steps: step - startStep, finalLoss: lastLoss,
                                       bestValidationLoss: bestValidation.isFinite ? bestValidation : nil,

@@ -87,6 +87,7 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("force-reshuffle"), help: "Start a new shuffle instead of the checkpoint's.") var forceReshuffle = false
     @Option(name: .customLong("epochs"), help: "Stop after this many passes over the data (≤ 0: no limit).") var epochs = -1
     @Flag(name: .customLong("inspect-data"), help: "Show the first samples with learned tokens marked, then exit.") var inspectData = false
+    @Option(name: .customLong("dry-run"), help: ArgumentHelp("Run N steps, print the measured speed and the whole run's time, write nothing.", valueName: "N")) var dryRun: Int?
 
     // Optimizer and schedule
     @Option(name: [.customLong("adam-iter"), .customLong("iters")], help: "Optimizer steps in this run.") var adamIter = 100
@@ -209,6 +210,11 @@ struct TrainCommand: ParsableCommand {
             try TrainingReport.inspect(config)
             return
         }
+        if let n = dryRun {
+            guard n >= 1 else { throw ValidationError("--dry-run needs at least 1 step") }
+            try measure(config, steps: n)
+            return
+        }
         signal(SIGINT) { _ in stopRequested = 1 }
         signal(SIGTERM) { _ in stopRequested = 1 }
         var renderer = TrainingReport(metricsPath: metrics, plotPath: plot, config: config)
@@ -222,5 +228,31 @@ struct TrainCommand: ParsableCommand {
                 print("stopped by signal after step \(summary.steps); resume with: --checkpoint-in \(config.checkpointOut ?? "")")
             }
         } catch let e as ValidationError { throw e } catch { throw CLIError(String(describing: error)) }
+    }
+
+    /// --dry-run: the plan and `steps` real steps (validation included when due), nothing written; then the time of
+    /// the whole run from the measured steps (the first, which warms caches, left out when there are more).
+    func measure(_ config: TrainingConfiguration, steps: Int) throws {
+        var c = config
+        c.writeFiles = false
+        var renderer = TrainingReport(metricsPath: nil, plotPath: nil, config: c)
+        var times: [Double] = []
+        var last = 0.0
+        do {
+            _ = try Trainer(configuration: c).run { event in
+                renderer.render(event)
+                if case let .step(s) = event {
+                    times.append(s.elapsed - last)
+                    last = s.elapsed
+                }
+                return times.count < steps
+            }
+        } catch let e as ValidationError { throw e } catch { throw CLIError(String(describing: error)) }
+        let measured = times.count > 1 ? Array(times.dropFirst()) : times
+        guard !measured.isEmpty else { return }
+        let perStep = measured.reduce(0, +) / Double(measured.count)
+        let tokens = Double(c.batch * c.context * c.gradientAccumulation)
+        print(String(format: "dry run: %.2f s/step (%.0f tokens/s) over %d step(s); %d steps would take about %@; nothing was written",
+                     perStep, tokens / perStep, measured.count, c.iterations, TrainingReport.duration(perStep * Double(c.iterations))))
     }
 }

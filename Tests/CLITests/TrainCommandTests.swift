@@ -48,6 +48,21 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertFalse(out.contains("[<|im_start|>user"), out)
     }
 
+    /// --dry-run trains a few real steps, projects the whole run's time and writes nothing.
+    func testDryRunMeasuresAndWritesNothing() throws {
+        _ = try TestData.smolLM2()
+        let dir = NSTemporaryDirectory() + "/lorakit-dry-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let (status, out, err) = try LoRAKitBinary.run([
+            "train", "-m", model, "--train-data", LoRAKitBinary.packageRoot + "/../shared/data/shakespeare.txt",
+            "--ctx", "32", "--batch", "1", "--iters", "400", "--lora-out", dir + "/a.gguf", "-t", "1", "--dry-run", "2"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("step     2"), out)
+        XCTAssertFalse(out.contains("step     3"), out)
+        XCTAssertTrue(out.contains("over 1 step(s); 400 steps would take about"), out)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [], "nothing written")
+    }
+
     func testBadOptionsAreRefused() throws {
         let (status, _, err) = try LoRAKitBinary.run(["train", "-m", "x.gguf", "--train-data", "y.txt", "--rank-att-norm", "1"])
         XCTAssertNotEqual(status, 0)
