@@ -10,9 +10,14 @@ public enum Dequantize {
         case .f32:
             UnsafeMutableRawPointer(dst).copyMemory(from: base, byteCount: count * 4)
         case .f16:
-            HalfPrecision.halfTable.withUnsafeBufferPointer { table in
+            #if arch(x86_64) && os(macOS)
+            HalfPrecision.halfTable.withUnsafeBufferPointer { table in  // no Float16 on Intel Macs
                 for i in 0..<count { dst[i] = table[Int(base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))] }
             }
+            #else
+            // The hardware conversion (F16C) where the build targets it: exact, like the table.
+            for i in 0..<count { dst[i] = Float(Float16(bitPattern: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+            #endif
         case .bf16:
             for i in 0..<count {
                 dst[i] = Float(bitPattern: UInt32(base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16)
@@ -98,11 +103,7 @@ public enum Dequantize {
         let qhOffset = hasMin ? 4 : 2
         let qh = p.loadUnaligned(fromByteOffset: qhOffset, as: UInt32.self)
         let (lo, hi) = nibbles(p + qhOffset + 4)
-        var highLo = SIMD16<UInt8>(), highHi = SIMD16<UInt8>()
-        for j in 0..<16 {
-            highLo[j] = UInt8(truncatingIfNeeded: (qh >> UInt32(j)) & 1) << 4
-            highHi[j] = UInt8(truncatingIfNeeded: (qh >> UInt32(j + 16)) & 1) << 4
-        }
+        let highLo = fifthBits(UInt16(truncatingIfNeeded: qh)), highHi = fifthBits(UInt16(truncatingIfNeeded: qh >> 16))
         if hasMin {
             store(d * floats(lo | highLo) + m, y)
             store(d * floats(hi | highHi) + m, y + 16)
@@ -110,6 +111,18 @@ public enum Dequantize {
             store((floats(lo | highLo) - 16) * d, y)
             store((floats(hi | highHi) - 16) * d, y + 16)
         }
+    }
+
+    /// Byte j = 16 where bit j of `bits` is set, else 0, through a table of 8 such bytes per byte value.
+    @inline(__always)
+    static func fifthBits(_ bits: UInt16) -> SIMD16<UInt8> {
+        fifthBitTable.withUnsafeBufferPointer { t in
+            unsafeBitCast(SIMD2<UInt64>(t[Int(bits & 0xFF)], t[Int(bits >> 8)]), to: SIMD16<UInt8>.self)
+        }
+    }
+
+    static let fifthBitTable: [UInt64] = (0..<256).map { (byte: Int) -> UInt64 in
+        (0..<8).reduce(UInt64(0)) { word, bit in byte >> bit & 1 == 1 ? word | UInt64(16) << (8 * bit) : word }
     }
 
     @inline(__always)
@@ -209,26 +222,22 @@ public enum Dequantize {
 
     static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p + 208)
-        var ql = p.assumingMemoryBound(to: UInt8.self)
-        var qh = ql + 128
-        var sc = (p + 192).assumingMemoryBound(to: Int8.self)
-        var out = y
-        for _ in 0..<2 {
-            for l in 0..<32 {
-                let s = l / 16
-                let q1 = Int((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32
-                let q2 = Int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32
-                let q3 = Int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32
-                let q4 = Int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32
-                out[l] = d * Float(sc[s]) * Float(q1)
-                out[l + 32] = d * Float(sc[s + 2]) * Float(q2)
-                out[l + 64] = d * Float(sc[s + 4]) * Float(q3)
-                out[l + 96] = d * Float(sc[s + 6]) * Float(q4)
+        let bytes = p.assumingMemoryBound(to: UInt8.self)
+        let sc = (p + 192).assumingMemoryBound(to: Int8.self)
+        for h in 0..<2 {
+            let ql = bytes + 64 * h, qh = bytes + 128 + 32 * h
+            for quarter in 0..<4 {
+                // Elements 128h + 32·quarter + l: a nibble of ql, two bits of qh, one scale per 16.
+                let out = y + 128 * h + 32 * quarter
+                let low = ql + 32 * (quarter % 2), lowShift: UInt8 = quarter < 2 ? 0 : 4, highShift = UInt8(2 * quarter)
+                for half16 in 0..<2 {
+                    let ds = d * Float(sc[8 * h + half16 + 2 * quarter])
+                    for l in (16 * half16)..<(16 * half16 + 16) {
+                        let q = Int(((low[l] >> lowShift) & 0xF) | (((qh[l] >> highShift) & 3) << 4)) - 32
+                        out[l] = ds * Float(q)
+                    }
+                }
             }
-            out += 128
-            ql += 64
-            qh += 32
-            sc += 8
         }
     }
 }

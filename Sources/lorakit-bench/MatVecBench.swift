@@ -13,19 +13,12 @@ struct MatVecBench: ParsableCommand {
     @Option(help: "Thread counts to measure, comma-separated.") var threads = "1,2"
 
     func run() throws {
-        let types: [TensorType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K]
-        var seed: UInt64 = 1
-        func byte() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
-        let x = (0..<cols).map { _ in Float(Int(byte()) - 128) / 128 }
+        let x = (0..<cols).map { Float($0 % 255 - 127) / 128 }
         var y = [Float](repeating: 0, count: rows)
         print("\(rows) × \(cols) weights, random blocks (f16 scales kept small)")
-        for type in types where lk_matvec_supported(Int32(type.rawValue)) != 0 {
+        for type in benchmarkTypes where lk_matvec_supported(Int32(type.rawValue)) != 0 {
             let rowBytes = cols / type.blockSize * type.blockBytes
-            var data = (0..<(rows * rowBytes)).map { _ in byte() }
-            // Every f16 in a block is harmless as 0x2000 (≈ 0.0078); quant bytes stay random.
-            for block in stride(from: 0, to: data.count, by: type.blockBytes) {
-                for offset in halfOffsets(type) { data[block + offset] = 0x00; data[block + offset + 1] = 0x20 }
-            }
+            let data = randomBlocks(type, count: rows * cols)
             var line = String(format: "%-5@", type.description)
             for t in threads.split(separator: ",").compactMap({ Int($0) }) {
                 lk_set_threads(Int32(t))
@@ -44,14 +37,50 @@ struct MatVecBench: ParsableCommand {
             print(line)
         }
     }
+}
 
-    /// Byte offsets of the f16 fields inside one block.
-    func halfOffsets(_ type: TensorType) -> [Int] {
-        switch type {
-        case .f16, .bf16: return []
-        case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
-        case .q6_K: return [208]
-        default: return [0]
+/// Dequantization speed by block type (what training and prompt processing pay per layer).
+struct DequantizeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dequantize", abstract: "Weights per nanosecond of Dequantize.fast, by block type (one core).")
+
+    @Option var count = 1 << 24
+
+    func run() throws {
+        var out = [Float](repeating: 0, count: count)
+        print("\(count) weights, random blocks")
+        for type in benchmarkTypes {
+            let data = randomBlocks(type, count: count)
+            let repeats = 5
+            let elapsed = data.withUnsafeBytes { raw in
+                out.withUnsafeMutableBufferPointer { o in
+                    seconds { for _ in 0..<repeats { Dequantize.fast(type, from: raw, count: count, into: o.baseAddress!) } }
+                }
+            }
+            print(String(format: "%-5@ %5.2f weights/ns", type.description, Double(count * repeats) / (elapsed * 1e9)))
         }
+    }
+}
+
+let benchmarkTypes: [TensorType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K]
+
+/// Random blocks of `type` holding `count` weights; every f16 field is 0x2000 (≈ 0.0078) so values stay finite.
+func randomBlocks(_ type: TensorType, count: Int) -> [UInt8] {
+    var seed: UInt64 = 1
+    func byte() -> UInt8 { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return UInt8(truncatingIfNeeded: seed >> 56) }
+    var data = (0..<(count / type.blockSize * type.blockBytes)).map { _ in byte() }
+    for block in stride(from: 0, to: data.count, by: type.blockBytes) {
+        for offset in halfOffsets(type) { data[block + offset] = 0x00; data[block + offset + 1] = 0x20 }
+    }
+    return data
+}
+
+/// Byte offsets of the f16 fields inside one block.
+func halfOffsets(_ type: TensorType) -> [Int] {
+    switch type {
+    case .f16, .bf16: return []
+    case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
+    case .q6_K: return [208]
+    default: return [0]
     }
 }
