@@ -154,29 +154,27 @@ public enum Dequantize {
         let hmask = p.assumingMemoryBound(to: UInt8.self)
         let packed = hmask + 96
         let d = half(p + 108)
-        var scales = [Int](repeating: 0, count: 16)
+        var scales = SIMD16<Int32>()  // on the stack
         for s in 0..<16 {
             let low = s < 8 ? packed[s] & 0xF : packed[s - 8] >> 4
             let high = (packed[8 + s % 4] >> UInt8(2 * (s / 4))) & 3
-            scales[s] = Int(low | high << 4) - 32
+            scales[s] = Int32(low | high << 4) - 32
         }
-        var out = y
-        var q = hmask + 32
-        var s = 0
-        var m: UInt8 = 1
-        for _ in 0..<2 {
-            for shift in stride(from: UInt8(0), to: 8, by: 2) {
+        for half in 0..<2 {
+            let q = hmask + 32 + 32 * half
+            for plane in 0..<4 {
+                // Elements 128·half + 32·plane + l: two bits of q[l], the high bit (mask bit 4·half + plane) of hmask[l].
+                let shift = UInt8(2 * plane), bit = UInt8(4 * half + plane)
+                let out = y + 128 * half + 32 * plane
                 for part in 0..<2 {
-                    let dl = d * Float(scales[s]); s += 1
-                    for l in 0..<16 {
-                        let low = Int((q[l + 16 * part] >> shift) & 3)
-                        out[l] = dl * Float(low - (hmask[l + 16 * part] & m != 0 ? 0 : 4))
+                    let dl = d * Float(scales[8 * half + 2 * plane + part])
+                    for l in (16 * part)..<(16 * part + 16) {
+                        let low = Int32((q[l] >> shift) & 3)
+                        let minus = Int32(((hmask[l] >> bit) & 1) ^ 1) << 2  // 4 when the high bit is clear
+                        out[l] = dl * Float(low - minus)
                     }
-                    out += 16
                 }
-                m <<= 1
             }
-            q += 32
         }
     }
 

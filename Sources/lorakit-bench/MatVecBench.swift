@@ -62,7 +62,7 @@ struct DequantizeBench: ParsableCommand {
     }
 }
 
-let benchmarkTypes: [TensorType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K]
+let benchmarkTypes: [TensorType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
 
 /// Random blocks of `type` holding `count` weights; every f16 field is 0x2000 (≈ 0.0078) so values stay finite.
 func randomBlocks(_ type: TensorType, count: Int) -> [UInt8] {
@@ -81,6 +81,8 @@ func halfOffsets(_ type: TensorType) -> [Int] {
     case .f16, .bf16: return []
     case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
     case .q6_K: return [208]
+    case .q2_K: return [80, 82]
+    case .q3_K: return [108]
     default: return [0]
     }
 }
