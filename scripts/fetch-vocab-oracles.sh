@@ -18,18 +18,26 @@ fi
 mkdir -p "$DEST"
 echo "fetching llama.cpp's tokenizer test vocabularies (llama-cpp-python 0.3.36 source package, PyPI) …"
 python3 - "$DEST" $NAMES <<'PY'
-import hashlib, io, os, re, ssl, sys, tarfile, urllib.request
+import hashlib, io, os, re, ssl, sys, tarfile, time, urllib.request
 dest, names = sys.argv[1], sys.argv[2:]
 # The certificates pip is told to use (PIP_CERT), else the system's.
 context = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
 opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
 urllib.request.install_opener(opener)
 version, sha256 = "0.3.36", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-index = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/", timeout=120).read().decode()
+def fetch(url, timeout):
+    for attempt in range(3):  # a network hiccup should not fail the test run
+        try:
+            return urllib.request.urlopen(url, timeout=timeout).read()
+        except OSError as e:
+            if attempt == 2:
+                sys.exit("error: cannot download %s: %s" % (url, e))
+            time.sleep(5 * (attempt + 1))
+index = fetch("https://pypi.org/simple/llama-cpp-python/", 120).decode()
 match = re.search(r'href="([^"#]*llama_cpp_python-%s\.tar\.gz)' % re.escape(version), index)
 if not match:
     sys.exit("error: llama-cpp-python %s not found on PyPI" % version)
-data = urllib.request.urlopen(match.group(1), timeout=600).read()
+data = fetch(match.group(1), 600)
 if hashlib.sha256(data).hexdigest() != sha256:
     sys.exit("error: llama-cpp-python %s archive has an unexpected sha256" % version)
 wanted = {"ggml-vocab-%s.gguf%s" % (n, ext) for n in names for ext in ("", ".inp", ".out")}
