@@ -48,8 +48,8 @@ public struct TrainingConfiguration: Sendable {
     /// nil: automatic (on when keeping every layer's activations would take more than 1 GiB).
     public var gradientCheckpointing: Bool?
     public var cacheWeights = false
-    /// Memory the run may plan to use, in bytes; nil: the machine's physical memory. A plan above it is refused
-    /// before training starts (and automatic checkpointing turns on above 80 % of it).
+    /// Memory the run may plan to use, in bytes; nil: the machine's physical memory or its container's limit. A plan
+    /// above it is refused before training starts (and automatic checkpointing turns on above 80 % of it).
     public var memoryLimit: Int?
     /// false: write nothing (no adapter, checkpoint or best adapter), as for a dry run that measures speed.
     public var writeFiles = true
@@ -226,7 +226,7 @@ public final class Trainer {
                                                            : layerBytes * mc.layers)),
              ("LoRA, gradients, AdamW moments", adapter.parameterCount * 16)]
         }
-        let limit = c.memoryLimit ?? Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        let limit = c.memoryLimit ?? Trainer.availableMemory()
         let total = { (parts: [(String, Int)]) in parts.reduce(0) { $0 + $1.1 } }
         let checkpointing = c.gradientCheckpointing
             ?? (layerBytes * mc.layers > 1 << 30 || total(memory(checkpointing: false)) > limit / 10 * 8)
@@ -401,6 +401,18 @@ public final class Trainer {
         d.extra = [("training.steps", .uint32(UInt32(step))), ("training.data", .string(configuration.trainData)),
                    ("training.context", .uint32(UInt32(configuration.context)))]
         return d
+    }
+
+    /// The machine's memory, or a container's limit when lower (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    static func availableMemory() -> Int {
+        var limit = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        for path in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+            if let text = try? String(contentsOfFile: path, encoding: .utf8),
+               let bytes = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), bytes > 0 {
+                limit = min(limit, bytes)  // "max" (no limit) does not parse
+            }
+        }
+        return limit
     }
 
     func writeAdapter(_ adapter: LoRAAdapter<Float>, model: LlamaModel<Float>, file: GGUFFile, path: String, step: Int) throws {
