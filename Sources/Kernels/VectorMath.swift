@@ -96,14 +96,27 @@ public enum VectorMath {
         }
     }
 
-    /// yᵢ ← yᵢ + a·xᵢ.
+    /// out[c] = Σⱼ weights[j] · rows[j·stride + c] for c < columns: attention's probability-weighted sum of values,
+    /// 64 columns at a time kept in registers across all rows.
     @inlinable
-    public static func addScaled(_ x: UnsafePointer<Float>, _ a: Float, into y: UnsafeMutablePointer<Float>, count: Int) {
-        var i = 0
-        while i < count {
-            let left = count - i
-            store(load(y + i, left, padding: 0) + a * load(x + i, left, padding: 0), y + i, left)
-            i += width
+    public static func weightedSum(rows: UnsafePointer<Float>, stride: Int, weights: UnsafePointer<Float>, count: Int,
+                                   columns: Int, into out: UnsafeMutablePointer<Float>) {
+        var c = 0
+        while c < columns {
+            let left = columns - c
+            var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
+            for j in 0..<count {
+                let r = rows + j * stride + c, w = weights[j]
+                a0 += w * load(r, left, padding: 0)
+                if left > width { a1 += w * load(r + width, left - width, padding: 0) }
+                if left > 2 * width { a2 += w * load(r + 2 * width, left - 2 * width, padding: 0) }
+                if left > 3 * width { a3 += w * load(r + 3 * width, left - 3 * width, padding: 0) }
+            }
+            store(a0, out + c, left)
+            if left > width { store(a1, out + c + width, left - width) }
+            if left > 2 * width { store(a2, out + c + 2 * width, left - 2 * width) }
+            if left > 3 * width { store(a3, out + c + 3 * width, left - 3 * width) }
+            c += 4 * width
         }
     }
 

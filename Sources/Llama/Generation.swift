@@ -128,9 +128,8 @@ public final class InferenceSession: @unchecked Sendable {
                             let m = VectorMath.maximum(scores, count: visible)
                             let sum = VectorMath.exponentiate(scores, count: visible, minus: m)
                             VectorMath.scale(scores, count: visible, by: Float(1 / sum))
-                            for j in 0..<visible {
-                                VectorMath.addScaled(V.baseAddress! + j * c.kvDim + kvh * d, scores[j], into: oh, count: d)
-                            }
+                            VectorMath.weightedSum(rows: V.baseAddress! + kvh * d, stride: c.kvDim, weights: scores,
+                                                   count: visible, columns: d, into: oh)
                         }
                     }
                 }
