@@ -233,10 +233,17 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
         switch (type) {
         case Q4_0: case Q4_1: case Q5_0: case Q5_1: y[r] = row_q4_q5(type, row, x, sums, blocks); break;
         case Q8_0: y[r] = row_q8_0(row, x, blocks); break;
-        case Q4_K: case Q5_K: y[r] = row_q4_q5_k(type, row, x, sums, cols / 256); break;
-        case Q6_K: y[r] = row_q6_k(row, x, cols / 256); break;
         default: y[r] = row_float(type, row, x, cols); break;
         }
+    }
+}
+// K-quant rows in a function of their own: sharing one with the 32-element block types made the compiler lay out
+// the Q4_1 loop about 15 % slower.
+LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
+                                const float *x, float *y, int begin, int end) {
+    for (int r = begin; r < end; r++) {
+        const uint8_t *row = data + (size_t)r * row_bytes;
+        y[r] = type == Q6_K ? row_q6_k(row, x, cols / 256) : row_q4_q5_k(type, row, x, sums, cols / 256);
     }
 }
 #endif
@@ -265,7 +272,11 @@ void lk_block_sums(const float *x, int cols, float *sums) {
 void lk_matvec_rows(int type, const void *data, size_t row_bytes, int cols, const float *x, const float *block_sums,
                     float *y, int row_begin, int row_end) {
 #if defined(__x86_64__)
-    rows_avx2(type, (const uint8_t *)data, row_bytes, cols, x, block_sums, y, row_begin, row_end);
+    if (type == Q4_K || type == Q5_K || type == Q6_K) {
+        rows_k_avx2(type, (const uint8_t *)data, row_bytes, cols, block_sums, x, y, row_begin, row_end);
+    } else {
+        rows_avx2(type, (const uint8_t *)data, row_bytes, cols, x, block_sums, y, row_begin, row_end);
+    }
 #else
     (void)type; (void)data; (void)row_bytes; (void)cols; (void)x; (void)block_sums; (void)y; (void)row_begin; (void)row_end;
 #endif
