@@ -1,5 +1,5 @@
 /// Float building blocks on 16-lane vectors for the element-wise ops (softmax, cross-entropy, SwiGLU, RMSNorm,
-/// attention's softmax backward, KV-cache attention). Each op keeps a plain scalar version (its `…Reference`) that
+/// attention's softmax backward, KV-cache attention's softmax). Each op keeps a plain scalar version (its `…Reference`) that
 /// the tests compare the vector one against; Double always takes the scalar path, so the gradient checks exercise
 /// the references.
 ///
@@ -93,30 +93,6 @@ public enum VectorMath {
         while i < count {
             store(load(p + i, count - i, padding: 0) * factor, p + i, count - i)
             i += width
-        }
-    }
-
-    /// out[c] = Σⱼ weights[j] · rows[j·stride + c] for c < columns: attention's probability-weighted sum of values,
-    /// 64 columns at a time kept in registers across all rows.
-    @inlinable
-    public static func weightedSum(rows: UnsafePointer<Float>, stride: Int, weights: UnsafePointer<Float>, count: Int,
-                                   columns: Int, into out: UnsafeMutablePointer<Float>) {
-        var c = 0
-        while c < columns {
-            let left = columns - c
-            var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
-            for j in 0..<count {
-                let r = rows + j * stride + c, w = weights[j]
-                a0 += w * load(r, left, padding: 0)
-                if left > width { a1 += w * load(r + width, left - width, padding: 0) }
-                if left > 2 * width { a2 += w * load(r + 2 * width, left - 2 * width, padding: 0) }
-                if left > 3 * width { a3 += w * load(r + 3 * width, left - 3 * width, padding: 0) }
-            }
-            store(a0, out + c, left)
-            if left > width { store(a1, out + c + width, left - width) }
-            if left > 2 * width { store(a2, out + c + 2 * width, left - 2 * width) }
-            if left > 3 * width { store(a3, out + c + 3 * width, left - 3 * width) }
-            c += 4 * width
         }
     }
 

@@ -105,14 +105,15 @@ public final class InferenceSession: @unchecked Sendable {
         return zip(xMid, down).map { $0 + $1 }
     }
 
-    /// Causal attention of the n new queries over the cache (positions 0 ..< position + n).
+    /// Causal attention of the n new queries over the cache (positions 0 ..< position + n). The query heads that
+    /// share a key/value head go through two small products together: scores = Q·Kᵀ, out = P·V.
     ///
-    /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d]; scores [position + n].
+    /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d]; per group of G = H / KV heads: scores P [G, visible].
     func attend(layer l: Int, q: [Float], n: Int) -> [Float] {
         let c = model.config, d = c.headDim, group = c.heads / c.kvHeads
         let scale = 1 / Float(d).squareRoot()
         var out = [Float](repeating: 0, count: n * c.qDim)
-        var scores = [Float](repeating: 0, count: position + n)
+        var scores = [Float](repeating: 0, count: group * (position + n))
         keys[l].withUnsafeBufferPointer { K in
           values[l].withUnsafeBufferPointer { V in
             q.withUnsafeBufferPointer { Q in
@@ -121,15 +122,18 @@ public final class InferenceSession: @unchecked Sendable {
                     let scores = S.baseAddress!
                     for t in 0..<n {
                         let visible = position + t + 1
-                        for h in 0..<c.heads {
-                            let kvh = h / group
-                            let qh = Q.baseAddress! + t * c.qDim + h * d, oh = O.baseAddress! + t * c.qDim + h * d
-                            for j in 0..<visible { scores[j] = MatVec.dot(qh, K.baseAddress! + j * c.kvDim + kvh * d, d) * scale }
-                            let m = VectorMath.maximum(scores, count: visible)
-                            let sum = VectorMath.exponentiate(scores, count: visible, minus: m)
-                            VectorMath.scale(scores, count: visible, by: Float(1 / sum))
-                            VectorMath.weightedSum(rows: V.baseAddress! + kvh * d, stride: c.kvDim, weights: scores,
-                                                   count: visible, columns: d, into: oh)
+                        for kvh in 0..<c.kvHeads {
+                            let qg = Q.baseAddress! + t * c.qDim + kvh * group * d, og = O.baseAddress! + t * c.qDim + kvh * group * d
+                            Float.gemm(transA: false, transB: true, m: group, n: visible, k: d, alpha: scale, a: qg, lda: d,
+                                       b: K.baseAddress! + kvh * d, ldb: c.kvDim, beta: 0, c: scores, ldc: visible)
+                            for h in 0..<group {
+                                let row = scores + h * visible
+                                let m = VectorMath.maximum(row, count: visible)
+                                let sum = VectorMath.exponentiate(row, count: visible, minus: m)
+                                VectorMath.scale(row, count: visible, by: Float(1 / sum))
+                            }
+                            Float.gemm(transA: false, transB: false, m: group, n: d, k: visible, alpha: 1, a: scores,
+                                       lda: visible, b: V.baseAddress! + kvh * d, ldb: c.kvDim, beta: 0, c: og, ldc: d)
                         }
                     }
                 }

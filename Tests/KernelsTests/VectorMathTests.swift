@@ -157,19 +157,4 @@ final class VectorMathTests: XCTestCase {
             XCTAssertNotEqual(fast, x)
         }
     }
-
-    /// Attention's weighted sum of value rows against the plain loop over rows, for widths around the 64-column
-    /// register blocks.
-    func testWeightedSumMatchesReference() {
-        for (width, stride, count) in [(64, 192, 300), (48, 48, 7), (128, 384, 33), (20, 25, 5), (64, 64, 1), (96, 100, 17)] {
-            let rows = (0..<(count * stride)).map { _ in uniform(-1, 1) }
-            let weights = (0..<count).map { _ in uniform(0, 1) }
-            var fast = [Float](repeating: .nan, count: width)
-            VectorMath.weightedSum(rows: rows, stride: stride, weights: weights, count: count, columns: width, into: &fast)
-            for c in 0..<width {
-                let expected = (0..<count).reduce(0.0) { $0 + Double(weights[$1]) * Double(rows[$1 * stride + c]) }
-                XCTAssertEqual(Double(fast[c]), expected, accuracy: 1e-5 * Double(count), "width \(width) column \(c)")
-            }
-        }
-    }
 }
