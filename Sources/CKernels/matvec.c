@@ -213,12 +213,14 @@ LK_AVX2 static float row_float(int type, const uint8_t *row, const float *x, int
     }
     float sum = horizontal_sum(acc);
     for (; c < cols; c++) {
-        uint16_t h;
-        memcpy(&h, (const uint16_t *)row + c, 2);
-        float w = type == F32 ? ((const float *)row)[c] : type == F16 ? _cvtsh_ss(h) : 0;
-        if (type == BF16) {
-            uint32_t bits = (uint32_t)h << 16;
-            memcpy(&w, &bits, 4);
+        float w;
+        if (type == F32) {
+            w = ((const float *)row)[c];
+        } else {
+            uint16_t h;
+            memcpy(&h, (const uint16_t *)row + c, 2);
+            uint32_t bits = (uint32_t)h << 16;  // BF16: the high half of a float
+            if (type == F16) w = _cvtsh_ss(h); else memcpy(&w, &bits, 4);
         }
         sum += w * x[c];
     }

@@ -36,28 +36,13 @@ enum MatVec {
             for r in start..<end {
                 let row = UnsafeRawBufferPointer(rebasing: data[(r * rowBytes)..<((r + 1) * rowBytes)])
                 if type == .f32 {
-                    y[r] = dot(row.baseAddress!.assumingMemoryBound(to: Float.self), x, cols)
+                    y[r] = VectorMath.dot(row.baseAddress!.assumingMemoryBound(to: Float.self), x, count: cols)
                 } else {
                     Dequantize.fast(type, from: row, count: cols, into: buffer)
-                    y[r] = dot(buffer, x, cols)
+                    y[r] = VectorMath.dot(buffer, x, count: cols)
                 }
             }
         }
         if parts == 1 { body(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: body) }
-    }
-
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        var acc = SIMD16<Float>(repeating: 0)
-        var i = 0
-        while i + 16 <= n {
-            let va = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
-            let vb = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-            acc += va * vb  // not addingProduct: without a -target-cpu that becomes 16 fmaf calls
-            i += 16
-        }
-        var sum = acc.sum()
-        while i < n { sum += a[i] * b[i]; i += 1 }
-        return sum
     }
 }
