@@ -19,7 +19,7 @@ let package = Package(
         .target(name: "Kernels"),
         .target(name: "CKernels"),
         .target(name: "LoRA", dependencies: ["GGUF", "Kernels"]),
-        .target(name: "Llama", dependencies: ["GGUF", "Kernels", "CKernels", "LoRA"]),
+        .target(name: "Llama", dependencies: ["GGUF", "Kernels", "CKernels", "LoRA", "Tokenizer"]),
         .target(name: "Training", dependencies: ["GGUF", "Kernels", "LoRA", "Llama", "Tokenizer"]),
         .executableTarget(
             name: "lorakit",
@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["GGUF", "LoRA"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "TestSupport"]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "Tokenizer", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "GGUF"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "LoRA", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "AdapterTests", dependencies: ["LoRA", "Llama", "GGUF", "Kernels", "TestSupport", "lorakit"]),

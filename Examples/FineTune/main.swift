@@ -35,27 +35,22 @@ do {
         return true
     }
 
-    // 2. Generate with the adapter applied at run time.
+    // 2. Generate with the adapter applied at run time, streaming the answer.
     let file = try GGUFFile(path: modelPath)
     let model = try LlamaModel<Float>(file: file)
     let tokenizer = try Tokenizer(file: file)
-    try model.attach(try AdapterFile.read(path: summary.adapterPath, as: Float.self).0)
+    try model.attach(try AdapterLoader.load(summary.adapterPath).adapter)
     let template = try tokenizer.chatTemplate(templateText: file.metadata["tokenizer.chat_template"]?.stringValue)
     let prompt = try template.render([ChatMessage(.user, "What is the capital of Velmora?")], addGenerationPrompt: true)
-    let session = InferenceSession(model: model, capacity: 256, threads: 2)
     var sampler = Sampler(seed: 1)
     sampler.temperature = 0
-    var ids = tokenizer.encode(prompt.text, addSpecial: true, parseSpecial: true)
-    var logits = try session.feed(ids)
-    var decoder = StreamingDecoder(tokenizer: tokenizer)
-    for _ in 0..<40 {
-        let next = sampler.sample(logits, history: ids)
-        if tokenizer.isEndOfGeneration(next) { break }
-        ids.append(next)
-        print(decoder.append(next), terminator: "")
-        logits = try session.feed([next])
+    let generator = Generator(session: InferenceSession(model: model, capacity: 256, threads: 2), tokenizer: tokenizer,
+                              sampler: sampler, maxTokens: 40)
+    try generator.respond(to: tokenizer.encode(prompt.text, addSpecial: true, parseSpecial: true)) { text in
+        print(text, terminator: "")
+        return true
     }
-    print(decoder.finish())
+    print()
 } catch {
     print("error: \(error)")
     exit(1)

@@ -144,3 +144,32 @@ public struct Attention<T: KernelScalar> {
         }
     }
 }
+
+extension Attention {
+    /// Causal attention of `n` new queries over a key/value cache (generation): query t sees cache positions
+    /// 0 ..< position + t + 1. The query heads that share a key/value head go through two small products
+    /// together (scores = Q·Kᵀ, out = P·V) and the same causal softmax as the batched pass.
+    ///
+    /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d] (rows up to position + n filled);
+    /// per group of G = H / KV query heads: scores [G, visible].
+    @inlinable
+    public static func overCache(q: UnsafePointer<T>, n: Int, keys: UnsafePointer<T>, values: UnsafePointer<T>,
+                                 position: Int, heads: Int, kvHeads: Int, headDim d: Int,
+                                 out: UnsafeMutablePointer<T>) {
+        let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d
+        let scale = 1 / T(d).squareRoot()
+        let scores = UnsafeMutablePointer<T>.allocate(capacity: group * (position + n))
+        defer { scores.deallocate() }
+        for t in 0..<n {
+            let visible = position + t + 1
+            for kvh in 0..<kvHeads {
+                let qg = q + t * qStride + kvh * group * d, og = out + t * qStride + kvh * group * d
+                T.gemm(transA: false, transB: true, m: group, n: visible, k: d, alpha: scale, a: qg, lda: d,
+                       b: keys + kvh * d, ldb: kvStride, beta: 0, c: scores, ldc: visible)
+                for h in 0..<group { causalSoftmax(scores + h * visible, count: visible, visible: visible) }
+                T.gemm(transA: false, transB: false, m: group, n: d, k: visible, alpha: 1, a: scores, lda: visible,
+                       b: values + kvh * d, ldb: kvStride, beta: 0, c: og, ldc: d)
+            }
+        }
+    }
+}

@@ -1,29 +1,28 @@
-import Dispatch
+import Foundation
 import GGUF
 import Kernels
 import LoRA
+import Tokenizer
 
-/// Incremental inference with a KV cache: a prompt goes through the batched GEMM path, each generated token
-/// through matrix-vector products on the quantized weights. Adapters apply at run time.
+/// Incremental inference with a KV cache: a prompt goes through the batched products on dequantized weights,
+/// each generated token through products that read the quantized weights in place. The blocks are the model's
+/// own (the same code trains and scores); only their attention differs. Adapters apply at run time.
 public final class InferenceSession: @unchecked Sendable {
     public let model: LlamaModel<Float>
     public let capacity: Int
-    public private(set) var position = 0
     public var threads: Int
-    var keys: [[Float]]
-    var values: [[Float]]
+    let cache: KVCache<Float>
+    public var position: Int { cache.position }
 
     public init(model: LlamaModel<Float>, capacity: Int, threads: Int = 1) {
         self.model = model
         self.capacity = capacity
         self.threads = threads
-        let kv = model.config.kvDim * capacity
-        keys = (0..<model.config.layers).map { _ in [Float](repeating: 0, count: kv) }
-        values = keys
+        cache = KVCache(config: model.config, capacity: capacity)
     }
 
     /// Forgets everything after `position` (e.g. to reuse a shared prefix).
-    public func rewind(to position: Int) { self.position = max(0, min(position, self.position)) }
+    public func rewind(to position: Int) { cache.position = max(0, min(position, cache.position)) }
 
     /// Feeds `tokens` and returns the logits [V] after the last one.
     public func feed(_ tokens: [Int32]) throws -> [Float] {
@@ -32,115 +31,101 @@ public final class InferenceSession: @unchecked Sendable {
             throw ModelError.invalidInput("the context is full (\(capacity) tokens); use a larger --ctx")
         }
         let c = model.config, n = tokens.count, C = c.embedding
-        var x = try model.weights.embeddings(tokens)
-        model.addEmbeddingLoRA(tokens: tokens, x: &x)
+        // One token reads the weights in place; several go through GEMMs on dequantized weights.
+        let rowThreads = n == 1 ? threads : nil
+        var x = try model.embed(tokens)
         let rope = RoPE<Float>(positions: (0..<n).map { Int32(position + $0) }, frequencies: model.frequencies)
         for l in 0..<c.layers {
-            x = try layer(l, x: x, n: n, rope: rope)
+            x = try model.block(l, rope: rope, rowThreads: rowThreads).forward(x, attention: .cached(cache, layer: l))
         }
+        cache.position += n
         // Only the last position's logits are needed.
-        var last = Array(x[((n - 1) * C)..<(n * C)])
         var h = [Float](repeating: 0, count: C)
-        RMSNorm.forward(x: last, weight: model.weights.outputNorm, y: &h, rstd: nil, rows: 1, cols: C, eps: c.rmsEpsilon)
-        last = h
-        let headName = c.tiedEmbeddings ? "token_embd" : "output"
-        let logits = try linear(headName, last, n: 1, inF: C, outF: c.vocabulary, weight: nil)
-        position += n
+        x.withUnsafeBufferPointer {
+            RMSNorm.forward(x: $0.baseAddress! + (n - 1) * C, weight: model.weights.outputNorm, y: &h, rstd: nil, rows: 1,
+                            cols: C, eps: c.rmsEpsilon)
+        }
+        return try model.head(rowThreads: threads).forward(h, rows: 1).y
+    }
+}
+
+/// Generates text from a model: feeds a prompt (reusing what the cache already holds of it), then samples token by
+/// token until end of generation, the token limit, a stop string or a full context, streaming text to a callback.
+public final class Generator {
+    public let session: InferenceSession
+    public let tokenizer: Tokenizer
+    public var sampler: Sampler
+    /// Stop when the generated text contains any of these.
+    public var stopStrings: [String] = []
+    /// Generate at most this many tokens per response.
+    public var maxTokens: Int
+    /// Running totals for speed reports.
+    public private(set) var promptTokens = 0, promptSeconds = 0.0, generatedTokens = 0, generatedSeconds = 0.0
+    /// Tokens whose keys and values are in the cache, in order (so a longer prompt can reuse them).
+    private var cached: [Int32] = []
+    /// Every token seen (prompts and responses), for the repetition penalty.
+    private var history: [Int32] = []
+
+    public struct Response: Sendable {
+        public var ids: [Int32]
+        public var text: String
+        /// Why generation ended: "end", "limit", "stop", "context" or "cancelled".
+        public var reason: String
+    }
+
+    public init(session: InferenceSession, tokenizer: Tokenizer, sampler: Sampler, maxTokens: Int = 128) {
+        self.session = session
+        self.tokenizer = tokenizer
+        self.sampler = sampler
+        self.maxTokens = maxTokens
+    }
+
+    /// Starts over with an empty context.
+    public func reset() {
+        session.rewind(to: 0)
+        cached = []
+        history = []
+    }
+
+    /// Continues from `prompt` (a whole conversation or text so far): the longest prefix already in the cache is
+    /// kept, the rest is fed, and the response streams to `onText` (return false to stop).
+    @discardableResult
+    public func respond(to prompt: [Int32], onText: (String) -> Bool = { _ in true }) throws -> Response {
+        var shared = 0
+        while shared < min(prompt.count - 1, cached.count) && prompt[shared] == cached[shared] { shared += 1 }
+        session.rewind(to: shared)
+        cached.removeLast(cached.count - shared)
+        var start = Date()
+        var logits = try feed(Array(prompt[shared...]))
+        promptSeconds += Date().timeIntervalSince(start)
+        promptTokens += prompt.count - shared
+        history += prompt[shared...]
+        var decoder = StreamingDecoder(tokenizer: tokenizer)
+        var text = "", ids: [Int32] = [], reason = "limit"
+        start = Date()
+        defer { generatedSeconds += Date().timeIntervalSince(start) }
+        for _ in 0..<maxTokens {
+            let id = sampler.sample(logits, history: history)
+            if tokenizer.isEndOfGeneration(id) { reason = "end"; break }
+            ids.append(id)
+            history.append(id)
+            generatedTokens += 1
+            let chunk = decoder.append(id)
+            text += chunk
+            if !onText(chunk) { reason = "cancelled"; break }
+            if stopStrings.contains(where: { text.contains($0) }) { reason = "stop"; break }
+            if session.position >= session.capacity { reason = "context"; break }
+            logits = try feed([id])
+        }
+        let rest = decoder.finish()
+        text += rest
+        if !rest.isEmpty { _ = onText(rest) }
+        return Response(ids: ids, text: text, reason: reason)
+    }
+
+    private func feed(_ tokens: [Int32]) throws -> [Float] {
+        let logits = try session.feed(tokens)
+        cached += tokens
         return logits
-    }
-
-    /// y = x·Wᵀ (+ LoRA) for n rows: GEMM on the dequantized weight for n > 1, quantized mat-vec for n = 1.
-    func linear(_ base: String, _ x: [Float], n: Int, inF: Int, outF: Int, weight: [Float]?) throws -> [Float] {
-        var y = [Float](repeating: 0, count: n * outF)
-        let info = try model.weights.file.requireTensor(base + ".weight")
-        if n == 1 {
-            x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer { yp in
-                    MatVec.multiply(type: info.type, data: model.weights.file.data(of: info), rows: outF, cols: inF,
-                                    x: xp.baseAddress!, y: yp.baseAddress!, threads: threads)
-                }
-            }
-        } else {
-            let w = try weight ?? model.weights.tensor(base + ".weight")
-            Float.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: x, lda: inF, b: w, ldb: inF,
-                       beta: 0, c: &y, ldc: outF)
-        }
-        for (pair, scale, _) in model.adaptersFor(base == "token_embd" ? "output" : base).pairs {
-            let r = pair.rank
-            var u = [Float](repeating: 0, count: n * r)
-            Float.gemm(transA: false, transB: true, m: n, n: r, k: inF, alpha: 1, a: x, lda: inF, b: pair.a, ldb: inF,
-                       beta: 0, c: &u, ldc: r)
-            Float.gemm(transA: false, transB: true, m: n, n: outF, k: r, alpha: scale, a: u, lda: r, b: pair.b, ldb: r,
-                       beta: 1, c: &y, ldc: outF)
-        }
-        return y
-    }
-
-    func layer(_ l: Int, x: [Float], n: Int, rope: RoPE<Float>) throws -> [Float] {
-        let c = model.config, C = c.embedding, F = c.feedForward, p = "blk.\(l)."
-        let w = n > 1 ? try model.weights.layer(l) : nil
-        let attnNorm = try model.weights.tensor(p + "attn_norm.weight"), ffnNorm = try model.weights.tensor(p + "ffn_norm.weight")
-        var h = [Float](repeating: 0, count: n * C)
-        RMSNorm.forward(x: x, weight: attnNorm, y: &h, rstd: nil, rows: n, cols: C, eps: c.rmsEpsilon)
-        var q = try linear(p + "attn_q", h, n: n, inF: C, outF: c.qDim, weight: w?.q)
-        var k = try linear(p + "attn_k", h, n: n, inF: C, outF: c.kvDim, weight: w?.k)
-        let v = try linear(p + "attn_v", h, n: n, inF: C, outF: c.kvDim, weight: w?.v)
-        q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: c.heads) }
-        k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: c.kvHeads) }
-        for t in 0..<n {
-            for j in 0..<c.kvDim {
-                keys[l][(position + t) * c.kvDim + j] = k[t * c.kvDim + j]
-                values[l][(position + t) * c.kvDim + j] = v[t * c.kvDim + j]
-            }
-        }
-        let attn = attend(layer: l, q: q, n: n)
-        let o = try linear(p + "attn_output", attn, n: n, inF: c.qDim, outF: C, weight: w?.o)
-        let xMid = zip(x, o).map { $0 + $1 }
-        RMSNorm.forward(x: xMid, weight: ffnNorm, y: &h, rstd: nil, rows: n, cols: C, eps: c.rmsEpsilon)
-        let gate = try linear(p + "ffn_gate", h, n: n, inF: C, outF: F, weight: w?.gate)
-        let up = try linear(p + "ffn_up", h, n: n, inF: C, outF: F, weight: w?.up)
-        var act = [Float](repeating: 0, count: n * F)
-        SwiGLU.forward(gate: gate, up: up, out: &act, count: n * F)
-        let down = try linear(p + "ffn_down", act, n: n, inF: F, outF: C, weight: w?.down)
-        return zip(xMid, down).map { $0 + $1 }
-    }
-
-    /// Causal attention of the n new queries over the cache (positions 0 ..< position + n). The query heads that
-    /// share a key/value head go through two small products together: scores = Q·Kᵀ, out = P·V.
-    ///
-    /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d]; per group of G = H / KV heads: scores P [G, visible].
-    func attend(layer l: Int, q: [Float], n: Int) -> [Float] {
-        let c = model.config, d = c.headDim, group = c.heads / c.kvHeads
-        let scale = 1 / Float(d).squareRoot()
-        var out = [Float](repeating: 0, count: n * c.qDim)
-        var scores = [Float](repeating: 0, count: group * (position + n))
-        keys[l].withUnsafeBufferPointer { K in
-          values[l].withUnsafeBufferPointer { V in
-            q.withUnsafeBufferPointer { Q in
-              out.withUnsafeMutableBufferPointer { O in
-                scores.withUnsafeMutableBufferPointer { S in
-                    let scores = S.baseAddress!
-                    for t in 0..<n {
-                        let visible = position + t + 1
-                        for kvh in 0..<c.kvHeads {
-                            let qg = Q.baseAddress! + t * c.qDim + kvh * group * d, og = O.baseAddress! + t * c.qDim + kvh * group * d
-                            Float.gemm(transA: false, transB: true, m: group, n: visible, k: d, alpha: scale, a: qg, lda: d,
-                                       b: K.baseAddress! + kvh * d, ldb: c.kvDim, beta: 0, c: scores, ldc: visible)
-                            for h in 0..<group {
-                                let row = scores + h * visible
-                                let m = VectorMath.maximum(row, count: visible)
-                                let sum = VectorMath.exponentiate(row, count: visible, minus: m)
-                                VectorMath.scale(row, count: visible, by: Float(1 / sum))
-                            }
-                            Float.gemm(transA: false, transB: false, m: group, n: d, k: visible, alpha: 1, a: scores,
-                                       lda: visible, b: V.baseAddress! + kvh * d, ldb: c.kvDim, beta: 0, c: og, ldc: d)
-                        }
-                    }
-                }
-              }
-            }
-          }
-        }
-        return out
     }
 }

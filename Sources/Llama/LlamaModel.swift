@@ -5,26 +5,6 @@ import GGUF
 import Kernels
 import LoRA
 
-/// What one layer's forward keeps for its backward. The normalized inputs (h1, h2), the SwiGLU output (act), the
-/// attention probabilities and output (attn) and the residual after attention (xMid, one product away) are cheap
-/// to recompute, so backward rebuilds them instead of keeping them (that more than halves the activation memory).
-///
-/// Shapes (N tokens, C embedding, F feed-forward): xIn, h1, xMid, h2 [N, C]; q, attn [N, H·d]; k, v [N, KV·d];
-/// probs [batch, H, T, T]; gate, up, act [N, F]; rstd1, rstd2 [N]; lora: the x·Aᵀ products by weight name.
-final class LayerCache<T: KernelScalar> {
-    var xIn: [T] = [], h1: [T] = [], rstd1: [T] = []
-    var q: [T] = [], k: [T] = [], v: [T] = [], probs: [T] = [], attn: [T] = []
-    var xMid: [T] = [], h2: [T] = [], rstd2: [T] = []
-    var gate: [T] = [], up: [T] = [], act: [T] = []
-    var lora: [String: [[T]]] = [:]
-
-    var byteCount: Int {
-        let arrays = [xIn, h1, rstd1, q, k, v, probs, attn, xMid, h2, rstd2, gate, up, act]
-        return (arrays.reduce(0) { $0 + $1.count } + lora.values.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } })
-            * MemoryLayout<T>.size
-    }
-}
-
 /// A llama-architecture model: forward and backward with LoRA on frozen (possibly quantized) weights.
 ///
 /// `T` is Float for real work; Double serves the gradient checks.
@@ -70,6 +50,9 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
 
     func adaptersFor(_ name: String) -> WeightAdapters<T> { WeightAdapters(name, adapters) }
 
+    /// The block this model's architecture is made of.
+    var blockDescription: BlockDescription { .llama(rmsEpsilon: config.rmsEpsilon) }
+
     /// Every layer allocates activations of many megabytes. glibc serves such blocks with fresh mmaps whose pages
     /// the kernel must zero on first touch (a tenth of a training step); keeping freed memory in the heap instead
     /// lets the next layer reuse it.
@@ -85,146 +68,85 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
 
     // MARK: - Forward
 
-    /// Final hidden states [N, C] after the output norm for `batch` sequences of `length` tokens
-    /// (token rows of each sequence contiguous), keeping what backward needs when `caches` is given.
-    func hidden(tokens: [Int32], batch: Int, length: Int, caches: inout [LayerCache<T>]?,
-                layerInputs: inout [[T]]?) throws -> (x: [T], rstd: [T], hf: [T]) {
+    /// Block `l` at the given positions: dequantized weights, or (`rowThreads` given) weights read in place.
+    func block(_ l: Int, rope: RoPE<T>, rowThreads: Int? = nil) throws -> TransformerBlock<T> {
+        TransformerBlock(description: blockDescription, config: config,
+                         weights: try weights.block(l, adapters: adaptersFor, rowThreads: rowThreads), rope: rope)
+    }
+
+    /// The vocabulary head with its adapters (a tied head reads `token_embd` and takes `output` adapters).
+    func head(rowThreads: Int? = nil) throws -> LinearWeight<T> {
+        try weights.linear("output", in: config.embedding, out: config.vocabulary, tensor: weights.headTensorName,
+                           adapters: adaptersFor("output"), rowThreads: rowThreads)
+    }
+
+    /// Token embeddings [N, C] with the embedding adapters applied.
+    func embed(_ tokens: [Int32]) throws -> [T] {
+        var x = try weights.embeddings(tokens)
+        LinearLoRA.embeddingForward(tokens: tokens, adapters: adaptersFor("token_embd"), x: &x, embedding: config.embedding)
+        return x
+    }
+
+    /// What the batched pass keeps for backward: nothing, every block's activations, or only every block's input
+    /// (gradient checkpointing: backward recomputes each block).
+    enum Keep { case nothing, activations, inputs }
+
+    /// Final hidden states [N, C] after the output norm for `batch` sequences of `length` tokens (token rows of
+    /// each sequence contiguous), with what backward needs.
+    func hidden(tokens: [Int32], batch: Int, length: Int, keep: Keep = .nothing)
+        throws -> (x: [T], rstd: [T], hf: [T], activations: [BlockActivations<T>], inputs: [[T]]) {
         let n = tokens.count
         guard n == batch * length, n > 0 else {
             throw ModelError.invalidInput("batch of \(tokens.count) tokens is not \(batch) × \(length)")
         }
-        var x = try weights.embeddings(tokens)
-        addEmbeddingLoRA(tokens: tokens, x: &x)
-        let rope = RoPE<T>(positions: (0..<n).map { Int32($0 % length) }, frequencies: frequencies)
-        let attention = Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads,
-                                     headDim: config.headDim)
+        var x = try embed(tokens)
+        let rope = causalRoPE(tokens: n, length: length)
+        let attention = causalAttention(batch: batch, length: length)
+        var activations: [BlockActivations<T>] = [], inputs: [[T]] = []
         for l in 0..<config.layers {
-            let w = try weights.layer(l)
-            let cache = LayerCache<T>()
-            layerInputs?.append(x)
-            x = layerForward(l, x: x, w: w, rope: rope, attention: attention, cache: cache)
-            if caches != nil && layerInputs == nil { caches!.append(cache) }
+            let kept = keep == .activations ? BlockActivations<T>() : nil
+            if keep == .inputs { inputs.append(x) }
+            x = try block(l, rope: rope).forward(x, attention: .causal(attention), keep: kept)
+            if let kept { activations.append(kept) }
         }
         var hf = [T](repeating: 0, count: n * config.embedding)
         var rstd = [T](repeating: 0, count: n)
         RMSNorm.forward(x: x, weight: weights.outputNorm, y: &hf, rstd: &rstd, rows: n, cols: config.embedding,
                         eps: T(config.rmsEpsilon))
-        return (x, rstd, hf)
+        return (x, rstd, hf, activations, inputs)
     }
 
-    /// One transformer block; fills `cache` and returns the block's output [N, C]. Unless `keepAll`, the cache
-    /// leaves out what `restore` can rebuild cheaply (h1, h2, act, probs, attn).
-    func layerForward(_ l: Int, x: [T], w: LayerWeights<T>, rope: RoPE<T>, attention: Attention<T>,
-                      cache c: LayerCache<T>, keepAll: Bool = false) -> [T] {
-        let n = x.count / config.embedding, C = config.embedding, F = config.feedForward
-        let p = "blk.\(l)."
-        let eps = T(config.rmsEpsilon)
-        var h1 = [T](repeating: 0, count: n * C), rstd1 = [T](repeating: 0, count: n)
-        RMSNorm.forward(x: x, weight: w.attnNorm, y: &h1, rstd: &rstd1, rows: n, cols: C, eps: eps)
-        var q = linear(p + "attn_q", h1, n, C, config.qDim, w.q, c)
-        var k = linear(p + "attn_k", h1, n, C, config.kvDim, w.k, c)
-        let v = linear(p + "attn_v", h1, n, C, config.kvDim, w.v, c)
-        q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
-        k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads) }
-        var probs = [T](repeating: 0, count: attention.probsCount), attn = [T](repeating: 0, count: n * config.qDim)
-        attention.forward(q: q, k: k, v: v, out: &attn, probs: &probs)
-        var xMid = linear(p + "attn_output", attn, n, config.qDim, C, w.o, c)
-        LlamaModel.addInPlace(&xMid, x)
-        var h2 = [T](repeating: 0, count: n * C), rstd2 = [T](repeating: 0, count: n)
-        RMSNorm.forward(x: xMid, weight: w.ffnNorm, y: &h2, rstd: &rstd2, rows: n, cols: C, eps: eps)
-        let gate = linear(p + "ffn_gate", h2, n, C, F, w.gate, c)
-        let up = linear(p + "ffn_up", h2, n, C, F, w.up, c)
-        var act = [T](repeating: 0, count: n * F)
-        SwiGLU.forward(gate: gate, up: up, out: &act, count: n * F)
-        var out = linear(p + "ffn_down", act, n, F, C, w.down, c)
-        LlamaModel.addInPlace(&out, xMid)
-        (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
-        if keepAll { (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act) }
-        return out
+    func causalRoPE(tokens n: Int, length: Int) -> RoPE<T> {
+        RoPE<T>(positions: (0..<n).map { Int32($0 % length) }, frequencies: frequencies)
     }
 
-    /// Rebuilds what `layerForward` left out: h1, the attention probabilities and output, xMid (one product),
-    /// h2 and act.
-    func restore(_ l: Int, _ c: LayerCache<T>, w: LayerWeights<T>, attention: Attention<T>) {
-        let n = c.xIn.count / config.embedding, C = config.embedding
-        let eps = T(config.rmsEpsilon)
-        var h1 = [T](repeating: 0, count: n * C), h2 = h1
-        RMSNorm.forward(x: c.xIn, weight: w.attnNorm, y: &h1, rstd: nil, rows: n, cols: C, eps: eps)
-        var probs = [T](repeating: 0, count: attention.probsCount), attn = [T](repeating: 0, count: n * config.qDim)
-        attention.probabilities(q: c.q, k: c.k, probs: &probs)
-        attention.output(probs: probs, v: c.v, out: &attn)
-        var xMid = linear("blk.\(l).attn_output", attn, n, config.qDim, C, w.o, c)
-        LlamaModel.addInPlace(&xMid, c.xIn)
-        RMSNorm.forward(x: xMid, weight: w.ffnNorm, y: &h2, rstd: nil, rows: n, cols: C, eps: eps)
-        var act = [T](repeating: 0, count: c.gate.count)
-        SwiGLU.forward(gate: c.gate, up: c.up, out: &act, count: c.gate.count)
-        (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act)
-    }
-
-    /// a += b, element-wise.
-    static func addInPlace(_ a: inout [T], _ b: [T]) {
-        a.withUnsafeMutableBufferPointer { a in
-            b.withUnsafeBufferPointer { b in for i in 0..<a.count { a[i] += b[i] } }
-        }
-    }
-
-    func linear(_ name: String, _ x: [T], _ n: Int, _ inF: Int, _ outF: Int, _ w: [T], _ cache: LayerCache<T>) -> [T] {
-        var y = [T](repeating: 0, count: n * outF)
-        var saved: [[T]] = []
-        LinearLoRA.forward(x: x, n: n, inFeatures: inF, outFeatures: outF, weight: w, adapters: adaptersFor(name),
-                           y: &y, saved: &saved)
-        cache.lora[name] = saved
-        return y
-    }
-
-    /// token_embd LoRA: x[t] += s · B · A[:, token].
-    func addEmbeddingLoRA(tokens: [Int32], x: inout [T]) {
-        let C = config.embedding, V = config.vocabulary
-        for (pair, scale, _) in adaptersFor("token_embd").pairs {
-            let r = pair.rank
-            for (t, token) in tokens.enumerated() {
-                for o in 0..<C {
-                    var sum: T = 0
-                    for j in 0..<r { sum += pair.b[o * r + j] * pair.a[j * V + Int(token)] }
-                    x[t * C + o] += scale * sum
-                }
-            }
-        }
+    func causalAttention(batch: Int, length: Int) -> Attention<T> {
+        Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads, headDim: config.headDim)
     }
 
     /// Logits [rows.count, V] for the rows `rows` of the final hidden states.
-    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>) -> [T] {
-        let C = config.embedding, V = config.vocabulary
-        var logits = [T](repeating: 0, count: rows.count * V)
-        var saved: [[T]] = []
-        weights.head.withUnsafeBufferPointer { w in
-            LinearLoRA.forward(x: hf + rows.lowerBound * C, n: rows.count, inFeatures: C, outFeatures: V,
-                               weight: w.baseAddress!, adapters: adaptersFor("output"), y: &logits, saved: &saved)
-        }
-        return logits
+    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>) throws -> [T] {
+        try head().forward(hf + rows.lowerBound * config.embedding, rows: rows.count).y
     }
 
-    /// Logits [N, V] of every position (for tests and small inputs; perplexity uses `scoredLogits`).
+    /// Logits [N, V] of every position (for tests and small inputs; perplexity uses `negativeLogLikelihoods`).
     @_specialize(exported: true, where T == Float)
     public func logits(tokens: [Int32], batch: Int = 1) throws -> [T] {
-        var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
-        let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: tokens.count / max(batch, 1),
-                                    caches: &caches, layerInputs: &inputs)
-        return hf.withUnsafeBufferPointer { headLogits($0.baseAddress!, rows: 0..<tokens.count) }
+        let hf = try hidden(tokens: tokens, batch: batch, length: tokens.count / max(batch, 1)).hf
+        return try hf.withUnsafeBufferPointer { try headLogits($0.baseAddress!, rows: 0..<tokens.count) }
     }
 
     /// Mean next-token loss over the scored targets (−1 = not scored), forward only.
     @_specialize(exported: true, where T == Float)
     public func loss(tokens: [Int32], targets: [Int32], batch: Int) throws -> (sum: Double, count: Int) {
-        var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
         let n = tokens.count
-        let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1), caches: &caches, layerInputs: &inputs)
+        let hf = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1)).hf
         var total = 0.0
-        hf.withUnsafeBufferPointer { hf in
-            targets.withUnsafeBufferPointer { tg in
+        try hf.withUnsafeBufferPointer { hf in
+            try targets.withUnsafeBufferPointer { tg in
                 for start in stride(from: 0, to: n, by: headChunkRows) {
                     let rows = start..<min(n, start + headChunkRows)
-                    var logits = headLogits(hf.baseAddress!, rows: rows)
+                    var logits = try headLogits(hf.baseAddress!, rows: rows)
                     total += CrossEntropy.forwardBackward(logits: &logits, targets: tg.baseAddress! + start, rows: rows.count,
                                                           vocab: config.vocabulary, gradientScale: 0, gradient: false)
                 }
@@ -244,13 +166,12 @@ extension LlamaModel {
         guard scored.lowerBound >= 0, scored.upperBound < length else {
             throw ModelError.invalidInput("scored positions \(scored) must predict tokens inside sequences of \(length)")
         }
-        var caches: [LayerCache<T>]? = nil, inputs: [[T]]? = nil
-        let (_, _, hf) = try hidden(tokens: tokens, batch: batch, length: length, caches: &caches, layerInputs: &inputs)
+        let hf = try hidden(tokens: tokens, batch: batch, length: length).hf
         var out: [Double] = []
-        hf.withUnsafeBufferPointer { hf in
+        try hf.withUnsafeBufferPointer { hf in
             for b in 0..<batch {
                 let rows = (b * length + scored.lowerBound)..<(b * length + scored.upperBound)
-                var logits = headLogits(hf.baseAddress!, rows: rows)
+                var logits = try headLogits(hf.baseAddress!, rows: rows)
                 let targets = rows.map { tokens[$0 + 1] }
                 var losses = [T](repeating: 0, count: rows.count)
                 CrossEntropy.forwardBackward(logits: &logits, targets: targets, rows: rows.count, vocab: config.vocabulary,

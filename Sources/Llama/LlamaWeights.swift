@@ -1,5 +1,6 @@
 import GGUF
 import Kernels
+import LoRA
 
 /// The base weights of a model, kept as the file has them (memory-mapped, quantized) and dequantized layer by
 /// layer when needed; `cacheAll` keeps every dequantized weight instead (faster, more memory).
@@ -8,15 +9,13 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     let config: LlamaConfig
     let cacheAll: Bool
     private var cache: [String: [T]] = [:]
-    /// The output head [vocabulary, embedding], dequantized once: every batch uses all of it.
-    let head: [T]
+    private var denseHead: [T]?
     let outputNorm: [T]
 
     init(file: GGUFFile, config: LlamaConfig, cacheAll: Bool) throws {
         self.file = file
         self.config = config
         self.cacheAll = cacheAll
-        head = try LlamaWeights.load(file, config.tiedEmbeddings ? "token_embd.weight" : "output.weight")
         outputNorm = try LlamaWeights.load(file, "output_norm.weight")
     }
 
@@ -34,14 +33,43 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         return values
     }
 
-    func layer(_ i: Int) throws -> LayerWeights<T> {
-        let p = "blk.\(i)."
-        return LayerWeights(
-            attnNorm: try tensor(p + "attn_norm.weight"), q: try tensor(p + "attn_q.weight"),
-            k: try tensor(p + "attn_k.weight"), v: try tensor(p + "attn_v.weight"),
-            o: try tensor(p + "attn_output.weight"), ffnNorm: try tensor(p + "ffn_norm.weight"),
-            gate: try tensor(p + "ffn_gate.weight"), up: try tensor(p + "ffn_up.weight"),
-            down: try tensor(p + "ffn_down.weight"))
+    /// The tensor the head reads: `output.weight`, or `token_embd.weight` when the head is tied.
+    var headTensorName: String { config.tiedEmbeddings ? "token_embd.weight" : "output.weight" }
+
+    /// A linear weight with its adapters: dequantized, or (`rowThreads` given) read in place from the file.
+    func linear(_ base: String, in inF: Int, out outF: Int, tensor: String? = nil, adapters: WeightAdapters<T>,
+                rowThreads: Int?) throws -> LinearWeight<T> {
+        let tensorName = tensor ?? base + ".weight"
+        let source: LinearWeight<T>.Source
+        if let threads = rowThreads {
+            let info = try file.requireTensor(tensorName)
+            source = .rows(type: info.type, data: file.data(of: info), threads: threads)
+        } else if tensorName == headTensorName {
+            source = .dense(try head())
+        } else {
+            source = .dense(try self.tensor(tensorName))
+        }
+        return LinearWeight(name: base, inFeatures: inF, outFeatures: outF, source: source, adapters: adapters)
+    }
+
+    /// The head [vocabulary, embedding], dequantized once: every batch uses all of it.
+    func head() throws -> [T] {
+        if let denseHead { return denseHead }
+        let values = try LlamaWeights.load(file, headTensorName)
+        denseHead = values
+        return values
+    }
+
+    /// Block `l`'s weights, each linear bound to its adapters.
+    func block(_ l: Int, adapters: (String) -> WeightAdapters<T>, rowThreads: Int?) throws -> BlockWeights<T> {
+        func linear(_ target: LoRATarget) throws -> LinearWeight<T> {
+            let name = target.baseName(layer: l), (inF, outF) = config.features(of: target)
+            return try self.linear(name, in: inF, out: outF, adapters: adapters(name), rowThreads: rowThreads)
+        }
+        return BlockWeights(
+            attnNorm: try tensor("blk.\(l).attn_norm.weight"), ffnNorm: try tensor("blk.\(l).ffn_norm.weight"),
+            q: try linear(.attnQ), k: try linear(.attnK), v: try linear(.attnV), o: try linear(.attnOutput),
+            gate: try linear(.ffnGate), up: try linear(.ffnUp), down: try linear(.ffnDown))
     }
 
     /// Embedding rows of `tokens` [N, embedding]; ids out of range are an error naming the id.
@@ -62,9 +90,4 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         }
         return out
     }
-}
-
-/// The dequantized weights of one layer. Linear weights are [out, in] row-major (GGUF's ne = [in, out]).
-struct LayerWeights<T: KernelScalar> {
-    var attnNorm, q, k, v, o, ffnNorm, gate, up, down: [T]
 }

@@ -9,6 +9,7 @@ public struct Sampler: Sendable {
     public var topP: Float = 0.95
     public var minP: Float = 0.05
     public var repeatPenalty: Float = 1.0
+    /// Tokens of the history the penalty looks at (negative: all of it, as llama.cpp's -1).
     public var repeatLastN = 64
     var rng: SplitMix
 
@@ -17,7 +18,7 @@ public struct Sampler: Sendable {
     public mutating func sample(_ logits: [Float], history: [Int32]) -> Int32 {
         var logits = logits
         if repeatPenalty != 1 {
-            for id in Set(history.suffix(repeatLastN)) where Int(id) < logits.count && id >= 0 {
+            for id in Set(history.suffix(repeatLastN < 0 ? history.count : repeatLastN)) where Int(id) < logits.count && id >= 0 {
                 let l = logits[Int(id)]
                 logits[Int(id)] = l > 0 ? l / repeatPenalty : l * repeatPenalty
             }

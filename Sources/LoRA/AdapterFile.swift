@@ -57,14 +57,14 @@ public enum AdapterFile {
                 var at = [T](repeating: 0, count: r * vocab)
                 for v in 0..<vocab { for j in 0..<r { at[j * vocab + v] = T(a[v * r + j]) } }
                 pair = try LoRAPair(name: base, rank: r, inFeatures: vocab, outFeatures: embd,
-                                    scale: T(alpha == 0 ? 1 : alpha / Float(r)), a: at, b: b.map { T($0) })
+                                    scale: T(loraScale(alpha: alpha, rank: r)), a: at, b: b.map { T($0) })
             } else {
                 let inF = ta.dimensions[0], r = ta.dimensions[1], outF = tb.dimensions[1]
                 guard tb.dimensions[0] == r else {
                     throw LoRAError.format(path: path, reason: "'\(base)': lora_a ne \(ta.dimensions) and lora_b ne \(tb.dimensions) disagree on the rank (lora_a must be ne [in, r]; files of the 2023 finetune need `lorakit convert`)")
                 }
                 pair = try LoRAPair(name: base, rank: r, inFeatures: inF, outFeatures: outF,
-                                    scale: T(alpha == 0 ? 1 : alpha / Float(r)), a: a.map { T($0) }, b: b.map { T($0) })
+                                    scale: T(loraScale(alpha: alpha, rank: r)), a: a.map { T($0) }, b: b.map { T($0) })
             }
             adapter.add(pair)
         }

@@ -42,7 +42,7 @@ extension AdapterFile {
         var writer = GGUFWriter(metadata: md)
         for name in adapter.order {
             let p = adapter[name]!
-            let llamaScale = d.alpha == 0 ? 1 : d.alpha / Float(p.rank)
+            let llamaScale = loraScale(alpha: d.alpha, rank: p.rank)
             let fold = p.scale / llamaScale
             let b = fold == 1 ? p.b : p.b.map { $0 * fold }
             if name == "token_embd" {

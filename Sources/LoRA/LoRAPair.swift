@@ -53,6 +53,15 @@ public final class LoRAPair<T: KernelScalar>: @unchecked Sendable {
     }
 
     public var parameterCount: Int { a.count + b.count }
+
+    /// ΔW = multiplier · scale · B·A [out, in]: what merging adds to the base weight (the same rule as the
+    /// runtime product, folded).
+    public func delta(multiplier: T = 1) -> [T] {
+        var delta = [T](repeating: 0, count: outFeatures * inFeatures)
+        T.gemm(transA: false, transB: false, m: outFeatures, n: inFeatures, k: rank, alpha: multiplier * scale, a: b,
+               lda: rank, b: a, ldb: inFeatures, beta: 0, c: &delta, ldc: inFeatures)
+        return delta
+    }
 }
 
 /// A set of LoRA pairs keyed by base tensor name (`blk.3.attn_q`, `output`, `token_embd`).

@@ -32,7 +32,9 @@ public enum LoRATarget: String, CaseIterable, Sendable, Codable {
     }
 }
 
-/// How LoRA scales its update: alpha / r, or alpha / √r with rank-stabilized LoRA.
-public func loraScale(alpha: Float, rank: Int, rsLoRA: Bool) -> Float {
-    rsLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank)
+/// How LoRA scales its update: alpha / r, or alpha / √r with rank-stabilized LoRA. Alpha 0 means scale 1, as
+/// llama.cpp reads an adapter without alpha. The one place this rule lives (train, files, PEFT, merge).
+public func loraScale(alpha: Float, rank: Int, rsLoRA: Bool = false) -> Float {
+    if alpha == 0 { return 1 }
+    return rsLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank)
 }

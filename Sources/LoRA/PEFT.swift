@@ -18,6 +18,17 @@ public enum PEFT {
         public var heads: Int
         public var kvHeads: Int
         public init(heads: Int, kvHeads: Int) { self.heads = heads; self.kvHeads = kvHeads }
+
+        /// Q/K rows can be reordered only when the heads split them into equal, even-sized heads.
+        func check<T>(_ pair: LoRAPair<T>) throws {
+            let isQ = pair.name.hasSuffix("attn_q"), isK = pair.name.hasSuffix("attn_k")
+            guard isQ || isK else { return }
+            let n = isQ ? heads : kvHeads
+            guard n > 0, pair.outFeatures % n == 0, (pair.outFeatures / n) % 2 == 0 else {
+                throw LoRAError.shape(tensor: pair.name, reason: "\(pair.outFeatures) rows cannot be split into \(n) heads "
+                                      + "(\(heads) query / \(kvHeads) key-value heads); give the base model with -m")
+            }
+        }
     }
 
     /// GGUF row of Hugging Face row `row` for `n` heads of `rows / n` dimensions (convert_hf_to_gguf's permute).
@@ -136,6 +147,7 @@ public enum PEFT {
     /// Writes a PEFT adapter directory; mixed ranks and per-tensor alphas go to rank_pattern / alpha_pattern.
     public static func write(_ adapter: LoRAAdapter<Float>, alpha: Float, rsLoRA: Bool, baseModel: String?, heads: Heads,
                              to directory: String) throws {
+        for name in adapter.order { try heads.check(adapter[name]!) }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var ranks: [Int: Int] = [:]
         for n in adapter.order { ranks[adapter[n]!.rank, default: 0] += 1 }

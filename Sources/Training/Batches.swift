@@ -102,6 +102,10 @@ public struct Batcher: Sendable {
     public struct State: Sendable, Equatable, Codable {
         public var epoch: Int
         public var cursor: Int
+        public init(epoch: Int, cursor: Int) {
+            self.epoch = epoch
+            self.cursor = cursor
+        }
     }
 
     public let stream: TokenStream

@@ -23,7 +23,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("top-p")) var topP: Float = 0.95
     @Option(name: .customLong("min-p")) var minP: Float = 0.05
     @Option(name: .customLong("repeat-penalty")) var repeatPenalty: Float = 1.0
-    @Option(name: .customLong("repeat-last-n")) var repeatLastN = 64
+    @Option(name: .customLong("repeat-last-n"), help: "Tokens the repeat penalty looks back over (-1: the whole context).") var repeatLastN = 64
     @Option(name: [.customShort("s"), .long], help: "Sampling seed (-1: from the clock).") var seed: Int64 = -1
     @Option(name: .customLong("stop"), help: "Stop when the output contains this text; repeatable.") var stop: [String] = []
     @Flag(name: .customLong("chat"), help: "Chat with the model through its chat template.") var chat = false
@@ -34,6 +34,11 @@ struct GenerateCommand: ParsableCommand {
     func validate() throws {
         if !chat && prompt == nil { throw ValidationError("give a prompt with -p, or use --chat") }
         if nPredict < 0 || ctx < 8 { throw ValidationError("-n must be ≥ 0 and --ctx ≥ 8") }
+        guard temperature.isFinite else { throw ValidationError("--temp must be a finite number") }
+        guard topP.isFinite, (0...1).contains(topP) else { throw ValidationError("--top-p must be between 0 and 1") }
+        guard minP.isFinite, (0...1).contains(minP) else { throw ValidationError("--min-p must be between 0 and 1") }
+        guard repeatPenalty.isFinite, repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be a positive number") }
+        guard repeatLastN >= -1 else { throw ValidationError("--repeat-last-n must be ≥ 0, or -1 for the whole context") }
     }
 
     func run() throws {
@@ -46,36 +51,42 @@ struct GenerateCommand: ParsableCommand {
         sampler.repeatPenalty = repeatPenalty
         sampler.repeatLastN = repeatLastN
         let session = InferenceSession(model: model, capacity: ctx, threads: modelOptions.threads ?? CLI.coreCount)
-        var generator = Generator(session: session, tokenizer: tokenizer, sampler: sampler, stops: stop, limit: nPredict, printIDs: printIDs)
+        let generator = Generator(session: session, tokenizer: tokenizer, sampler: sampler, maxTokens: nPredict)
+        generator.stopStrings = stop
+        func respond(_ ids: [Int32]) throws -> Generator.Response {
+            let response: Generator.Response
+            do {
+                response = try generator.respond(to: ids) { chunk in
+                    print(chunk, terminator: "")
+                    fflush(stdout)
+                    return true
+                }
+            } catch { throw CLIError(String(describing: error)) }
+            if printIDs { CLI.printError("ids: " + response.ids.map(String.init).joined(separator: " ")) }
+            return response
+        }
         if !chat {
-            let ids = tokenizer.encode(prompt!, addSpecial: true, parseSpecial: true)
             print(prompt!, terminator: "")
-            _ = try generator.respond(to: ids)
+            _ = try respond(tokenizer.encode(prompt!, addSpecial: true, parseSpecial: true))
             print()
-            generator.reportSpeed()
+            reportSpeed(generator)
             return
         }
         let template: ChatTemplate
         do { template = try tokenizer.chatTemplate(templateText: file.metadata["tokenizer.chat_template"]?.stringValue, override: chatTemplate) }
         catch { throw CLIError(String(describing: error)) }
         var messages: [ChatMessage] = system.map { [ChatMessage(.system, $0)] } ?? []
-        var fed: [Int32] = []
         func turn(_ text: String) throws {
             messages.append(ChatMessage(.user, text))
             let rendered = try template.render(messages, addGenerationPrompt: true)
-            let ids = tokenizer.encode(rendered.text, addSpecial: true, parseSpecial: true)
-            // The conversation so far is in the KV cache: feed only what follows the shared prefix.
-            var shared = 0
-            while shared < min(ids.count, fed.count) - 1 && ids[shared] == fed[shared] { shared += 1 }
-            session.rewind(to: shared)
-            let answer = try generator.respond(to: Array(ids[shared...]))
-            fed = Array(ids[..<shared]) + Array(ids[shared...]) + answer.ids
+            // The generator keeps what the cache holds of the conversation and feeds only what follows.
+            let answer = try respond(tokenizer.encode(rendered.text, addSpecial: true, parseSpecial: true))
             messages.append(ChatMessage(.assistant, answer.text))
             print()
         }
         if let prompt {
             try turn(prompt)
-            generator.reportSpeed()
+            reportSpeed(generator)
             return
         }
         CLI.printError("chat: type a message; /reset starts over, /quit leaves")
@@ -87,72 +98,18 @@ struct GenerateCommand: ParsableCommand {
             if text == "/quit" { break }
             if text == "/reset" {
                 messages = system.map { [ChatMessage(.system, $0)] } ?? []
-                fed = []
-                session.rewind(to: 0)
+                generator.reset()
                 continue
             }
             if text.isEmpty { continue }
             try turn(text)
         }
-        generator.reportSpeed()
-    }
-}
-
-/// Streams one response: feeds the prompt tokens, then samples until end of generation, the limit or a stop text.
-struct Generator {
-    let session: InferenceSession
-    let tokenizer: Tokenizer
-    var sampler: Sampler
-    let stops: [String]
-    let limit: Int
-    let printIDs: Bool
-    var promptTokens = 0, promptSeconds = 0.0, generatedTokens = 0, generateSeconds = 0.0
-    var history: [Int32] = []
-
-    init(session: InferenceSession, tokenizer: Tokenizer, sampler: Sampler, stops: [String], limit: Int, printIDs: Bool) {
-        self.session = session
-        self.tokenizer = tokenizer
-        self.sampler = sampler
-        self.stops = stops
-        self.limit = limit
-        self.printIDs = printIDs
+        reportSpeed(generator)
     }
 
-    mutating func respond(to prompt: [Int32]) throws -> (ids: [Int32], text: String) {
-        var start = Date()
-        var logits: [Float]
-        do { logits = try session.feed(prompt) } catch { throw CLIError(String(describing: error)) }
-        promptSeconds += Date().timeIntervalSince(start)
-        promptTokens += prompt.count
-        history += prompt
-        var decoder = StreamingDecoder(tokenizer: tokenizer)
-        var text = "", ids: [Int32] = []
-        start = Date()
-        defer { generateSeconds += Date().timeIntervalSince(start) }
-        for _ in 0..<limit {
-            let id = sampler.sample(logits, history: history)
-            if tokenizer.isEndOfGeneration(id) { break }
-            ids.append(id)
-            history.append(id)
-            generatedTokens += 1
-            let chunk = decoder.append(id)
-            text += chunk
-            print(chunk, terminator: "")
-            fflush(stdout)
-            if stops.contains(where: { text.contains($0) }) { break }
-            if session.position >= session.capacity { break }
-            do { logits = try session.feed([id]) } catch { throw CLIError(String(describing: error)) }
-        }
-        let rest = decoder.finish()
-        text += rest
-        print(rest, terminator: "")
-        if printIDs { CLI.printError("ids: " + ids.map(String.init).joined(separator: " ")) }
-        return (ids, text)
-    }
-
-    func reportSpeed() {
+    func reportSpeed(_ g: Generator) {
         CLI.printError(String(format: "prompt: %d tokens in %.2f s (%.1f tokens/s); generation: %d tokens in %.2f s (%.1f tokens/s)",
-                              promptTokens, promptSeconds, Double(promptTokens) / max(promptSeconds, 1e-9),
-                              generatedTokens, generateSeconds, Double(generatedTokens) / max(generateSeconds, 1e-9)))
+                              g.promptTokens, g.promptSeconds, Double(g.promptTokens) / max(g.promptSeconds, 1e-9),
+                              g.generatedTokens, g.generatedSeconds, Double(g.generatedTokens) / max(g.generatedSeconds, 1e-9)))
     }
 }

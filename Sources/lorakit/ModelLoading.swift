@@ -5,17 +5,49 @@ import Llama
 import LoRA
 import Tokenizer
 
-/// Options shared by the commands that run a model: the model, runtime adapters, threads.
-struct ModelOptions: ParsableArguments {
-    @Option(name: [.customShort("m"), .long], help: "The base model (GGUF).")
-    var model: String
-
-    @Option(name: .customLong("lora"), help: "Apply a LoRA adapter (llama.cpp GGUF) at run time; repeatable.")
+/// Adapters applied at run time (or merged): `--lora FILE` and `--lora-scaled FILE S`, repeatable. A file may be any
+/// adapter `AdapterLoader` opens (llama.cpp GGUF, PEFT directory, the 2023 finetune's files).
+struct AdapterOptions: ParsableArguments {
+    @Option(name: .customLong("lora"), help: "Apply an adapter (llama.cpp GGUF, PEFT directory, or a 2023 finetune file); repeatable.")
     var lora: [String] = []
 
     @Option(name: .customLong("lora-scaled"), parsing: .upToNextOption,
             help: ArgumentHelp("Apply an adapter with a scale: --lora-scaled FILE S; repeatable.", valueName: "FILE S"))
     var loraScaled: [String] = []
+
+    func validate() throws {
+        if loraScaled.count % 2 != 0 { throw ValidationError("--lora-scaled takes a file and a scale: --lora-scaled FILE S") }
+        for i in stride(from: 1, to: loraScaled.count, by: 2) where Float(loraScaled[i]).map({ $0.isFinite }) != true {
+            throw ValidationError("--lora-scaled: '\(loraScaled[i])' is not a finite number (expected --lora-scaled FILE S)")
+        }
+    }
+
+    var isEmpty: Bool { lora.isEmpty && loraScaled.isEmpty }
+
+    /// (path, scale) of every adapter in command-line order.
+    var list: [(path: String, scale: Float)] {
+        lora.map { ($0, 1) } + stride(from: 0, to: loraScaled.count, by: 2).map { (loraScaled[$0], Float(loraScaled[$0 + 1])!) }
+    }
+
+    /// Loads every adapter for `model`, checking that it fits.
+    func load(for model: LlamaModel<Float>, architecture: String) throws -> [(AdapterLoader.Loaded, Float)] {
+        try list.map { path, scale in
+            let loaded = try AdapterLoader.load(path, heads: PEFT.Heads(heads: model.config.heads, kvHeads: model.config.kvHeads))
+            if let arch = loaded.architecture, arch != architecture {
+                throw CLIError("\(path): adapter is for architecture '\(arch)', the model is '\(architecture)'")
+            }
+            try model.validate(loaded.adapter, source: path)
+            return (loaded, scale)
+        }
+    }
+}
+
+/// Options shared by the commands that run a model: the model, runtime adapters, threads.
+struct ModelOptions: ParsableArguments {
+    @Option(name: [.customShort("m"), .long], help: "The base model (GGUF).")
+    var model: String
+
+    @OptionGroup var adapters: AdapterOptions
 
     @Option(name: [.customShort("t"), .long], help: "Threads for matrix products (default: all cores).")
     var threads: Int?
@@ -24,16 +56,7 @@ struct ModelOptions: ParsableArguments {
     var cacheWeights = false
 
     func validate() throws {
-        if loraScaled.count % 2 != 0 { throw ValidationError("--lora-scaled takes a file and a scale: --lora-scaled FILE S") }
-        for i in stride(from: 1, to: loraScaled.count, by: 2) where Float(loraScaled[i]) == nil {
-            throw ValidationError("--lora-scaled: '\(loraScaled[i])' is not a number (expected --lora-scaled FILE S)")
-        }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-    }
-
-    /// (path, scale) of every runtime adapter in command-line order.
-    var adapterList: [(String, Float)] {
-        lora.map { ($0, 1) } + stride(from: 0, to: loraScaled.count, by: 2).map { (loraScaled[$0], Float(loraScaled[$0 + 1])!) }
     }
 
     func applyThreads() {
@@ -47,13 +70,9 @@ struct ModelOptions: ParsableArguments {
         do {
             let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
             let tokenizer = try Tokenizer(file: file)
-            for (path, scale) in adapterList {
-                let (adapter, info) = try AdapterFile.read(path: path, as: Float.self)
-                let arch = try file.metadata.string("general.architecture")
-                if !info.architecture.isEmpty && info.architecture != arch {
-                    throw CLIError("\(path): adapter is for architecture '\(info.architecture)', the model is '\(arch)'")
-                }
-                try llama.attach(adapter, multiplier: scale, source: path)
+            let architecture = try file.metadata.string("general.architecture")
+            for (loaded, scale) in try adapters.load(for: llama, architecture: architecture) {
+                try llama.attach(loaded.adapter, multiplier: scale, source: loaded.path)
             }
             return (file, llama, tokenizer)
         } catch let e as CLIError { throw e } catch { throw CLIError(String(describing: error)) }

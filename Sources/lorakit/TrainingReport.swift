@@ -77,18 +77,10 @@ struct TrainingReport {
 
     /// `--inspect-data`: the first rows as the trainer sees them, learned tokens in [brackets].
     static func inspect(_ config: TrainingConfiguration) throws {
-        let file = try GGUFFile(path: config.model)
-        let tokenizer = try Tokenizer(file: file)
-        let template = try? tokenizer.chatTemplate(templateText: file.metadata["tokenizer.chat_template"]?.stringValue, override: config.chatTemplate)
-        let format = try config.dataFormat ?? (config.trainData.hasSuffix(".jsonl") ? JSONLReader.detectFormat(path: config.trainData) : .text)
-        let stream: TokenStream
-        if format == .text {
-            guard let data = FileManager.default.contents(atPath: config.trainData) else { throw DataError.unreadable(path: config.trainData) }
-            stream = TokenStream(text: Array(data), tokenizer: tokenizer, options: config.sampling)
-        } else {
-            stream = TokenStream(examples: try JSONLReader(tokenizer: tokenizer, chatTemplate: template, trainOnPrompt: config.trainOnPrompt)
-                .read(path: config.trainData, format: format))
-        }
+        let data = try Trainer.data(for: config)
+        let tokenizer = data.tokenizer
+        let format = try data.format(of: config.trainData)
+        let stream = try data.load(config.trainData, context: config.context).stream
         print("format \(format.rawValue): \(stream.sampleCount) samples, \(stream.tokens.count) tokens, \(stream.trained.filter { $0 }.count) learned; learned tokens are shown in [brackets]")
         let rows = Batcher(stream: stream, length: config.context, seed: config.seed, options: config.sampling,
                            bos: tokenizer.vocabulary.bos, eos: tokenizer.vocabulary.eos).evaluationRows().prefix(3)

@@ -1,0 +1,201 @@
+import Kernels
+import LoRA
+
+/// What a transformer block is made of, as data: the block's code below follows it, so that an architecture is a
+/// description plus the few operations it adds. Today's description is llama's (Llama 1–3, Mistral, SmolLM, …).
+public struct BlockDescription: Sendable, Equatable {
+    public enum Norm: Sendable, Equatable { case rms(epsilon: Float) }
+    public enum FeedForward: Sendable, Equatable {
+        /// down(silu(gate(h)) ⊙ up(h))
+        case swiGLU
+    }
+    /// Normalization before attention and before the feed-forward network (pre-norm residual block).
+    public var norm: Norm
+    public var feedForward: FeedForward
+    /// The block's linear weights, in the order the forward pass uses them.
+    public var linears: [LoRATarget]
+
+    public static func llama(rmsEpsilon: Float) -> BlockDescription {
+        BlockDescription(norm: .rms(epsilon: rmsEpsilon), feedForward: .swiGLU,
+                         linears: [.attnQ, .attnK, .attnV, .attnOutput, .ffnGate, .ffnUp, .ffnDown])
+    }
+}
+
+/// The weights of one block: dequantized for products over many rows, read in place for one token.
+struct BlockWeights<T: KernelScalar> {
+    var attnNorm, ffnNorm: [T]
+    var q, k, v, o, gate, up, down: LinearWeight<T>
+}
+
+/// How a block's attention sees the other positions; the only part of the block that differs between the batched
+/// pass (training, perplexity, prompts) and a generation step.
+enum AttentionMode<T: KernelScalar> {
+    /// Every sequence of the batch attends causally to itself.
+    case causal(Attention<T>)
+    /// The new tokens attend to a key/value cache, which receives their keys and values.
+    case cached(KVCache<T>, layer: Int)
+}
+
+/// What one block's forward keeps for its backward. The normalized inputs (h1, h2), the SwiGLU output (act), the
+/// attention probabilities and output (attn) and the residual after attention (xMid, one product away) are cheap
+/// to rebuild, so `restore` recomputes them instead of keeping them (that more than halves activation memory).
+final class BlockActivations<T: KernelScalar> {
+    var xIn: [T] = [], h1: [T] = [], rstd1: [T] = []
+    var q: [T] = [], k: [T] = [], v: [T] = [], probs: [T] = [], attn: [T] = []
+    var xMid: [T] = [], h2: [T] = [], rstd2: [T] = []
+    var gate: [T] = [], up: [T] = [], act: [T] = []
+    /// The x·Aᵀ products of every adapted linear, by weight name.
+    var lora: [String: [[T]]] = [:]
+}
+
+/// One transformer block, forward and backward side by side (pre-norm, grouped-query attention with RoPE, SwiGLU).
+///
+/// Shapes (N tokens, C embedding, Q = H·d query width, K = KV·d key/value width, F feed-forward):
+///   x, h1, xMid, h2, out [N, C]; q, attn [N, Q]; k, v [N, K]; gate, up, act [N, F]; rstd1, rstd2 [N];
+///   probs [batch, H, T, T] (causal mode only).
+///
+///   h1 = norm(x) · attnNorm            q, k, v = h1·Wqᵀ, h1·Wkᵀ, h1·Wvᵀ (+ LoRA); RoPE on q, k
+///   attn = attention(q, k, v)          xMid = x + attn·Woᵀ
+///   h2 = norm(xMid) · ffnNorm          act = silu(h2·Wgateᵀ) ⊙ (h2·Wupᵀ)
+///   out = xMid + act·Wdownᵀ
+struct TransformerBlock<T: KernelScalar> {
+    let description: BlockDescription
+    let config: LlamaConfig
+    let weights: BlockWeights<T>
+    let rope: RoPE<T>
+
+    var epsilon: T { switch description.norm { case let .rms(e): return T(e) } }
+
+    // MARK: Forward
+
+    /// The block's output [N, C]. With `keep`, fills it with what backward needs (`everything`: also what
+    /// `restore` would rebuild).
+    func forward(_ x: [T], attention: AttentionMode<T>, keep c: BlockActivations<T>? = nil, everything: Bool = false) -> [T] {
+        let n = x.count / config.embedding
+        let (h1, rstd1) = norm(x, weights.attnNorm, rows: n)
+        var q = linear(weights.q, h1, n, c), k = linear(weights.k, h1, n, c)
+        let v = linear(weights.v, h1, n, c)
+        q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
+        k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads) }
+        let (attn, probs) = attend(q, k, v, rows: n, attention)
+        let xMid = attentionResidual(attn, x, rows: n, c)
+        let (h2, rstd2) = norm(xMid, weights.ffnNorm, rows: n)
+        let gate = linear(weights.gate, h2, n, c), up = linear(weights.up, h2, n, c)
+        let act = activate(gate, up)
+        var out = linear(weights.down, act, n, c)
+        Self.addInPlace(&out, xMid)
+        if let c {
+            (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
+            if everything { (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act) }
+        }
+        return out
+    }
+
+    /// Rebuilds what `forward` keeps only with `everything` (h1, probs, attn, xMid, h2, act) from what it always
+    /// keeps, through the same steps.
+    func restore(_ c: BlockActivations<T>, attention: Attention<T>) {
+        let n = c.xIn.count / config.embedding
+        c.h1 = norm(c.xIn, weights.attnNorm, rows: n).y
+        (c.attn, c.probs) = attend(c.q, c.k, c.v, rows: n, .causal(attention))
+        c.xMid = attentionResidual(c.attn, c.xIn, rows: n, nil)
+        c.h2 = norm(c.xMid, weights.ffnNorm, rows: n).y
+        c.act = activate(c.gate, c.up)
+    }
+
+    func norm(_ x: [T], _ weight: [T], rows n: Int) -> (y: [T], rstd: [T]) {
+        var y = [T](repeating: 0, count: x.count), rstd = [T](repeating: 0, count: n)
+        RMSNorm.forward(x: x, weight: weight, y: &y, rstd: &rstd, rows: n, cols: config.embedding, eps: epsilon)
+        return (y, rstd)
+    }
+
+    /// y = x·Wᵀ + LoRA, recording the adapters' x·Aᵀ in `c` for backward.
+    func linear(_ w: LinearWeight<T>, _ x: [T], _ n: Int, _ c: BlockActivations<T>?) -> [T] {
+        let (y, saved) = w.forward(x, rows: n)
+        if let c, !saved.isEmpty { c.lora[w.name] = saved }
+        return y
+    }
+
+    /// Attention output [N, Q] and, in causal mode, the probabilities; cached mode first appends k, v to the cache.
+    func attend(_ q: [T], _ k: [T], _ v: [T], rows n: Int, _ mode: AttentionMode<T>) -> (attn: [T], probs: [T]) {
+        var attn = [T](repeating: 0, count: n * config.qDim)
+        switch mode {
+        case let .causal(attention):
+            var probs = [T](repeating: 0, count: attention.probsCount)
+            attention.forward(q: q, k: k, v: v, out: &attn, probs: &probs)
+            return (attn, probs)
+        case let .cached(cache, layer):
+            cache.append(layer: layer, keys: k, values: v, count: n)
+            cache.attend(layer: layer, q: q, count: n, out: &attn)
+            return (attn, [])
+        }
+    }
+
+    func attentionResidual(_ attn: [T], _ x: [T], rows n: Int, _ c: BlockActivations<T>?) -> [T] {
+        var xMid = linear(weights.o, attn, n, c)
+        Self.addInPlace(&xMid, x)
+        return xMid
+    }
+
+    func activate(_ gate: [T], _ up: [T]) -> [T] {
+        var act = [T](repeating: 0, count: gate.count)
+        switch description.feedForward {
+        case .swiGLU: SwiGLU.forward(gate: gate, up: up, out: &act, count: gate.count)
+        }
+        return act
+    }
+
+    /// a += b, element-wise.
+    static func addInPlace(_ a: inout [T], _ b: [T]) {
+        a.withUnsafeMutableBufferPointer { a in
+            b.withUnsafeBufferPointer { b in for i in 0..<a.count { a[i] += b[i] } }
+        }
+    }
+
+    // MARK: Backward
+
+    /// dL/dx of the block input from dL/d(out); accumulates the trainable adapters' gradients. Releases each
+    /// activation after its last use (the first layer's backward sets the memory peak).
+    func backward(_ dOut: [T], attention: Attention<T>, activations c: BlockActivations<T>) -> [T] {
+        let n = dOut.count / config.embedding, C = config.embedding, F = config.feedForward
+        // out = xMid + down(act)
+        var dAct = [T](repeating: 0, count: n * F)
+        linearBackward(weights.down, dOut, c.act, n, c, into: &dAct, accumulate: false)
+        c.act = []
+        var dGate = [T](repeating: 0, count: n * F), dUp = [T](repeating: 0, count: n * F)
+        switch description.feedForward {
+        case .swiGLU: SwiGLU.backward(dOut: dAct, gate: c.gate, up: c.up, dGate: &dGate, dUp: &dUp, count: n * F)
+        }
+        (c.gate, c.up, dAct) = ([], [], [])
+        var dh2 = [T](repeating: 0, count: n * C)
+        linearBackward(weights.gate, dGate, c.h2, n, c, into: &dh2, accumulate: false)
+        linearBackward(weights.up, dUp, c.h2, n, c, into: &dh2, accumulate: true)
+        (c.h2, dGate, dUp) = ([], [], [])
+        var dxMid = dOut
+        RMSNorm.backward(dy: dh2, x: c.xMid, weight: weights.ffnNorm, rstd: c.rstd2, dx: &dxMid, rows: n, cols: C)
+        // xMid = x + o(attn)
+        var dAttn = [T](repeating: 0, count: n * config.qDim)
+        linearBackward(weights.o, dxMid, c.attn, n, c, into: &dAttn, accumulate: false)
+        c.attn = []
+        var dq = [T](repeating: 0, count: n * config.qDim)
+        var dk = [T](repeating: 0, count: n * config.kvDim), dv = dk
+        attention.backward(dOut: dAttn, q: c.q, k: c.k, v: c.v, probs: c.probs, dq: &dq, dk: &dk, dv: &dv)
+        (c.probs, dAttn) = ([], [])
+        dq.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads, inverse: true) }
+        dk.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads, inverse: true) }
+        var dh1 = [T](repeating: 0, count: n * C)
+        linearBackward(weights.q, dq, c.h1, n, c, into: &dh1, accumulate: false)
+        linearBackward(weights.k, dk, c.h1, n, c, into: &dh1, accumulate: true)
+        linearBackward(weights.v, dv, c.h1, n, c, into: &dh1, accumulate: true)
+        var dx = dxMid
+        RMSNorm.backward(dy: dh1, x: c.xIn, weight: weights.attnNorm, rstd: c.rstd1, dx: &dx, rows: n, cols: C)
+        return dx
+    }
+
+    func linearBackward(_ w: LinearWeight<T>, _ dy: [T], _ x: [T], _ n: Int, _ c: BlockActivations<T>,
+                        into dx: inout [T], accumulate: Bool) {
+        dx.withUnsafeMutableBufferPointer { d in
+            LinearLoRA.backward(dy: dy, x: x, n: n, weight: w, saved: c.lora[w.name] ?? [], dx: d.baseAddress!,
+                                accumulate: accumulate)
+        }
+    }
+}

@@ -1,0 +1,188 @@
+import GGUF
+import Kernels
+import LoRA
+
+/// An adapter applied to a model, with its own multiplier (`--lora-scaled F S`); gradients are computed for
+/// trainable adapters only.
+public struct AppliedAdapter<T: KernelScalar> {
+    public var adapter: LoRAAdapter<T>
+    public var multiplier: T
+    public var trainable: Bool
+    public init(_ adapter: LoRAAdapter<T>, multiplier: T = 1, trainable: Bool = false) {
+        self.adapter = adapter
+        self.multiplier = multiplier
+        self.trainable = trainable
+    }
+}
+
+/// The LoRA pairs that adapt one base weight: (pair, total scale = multiplier · alpha/r, trainable).
+struct WeightAdapters<T: KernelScalar> {
+    var pairs: [(pair: LoRAPair<T>, scale: T, trainable: Bool)] = []
+    var isEmpty: Bool { pairs.isEmpty }
+
+    init(_ name: String, _ applied: [AppliedAdapter<T>]) {
+        for a in applied {
+            if let p = a.adapter[name] { pairs.append((p, p.scale * a.multiplier, a.trainable)) }
+        }
+    }
+}
+
+/// One frozen linear weight W [out, in] with the adapters that apply to it.
+///
+/// The weight is either dequantized (`dense`, for products over many rows) or read in place from the file
+/// (`rows`: blocks as stored, for a single token, where a dequantized copy would cost more than the product).
+struct LinearWeight<T: KernelScalar> {
+    enum Source {
+        case dense([T])
+        /// The tensor's blocks as the file stores them; single-row products are split over `threads`.
+        case rows(type: TensorType, data: UnsafeRawBufferPointer, threads: Int)
+    }
+
+    let name: String
+    let inFeatures: Int
+    let outFeatures: Int
+    let source: Source
+    let adapters: WeightAdapters<T>
+
+    /// The weight as [out, in] values (dequantizing `rows` sources).
+    func withDense<R>(_ body: (UnsafePointer<T>) -> R) -> R {
+        switch source {
+        case let .dense(w):
+            return w.withUnsafeBufferPointer { body($0.baseAddress!) }
+        case let .rows(type, data, _):
+            var floats = [Float](repeating: 0, count: inFeatures * outFeatures)
+            floats.withUnsafeMutableBufferPointer {
+                Dequantize.rows(type, from: data, rowLength: inFeatures, rows: 0..<outFeatures, into: $0.baseAddress!)
+            }
+            if T.self == Float.self { return floats.withUnsafeBufferPointer { body(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: T.self)) } }
+            return floats.map { T($0) }.withUnsafeBufferPointer { body($0.baseAddress!) }
+        }
+    }
+
+    /// y = x·Wᵀ + Σ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ; returns y and, per adapter, uᵢ = x·Aᵢᵀ (what backward needs).
+    func forward(_ x: UnsafePointer<T>, rows n: Int) -> (y: [T], saved: [[T]]) {
+        var y = [T](repeating: 0, count: n * outFeatures)
+        var saved: [[T]] = []
+        y.withUnsafeMutableBufferPointer { LinearLoRA.forward(x: x, n: n, weight: self, y: $0.baseAddress!, saved: &saved) }
+        return (y, saved)
+    }
+
+    func forward(_ x: [T], rows n: Int) -> (y: [T], saved: [[T]]) {
+        x.withUnsafeBufferPointer { forward($0.baseAddress!, rows: n) }
+    }
+}
+
+/// The LoRA rule, the one place it is applied (training, perplexity, prompts, generation):
+/// y = x·Wᵀ + Σ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ, with sᵢ = multiplierᵢ · `loraScale` (alpha/r).
+///
+/// Shapes: x [n, in]; W [out, in]; Aᵢ [r, in]; Bᵢ [out, r]; y [n, out]; uᵢ = x·Aᵢᵀ [n, r] (saved for backward).
+enum LinearLoRA {
+    static func forward<T: KernelScalar>(x: UnsafePointer<T>, n: Int, weight w: LinearWeight<T>,
+                                         y: UnsafeMutablePointer<T>, saved: inout [[T]]) {
+        let inF = w.inFeatures, outF = w.outFeatures
+        if case let .rows(type, data, threads) = w.source, n == 1, T.self == Float.self {
+            MatVec.multiply(type: type, data: data, rows: outF, cols: inF, x: UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
+                            y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), threads: threads)
+        } else {
+            w.withDense { wp in
+                T.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: x, lda: inF,
+                       b: wp, ldb: inF, beta: 0, c: y, ldc: outF)
+            }
+        }
+        saved.removeAll(keepingCapacity: true)
+        for (pair, scale, _) in w.adapters.pairs {
+            let r = pair.rank
+            var u = [T](repeating: 0, count: n * r)
+            pair.a.withUnsafeBufferPointer { a in
+                u.withUnsafeMutableBufferPointer { u in
+                    T.gemm(transA: false, transB: true, m: n, n: r, k: inF, alpha: 1, a: x, lda: inF,
+                           b: a.baseAddress!, ldb: inF, beta: 0, c: u.baseAddress!, ldc: r)
+                }
+            }
+            u.withUnsafeBufferPointer { u in
+                pair.b.withUnsafeBufferPointer { b in
+                    T.gemm(transA: false, transB: true, m: n, n: outF, k: r, alpha: scale, a: u.baseAddress!, lda: r,
+                           b: b.baseAddress!, ldb: r, beta: 1, c: y, ldc: outF)
+                }
+            }
+            saved.append(u)
+        }
+    }
+
+    /// dx (= or += when `accumulate`) = dy·W + Σ sᵢ·(dy·Bᵢ)·Aᵢ;  for trainable pairs:
+    /// dBᵢ += sᵢ·dyᵀ·uᵢ,  dAᵢ += sᵢ·(dy·Bᵢ)ᵀ·x.
+    static func backward<T: KernelScalar>(dy: UnsafePointer<T>, x: UnsafePointer<T>, n: Int, weight w: LinearWeight<T>,
+                                          saved: [[T]], dx: UnsafeMutablePointer<T>?, accumulate: Bool) {
+        let inF = w.inFeatures, outF = w.outFeatures
+        if let dx {
+            w.withDense { wp in
+                T.gemm(transA: false, transB: false, m: n, n: inF, k: outF, alpha: 1, a: dy, lda: outF,
+                       b: wp, ldb: inF, beta: accumulate ? 1 : 0, c: dx, ldc: inF)
+            }
+        }
+        for (index, (pair, scale, trainable)) in w.adapters.pairs.enumerated() {
+            let r = pair.rank
+            var dyB = [T](repeating: 0, count: n * r)  // dy·B [n, r]
+            pair.b.withUnsafeBufferPointer { b in
+                dyB.withUnsafeMutableBufferPointer { t in
+                    T.gemm(transA: false, transB: false, m: n, n: r, k: outF, alpha: 1, a: dy, lda: outF,
+                           b: b.baseAddress!, ldb: r, beta: 0, c: t.baseAddress!, ldc: r)
+                }
+            }
+            dyB.withUnsafeBufferPointer { t in
+                if let dx {
+                    pair.a.withUnsafeBufferPointer { a in
+                        T.gemm(transA: false, transB: false, m: n, n: inF, k: r, alpha: scale, a: t.baseAddress!,
+                               lda: r, b: a.baseAddress!, ldb: inF, beta: 1, c: dx, ldc: inF)
+                    }
+                }
+                if trainable {
+                    pair.gradA.withUnsafeMutableBufferPointer { ga in
+                        T.gemm(transA: true, transB: false, m: r, n: inF, k: n, alpha: scale, a: t.baseAddress!,
+                               lda: r, b: x, ldb: inF, beta: 1, c: ga.baseAddress!, ldc: inF)
+                    }
+                }
+            }
+            if trainable {
+                saved[index].withUnsafeBufferPointer { u in
+                    pair.gradB.withUnsafeMutableBufferPointer { gb in
+                        T.gemm(transA: true, transB: false, m: outF, n: r, k: n, alpha: scale, a: dy, lda: outF,
+                               b: u.baseAddress!, ldb: r, beta: 1, c: gb.baseAddress!, ldc: r)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same rule for the embedding table, whose input is a one-hot token (in = vocabulary, out = embedding):
+    /// x[t] += s · B · A[:, token].
+    static func embeddingForward<T: KernelScalar>(tokens: [Int32], adapters: WeightAdapters<T>, x: inout [T], embedding C: Int) {
+        for (pair, scale, _) in adapters.pairs {
+            let r = pair.rank, V = pair.inFeatures
+            for (t, token) in tokens.enumerated() {
+                for o in 0..<C {
+                    var sum: T = 0
+                    for j in 0..<r { sum += pair.b[o * r + j] * pair.a[j * V + Int(token)] }
+                    x[t * C + o] += scale * sum
+                }
+            }
+        }
+    }
+
+    /// Its gradients: dA[:, token] += s·Bᵀ·dx[t],  dB += s·dx[t]·A[:, token]ᵀ.
+    static func embeddingBackward<T: KernelScalar>(tokens: [Int32], adapters: WeightAdapters<T>, dx: [T], embedding C: Int) {
+        for (pair, scale, trainable) in adapters.pairs where trainable {
+            let r = pair.rank, V = pair.inFeatures
+            for (t, token) in tokens.enumerated() {
+                let col = Int(token)
+                for j in 0..<r {
+                    var sum: T = 0
+                    for o in 0..<C { sum += pair.b[o * r + j] * dx[t * C + o] }
+                    pair.gradA[j * V + col] += scale * sum
+                    let aj = pair.a[j * V + col]
+                    for o in 0..<C { pair.gradB[o * r + j] += scale * dx[t * C + o] * aj }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import GGUF
+import Kernels
+import LoRA
+
+/// Merges adapters into a base model: W' = W + Σ mᵢ·ΔWᵢ (ΔW = s·B·A, `LoRAPair.delta`), plus the norm deltas of
+/// the 2023 finetune's files, written as a new GGUF with every other tensor and all metadata copied.
+public struct Merger {
+    /// An adapter to merge with its multiplier.
+    public struct Input {
+        public var adapter: LoRAAdapter<Float>
+        public var multiplier: Float
+        public var normDeltas: [(String, [Float])]
+        public init(adapter: LoRAAdapter<Float>, multiplier: Float = 1, normDeltas: [(String, [Float])] = []) {
+            self.adapter = adapter
+            self.multiplier = multiplier
+            self.normDeltas = normDeltas
+        }
+    }
+
+    public struct Result: Sendable {
+        /// Tensors that were changed.
+        public var mergedTensors: Int
+        /// Tensors written as F16 because the requested type cannot be written for them.
+        public var fallbacks: [(tensor: String, requested: TensorType)]
+    }
+
+    /// The type of merged tensors: nil keeps each tensor's own type.
+    public var outputType: TensorType?
+
+    public init(outputType: TensorType? = nil) throws {
+        if let t = outputType, !Quantize.supportedTypes.contains(t) {
+            throw ModelError.invalidInput("merged tensors cannot be written as \(t.name); supported: "
+                                          + Quantize.supportedTypes.map(\.name).joined(separator: ", "))
+        }
+        self.outputType = outputType
+    }
+
+    /// `general.file_type` of a model whose tensors are mostly `type` (llama.cpp's numbering).
+    static func fileType(_ type: TensorType) -> UInt32? {
+        [.f32: 0, .f16: 1, .q4_0: 2, .q4_1: 3, .q8_0: 7, .q5_0: 8, .q5_1: 9, .bf16: 32][type]
+    }
+
+    /// Merges `inputs` into `model`'s weights and writes the result to `path` (temporary file, then rename).
+    public func merge(model: LlamaModel<Float>, inputs: [Input], to path: String) throws -> Result {
+        let base = model.weights.file
+        for input in inputs { try model.validate(input.adapter, source: "adapter") }
+        var writer = GGUFWriter(metadata: base.metadata)
+        writer.metadata.remove("general.alignment")
+        // A head adapter on a tied model needs its own output.weight: token_embd plus the delta.
+        let untieHead = model.config.tiedEmbeddings && inputs.contains { $0.adapter["output"] != nil }
+        var names = base.tensors.map(\.name)
+        if untieHead, let i = names.firstIndex(of: "output_norm.weight") { names.insert("output.weight", at: i + 1) }
+        var result = Result(mergedTensors: 0, fallbacks: [])
+        for name in names {
+            let baseName = String(name.dropLast(".weight".count))
+            let isNewHead = untieHead && name == "output.weight"
+            let info = try base.requireTensor(isNewHead ? "token_embd.weight" : name)
+            let pairs = inputs.compactMap { i in i.adapter[baseName].map { ($0, i.multiplier) } }
+            let norms = inputs.compactMap { i in i.normDeltas.first { $0.0 == baseName }.map { ($0.1, i.multiplier) } }
+            if pairs.isEmpty && norms.isEmpty && !isNewHead {
+                try writer.addTensor(name: name, type: info.type, dimensions: info.dimensions, bytes: Array(base.data(of: info)))
+                continue
+            }
+            var w = try base.floats(of: info)  // [rows, cols] = [out, in]
+            for (pair, multiplier) in pairs { Merger.add(pair.delta(multiplier: multiplier), of: pair, to: &w, cols: info.rowLength) }
+            for (d, multiplier) in norms where d.count == w.count { for i in 0..<w.count { w[i] += multiplier * d[i] } }
+            var type = outputType ?? info.type
+            if !Quantize.supportedTypes.contains(type) || info.rowLength % type.blockSize != 0 {
+                result.fallbacks.append((name, type))
+                type = .f16
+            }
+            if info.dimensions.count == 1 { type = .f32 }
+            try writer.addTensor(name: name, dimensions: info.dimensions, values: w, type: type)
+            result.mergedTensors += 1
+        }
+        if let t = outputType, let code = Merger.fileType(t) { writer.metadata.set("general.file_type", .uint32(code)) }
+        try writer.write(to: path)
+        return result
+    }
+
+    /// w += ΔW. The embedding table is stored [vocabulary, embedding], the transpose of its pair's ΔW.
+    static func add(_ delta: [Float], of pair: LoRAPair<Float>, to w: inout [Float], cols: Int) {
+        if pair.name == LoRATarget.tokenEmbedding.rawValue {
+            let rows = w.count / cols
+            for v in 0..<rows { for e in 0..<cols { w[v * cols + e] += delta[e * pair.inFeatures + v] } }
+        } else {
+            for i in 0..<w.count { w[i] += delta[i] }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+import Llama
+
+/// What a training run will hold in memory, by part, before it starts: a pure function of the model's shape, the
+/// rows per micro-batch and the adapter, so it can be printed, checked against the machine and tested on its own.
+public struct MemoryPlan: Sendable, Equatable {
+    public struct Inputs: Sendable, Equatable {
+        public var config: LlamaConfig
+        /// Bytes of the mapped model file and its parameter count.
+        public var fileSize: Int
+        public var parameterCount: Int
+        public var batch: Int
+        public var context: Int
+        public var trainableParameters: Int
+        /// Every weight kept dequantized (`--cache-weights`) instead of one layer at a time.
+        public var cacheWeights: Bool
+
+        public init(config: LlamaConfig, fileSize: Int, parameterCount: Int, batch: Int, context: Int,
+                    trainableParameters: Int, cacheWeights: Bool) {
+            self.config = config
+            self.fileSize = fileSize
+            self.parameterCount = parameterCount
+            self.batch = batch
+            self.context = context
+            self.trainableParameters = trainableParameters
+            self.cacheWeights = cacheWeights
+        }
+    }
+
+    public var parts: [(name: String, bytes: Int)]
+    public var gradientCheckpointing: Bool
+    public var total: Int { parts.reduce(0) { $0 + $1.bytes } }
+
+    public static func == (a: MemoryPlan, b: MemoryPlan) -> Bool {
+        a.gradientCheckpointing == b.gradientCheckpointing && a.parts.map(\.name) == b.parts.map(\.name)
+            && a.parts.map(\.bytes) == b.parts.map(\.bytes)
+    }
+
+    /// The plan with or without gradient checkpointing.
+    public init(_ i: Inputs, checkpointing: Bool) {
+        let mc = i.config, tokens = i.batch * i.context
+        let layerBytes = MemoryPlan.keptPerLayer(i)
+        // The layer in flight also holds its normalized inputs, residual, attention output and probabilities,
+        // SwiGLU output and their gradients.
+        let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward)
+                                + i.batch * mc.heads * i.context * i.context)
+        let headBytes = mc.vocabulary * mc.embedding * 4
+        // Weights are dequantized one layer at a time, or all kept with --cache-weights.
+        let dequantizedBytes = i.cacheWeights ? i.parameterCount * 4
+                                              : (i.parameterCount - mc.vocabulary * mc.embedding) / mc.layers * 4
+        let activations = checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers : layerBytes * mc.layers
+        parts = [("weights (mapped file) + dequantized head and layer", i.fileSize + headBytes + dequantizedBytes),
+                 ("activations", workingBytes + activations),
+                 ("LoRA, gradients, AdamW moments", i.trainableParameters * 16)]
+        gradientCheckpointing = checkpointing
+    }
+
+    /// The plan a run uses: checkpointing as asked, or (nil) on when every layer's activations would take more
+    /// than 1 GiB or the plan without it would use more than 80 % of `limit`.
+    public static func choose(_ i: Inputs, checkpointing: Bool?, limit: Int) -> MemoryPlan {
+        if let checkpointing { return MemoryPlan(i, checkpointing: checkpointing) }
+        let without = MemoryPlan(i, checkpointing: false)
+        let tooMuch = keptPerLayer(i) * i.config.layers > 1 << 30 || without.total > limit / 10 * 8
+        return tooMuch ? MemoryPlan(i, checkpointing: true) : without
+    }
+
+    /// Bytes a layer keeps for backward without checkpointing: input, q, k, v, gate, up (see BlockActivations).
+    static func keptPerLayer(_ i: Inputs) -> Int {
+        let mc = i.config
+        return 4 * i.batch * i.context * (mc.embedding + mc.qDim + 2 * mc.kvDim + 2 * mc.feedForward)
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import GGUF
+import Llama
+import LoRA
+import TestSupport
+import Tokenizer
+import XCTest
+
+/// Perplexity, generation and merging called through the library (no subprocess).
+final class LibraryAlgorithmTests: XCTestCase {
+    /// llama.cpp's scoring on SmolLM2 against the float32 reference (transformers on the same GGUF, scored as
+    /// llama.cpp scores): the first 20 000 bytes of shakespeare.txt, 23 chunks of 256, PPL = 40.5256.
+    func testPerplexityMatchesTheReference() throws {
+        let file = try GGUFFile(path: try Fixtures.model())
+        let model = try LlamaModel<Float>(file: file)
+        let tokenizer = try Tokenizer(file: file)
+        let text = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.shared("data/shakespeare.txt"))).prefix(20000)
+        let tokens = tokenizer.encode(bytes: Array(text), addSpecial: true, parseSpecial: false)
+        let scoring = Perplexity(context: 256, batchTokens: 1024, bos: tokenizer.vocabulary.addBOS ? tokenizer.vocabulary.bos : nil)
+        var passes: [Perplexity.Progress] = []
+        let result = try scoring.evaluate(model: model, tokens: tokens) { passes.append($0) }
+        XCTAssertEqual(result.chunks, 23)
+        XCTAssertEqual(result.scoredTokens, 23 * 127)
+        XCTAssertEqual(result.perplexity, 40.5256, accuracy: 40.5256 * 0.001)
+        XCTAssertGreaterThan(result.uncertainty, 0)
+        XCTAssertEqual(passes.count, 6, "4 chunks per pass of 1024 tokens")
+        XCTAssertEqual(passes.flatMap(\.runningPerplexity).count, 23)
+        XCTAssertEqual(passes.last!.runningPerplexity.last!, result.perplexity, accuracy: 1e-9)
+        XCTAssertThrowsError(try Perplexity(context: 256).evaluate(model: model, tokens: Array(tokens.prefix(100))))
+    }
+
+    func tinyModel(tied: Bool = true) throws -> (String, LlamaModel<Float>, Tokenizer) {
+        let dir = temporaryDirectory()
+        var tiny = TinyLlama()
+        tiny.addTinyTokenizer()
+        tiny.tied = tied
+        try tiny.write(to: dir + "/base.gguf")
+        let file = try GGUFFile(path: dir + "/base.gguf")
+        return (dir, try LlamaModel<Float>(file: file), try Tokenizer(file: file))
+    }
+
+    func greedySampler() -> Sampler {
+        var s = Sampler(seed: 0)
+        s.temperature = 0
+        return s
+    }
+
+    /// A prompt that extends what the cache holds reuses it: the answer equals the one from a fresh session, and only
+    /// the new tokens are fed. Stop strings and the token limit end the response.
+    func testGeneratorReusesThePrefixAndStops() throws {
+        let (_, model, tokenizer) = try tinyModel()
+        let first = tokenizer.encode("HELLO WORLD", addSpecial: true, parseSpecial: false)
+        let generator = Generator(session: InferenceSession(model: model, capacity: 96), tokenizer: tokenizer,
+                                  sampler: greedySampler(), maxTokens: 6)
+        let a = try generator.respond(to: first)
+        XCTAssertEqual(a.ids.count, 6)
+        XCTAssertEqual(a.reason, "limit")
+        XCTAssertEqual(generator.promptTokens, first.count)
+        let second = first + a.ids + tokenizer.encode(" AGAIN", addSpecial: false, parseSpecial: false)
+        let b = try generator.respond(to: second)
+        XCTAssertLessThan(generator.promptTokens, first.count + second.count, "the shared prefix is not fed again")
+        let fresh = Generator(session: InferenceSession(model: model, capacity: 96), tokenizer: tokenizer,
+                              sampler: greedySampler(), maxTokens: 6)
+        XCTAssertEqual(try fresh.respond(to: second).ids, b.ids, "reusing the cache gives the same answer")
+        // A different prompt shares only its first tokens; the rest of the cache is forgotten.
+        let other = tokenizer.encode("HELP", addSpecial: true, parseSpecial: false)
+        let fresh2 = Generator(session: InferenceSession(model: model, capacity: 96), tokenizer: tokenizer,
+                               sampler: greedySampler(), maxTokens: 6)
+        XCTAssertEqual(try generator.respond(to: other).ids, try fresh2.respond(to: other).ids)
+
+        let full = try fresh.respond(to: first)
+        guard let stop = full.text.first.map(String.init) else { return }
+        generator.stopStrings = [stop]
+        let stopped = try generator.respond(to: first)
+        XCTAssertEqual(stopped.reason, "stop")
+        XCTAssertEqual(stopped.ids.count, 1)
+        var streamed = ""
+        generator.stopStrings = []
+        let cancelled = try generator.respond(to: first) { streamed += $0; return false }
+        XCTAssertEqual(cancelled.reason, "cancelled")
+        XCTAssertEqual(streamed, cancelled.text)
+    }
+
+    /// The KV-cache step (quantized rows, one token) and the batched pass run the same block: equal logits.
+    func testCachedStepsEqualTheBatchedPass() throws {
+        let (_, model, _) = try tinyModel(tied: false)
+        let tokens: [Int32] = [3, 17, 42, 5, 60, 11, 29]
+        let all = try model.logits(tokens: tokens)
+        let session = InferenceSession(model: model, capacity: 16)
+        let V = model.config.vocabulary
+        _ = try session.feed(Array(tokens.prefix(3)))
+        for t in 3..<tokens.count {
+            let step = try session.feed([tokens[t]])
+            for i in 0..<V { XCTAssertEqual(step[i], all[t * V + i], accuracy: 1e-4, "position \(t)") }
+        }
+    }
+
+    func randomAdapter(_ model: LlamaModel<Float>, seed: UInt64, targets: [LoRATarget] = LoRATarget.allCases) throws -> LoRAAdapter<Float> {
+        let a = try LoRAAdapter<Float>.initialized(layers: model.config.layers, shapes: { model.config.features(of: $0) },
+                                                   targets: targets, rank: { _ in 4 }, alpha: 8, rsLoRA: false, seed: seed)
+        var rng = SplitMix64(seed: seed)
+        for n in a.order { a[n]!.b = a[n]!.b.map { _ in rng.nextSigned() * 0.2 } }
+        return a
+    }
+
+    /// Merged weights give the runtime adapter's logits; multiplier 0 reproduces the base; 0.5 + 0.5 merges the
+    /// average of the two deltas.
+    func testMergerEqualsRuntimeAdapters() throws {
+        let (dir, base, _) = try tinyModel(tied: true)
+        let a = try randomAdapter(base, seed: 1), b = try randomAdapter(base, seed: 2)
+        let tokens: [Int32] = [1, 5, 9, 33, 2, 60, 12]
+        func logits(_ path: String, _ adapters: [(LoRAAdapter<Float>, Float)] = []) throws -> [Float] {
+            let m = try LlamaModel<Float>(file: GGUFFile(path: path))
+            for (adapter, s) in adapters { try m.attach(adapter, multiplier: s) }
+            return try m.logits(tokens: tokens)
+        }
+        let merger = try Merger(outputType: .f32)
+        let result = try merger.merge(model: base, inputs: [Merger.Input(adapter: a)], to: dir + "/m.gguf")
+        XCTAssertEqual(result.mergedTensors, 2 * 7 + 2, "every linear, the embedding and the untied head")
+        XCTAssertNotNil(try GGUFFile(path: dir + "/m.gguf").tensor(named: "output.weight"), "the head adapter unties the head")
+        let runtime = try logits(dir + "/base.gguf", [(a, 1)])
+        XCTAssertLessThan(zip(runtime, try logits(dir + "/m.gguf")).map { abs($0 - $1) }.max()!, 1e-4)
+        _ = try merger.merge(model: base, inputs: [Merger.Input(adapter: a, multiplier: 0)], to: dir + "/zero.gguf")
+        XCTAssertEqual(try logits(dir + "/zero.gguf"), try logits(dir + "/base.gguf"), "multiplier 0 is the base exactly")
+        _ = try merger.merge(model: base, inputs: [Merger.Input(adapter: a, multiplier: 0.5), Merger.Input(adapter: b, multiplier: 0.5)],
+                             to: dir + "/ab.gguf")
+        _ = try merger.merge(model: base, inputs: [Merger.Input(adapter: b)], to: dir + "/mb.gguf")
+        let ab = try GGUFFile(path: dir + "/ab.gguf"), ma = try GGUFFile(path: dir + "/m.gguf"), mb = try GGUFFile(path: dir + "/mb.gguf")
+        for t in ab.tensors where t.name.contains("attn_q") || t.name.contains("ffn_down") || t.name == "token_embd.weight" {
+            let x = try ab.floats(of: t), y = try ma.floats(of: ma.requireTensor(t.name)), z = try mb.floats(of: mb.requireTensor(t.name))
+            for i in stride(from: 0, to: x.count, by: 7) { XCTAssertEqual(x[i], (y[i] + z[i]) / 2, accuracy: 1e-5, t.name) }
+        }
+        // ΔW = s·B·A, the rule the runtime product applies.
+        let pair = a["blk.1.attn_v"]!
+        let delta = pair.delta(multiplier: 2)
+        var expected: Float = 0
+        for j in 0..<pair.rank { expected += pair.b[3 * pair.rank + j] * pair.a[j * pair.inFeatures + 5] }
+        XCTAssertEqual(delta[3 * pair.inFeatures + 5], 2 * pair.scale * expected, accuracy: 1e-6)
+        XCTAssertThrowsError(try Merger(outputType: .q6_K))
+    }
+}
