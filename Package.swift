@@ -42,6 +42,7 @@ let package = Package(
             dependencies: ["GGUF", "Tokenizer", "LoRA", "Llama", "Training"],
             path: "Examples/FineTune"
         ),
+        .executableTarget(name: "lorakit-fuzz", dependencies: ["GGUF", "Tokenizer", "LoRA", "Llama", "Training"]),
         .target(name: "TestSupport", dependencies: ["GGUF", "LoRA"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),

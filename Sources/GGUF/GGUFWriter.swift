@@ -142,6 +142,11 @@ struct ByteSink {
 /// Writes files through a temporary name and a rename, so readers never see a partial file.
 public enum AtomicFile {
     public static func write(_ bytes: [UInt8], to path: String) throws {
+        // Renaming over a device or a directory would replace it with a regular file.
+        if OutputGuard.isRegular(path) == false {
+            throw GGUFError.writeFailed(path: path, reason: "exists and is not a regular file")
+        }
+        removeStaleTemporaries(of: path)
         let temporary = path + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
@@ -165,6 +170,19 @@ public enum AtomicFile {
             let reason = String(cString: strerror(errno))
             unlink(temporary)
             throw GGUFError.writeFailed(path: path, reason: reason)
+        }
+    }
+
+    /// Removes `path.tmp-PID` files left by writers that were killed (their process no longer exists).
+    static func removeStaleTemporaries(of path: String) {
+        let folder = OutputGuard.folder(of: path)
+        let prefix = String(path.split(separator: "/").last ?? "") + ".tmp-"
+        guard let dir = opendir(folder) else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { unlink(folder + "/" + name) }
         }
     }
 }

@@ -15,10 +15,19 @@ extension LlamaModel {
         return nil
     }
 
-    /// Checks that every pair of `adapter` fits this model; the error names the first tensor that does not.
+    /// Checks that every pair of `adapter` fits this model and holds only finite values; the error names the first
+    /// tensor that does not. An adapter with no tensor at all is an error too (it would change nothing).
     public func validate(_ adapter: LoRAAdapter<T>, source: String) throws {
+        guard !adapter.order.isEmpty else { throw LoRAError.mismatch("\(source): the adapter has no LoRA tensors") }
         for name in adapter.order {
             let pair = adapter[name]!
+            guard pair.scale.isFinite else { throw LoRAError.mismatch("\(source): LoRA tensor '\(name)' has a non-finite scale (alpha)") }
+            if let bad = pair.a.firstIndex(where: { !$0.isFinite }) {
+                throw LoRAError.mismatch("\(source): '\(name).lora_a' holds a non-finite value at index \(bad)")
+            }
+            if let bad = pair.b.firstIndex(where: { !$0.isFinite }) {
+                throw LoRAError.mismatch("\(source): '\(name).lora_b' holds a non-finite value at index \(bad)")
+            }
             guard let (inF, outF) = expectedFeatures(of: name) else {
                 throw LoRAError.mismatch("\(source): LoRA tensor '\(name)' has no matching weight in the model (\(config.layers) layers)")
             }
@@ -30,6 +39,7 @@ extension LlamaModel {
 
     /// Applies `adapter` at run time with `multiplier` (after checking it fits).
     public func attach(_ adapter: LoRAAdapter<T>, multiplier: T = 1, trainable: Bool = false, source: String = "adapter") throws {
+        guard multiplier.isFinite else { throw LoRAError.mismatch("\(source): the adapter's scale \(multiplier) is not a finite number") }
         try validate(adapter, source: source)
         adapters.append(AppliedAdapter(adapter, multiplier: multiplier, trainable: trainable))
     }

@@ -23,6 +23,7 @@ extension LlamaModel {
         let rope = causalRoPE(tokens: n, length: length)
         let attention = causalAttention(batch: batch, length: length)
         for l in stride(from: config.layers - 1, through: 0, by: -1) {
+            try checkCancelled()
             let block = try self.block(l, rope: rope)
             let kept: BlockActivations<T>
             if gradientCheckpointing {

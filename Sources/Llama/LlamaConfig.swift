@@ -8,6 +8,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case badValue(path: String, key: String, reason: String)
     case unsupportedType(path: String, tensor: String, type: String)
     case invalidInput(String)
+    /// `isCancelled` answered true.
+    case cancelled
 
     public var description: String {
         switch self {
@@ -21,6 +23,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
             return "\(path): tensor '\(tensor)' has type \(type), which cannot be used as a weight"
         case let .invalidInput(reason):
             return reason
+        case .cancelled:
+            return "cancelled"
         }
     }
 }
@@ -66,6 +70,14 @@ public struct LlamaConfig: Sendable, Equatable {
     /// Reads and checks the configuration of `file`, including every tensor's shape.
     public init(file: GGUFFile) throws {
         let md = file.metadata, path = file.path
+        let type = try md.stringIfPresent("general.type")
+        if type == "adapter" || md["training.type"] != nil {
+            throw ModelError.invalidInput("\(path): this is a LoRA \(type == "adapter" ? "adapter" : "training checkpoint"), not a model; "
+                                          + "give the base model with -m and the adapter with --lora")
+        }
+        if file.tensors.isEmpty {
+            throw ModelError.invalidInput("\(path): this file has no tensors (a vocabulary-only file?), not a model")
+        }
         let arch = try md.stringIfPresent("general.architecture") ?? "(none)"
         guard LlamaConfig.supportedArchitectures.contains(arch) else {
             throw ModelError.unsupportedArchitecture(path: path, found: arch)
@@ -88,12 +100,26 @@ public struct LlamaConfig: Sendable, Equatable {
         guard headDim > 0, headDim % 2 == 0 else {
             throw ModelError.badValue(path: path, key: "llama.attention.key_length", reason: "head dimension \(headDim) must be even")
         }
-        rmsEpsilon = try md.floatIfPresent("llama.attention.layer_norm_rms_epsilon") ?? 1e-5
-        ropeBase = try md.floatIfPresent("llama.rope.freq_base") ?? 10000
+        if let ropeDimensions = try md.intIfPresent("llama.rope.dimension_count"), ropeDimensions != headDim {
+            throw ModelError.badValue(path: path, key: "llama.rope.dimension_count",
+                                      reason: "\(ropeDimensions) differs from the head size \(headDim) (partial RoPE is not supported)")
+        }
+        func finitePositive(_ key: String, default value: Float, allowZero: Bool = false) throws -> Float {
+            guard let v = try md.floatIfPresent(key) else { return value }
+            guard v.isFinite, v > 0 || (allowZero && v == 0) else {
+                throw ModelError.badValue(path: path, key: key, reason: "\(v) must be a finite, positive number")
+            }
+            return v
+        }
+        rmsEpsilon = try finitePositive("llama.attention.layer_norm_rms_epsilon", default: 1e-5)
+        ropeBase = try finitePositive("llama.rope.freq_base", default: 10000)
         var scale: Float = 1
-        if let s = try md.floatIfPresent("llama.rope.scale_linear"), s != 0 { scale = s }
-        if try md.stringIfPresent("llama.rope.scaling.type") == "linear", let f = try md.floatIfPresent("llama.rope.scaling.factor"), f != 0 {
-            scale = f
+        // 0 means "no scaling" in files written by some converters.
+        let linear = try finitePositive("llama.rope.scale_linear", default: 0, allowZero: true)
+        if linear != 0 { scale = linear }
+        if try md.stringIfPresent("llama.rope.scaling.type") == "linear" {
+            let f = try finitePositive("llama.rope.scaling.factor", default: 0, allowZero: true)
+            if f != 0 { scale = f }
         }
         ropeScale = scale
         guard let embd = file.tensor(named: "token_embd.weight") else { throw GGUFError.missingTensor(path: path, tensor: "token_embd.weight") }
@@ -103,6 +129,10 @@ public struct LlamaConfig: Sendable, Equatable {
         vocabulary = embd.dimensions[1]
         tiedEmbeddings = file.tensor(named: "output.weight") == nil
         try checkShapes(file)
+        // More blocks in the file than block_count says means the count is wrong, not that they are spare.
+        if file.tensor(named: "blk.\(layers).attn_norm.weight") != nil {
+            throw ModelError.badValue(path: path, key: "llama.block_count", reason: "\(layers), but the file has tensors of block \(layers)")
+        }
     }
 
     /// The ggml shape (fastest first) every tensor must have.

@@ -4,6 +4,7 @@ import Glibc
 import GGUF
 import Kernels
 import LoRA
+import Tokenizer
 
 /// A llama-architecture model: forward and backward with LoRA on frozen (possibly quantized) weights.
 ///
@@ -19,6 +20,10 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     public var gradientCheckpointing = false
     /// Rows of logits computed at once in the head (bounds the [rows, vocabulary] buffer).
     public var headChunkRows = 160
+    /// Asked between layers; true stops the pass with `ModelError.cancelled` (a signal takes effect within a layer).
+    public var isCancelled: () -> Bool = { false }
+
+    func checkCancelled() throws { if isCancelled() { throw ModelError.cancelled } }
 
     public init(file: GGUFFile, cacheWeights: Bool = false) throws {
         LlamaModel.keepFreedMemory()
@@ -31,11 +36,22 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
             guard f.count == config.headDim / 2 else {
                 throw ModelError.badShape(path: file.path, tensor: t.name, found: t.dimensions, expected: [config.headDim / 2])
             }
+            guard f.allSatisfy({ $0.isFinite && $0 > 0 }) else {
+                throw ModelError.badValue(path: file.path, key: t.name, reason: "RoPE frequency factors must be finite and positive")
+            }
             factors = f
         }
         ropeFactors = factors
         frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
                                            scale: 1 / Double(config.ropeScale), factors: factors)
+    }
+
+    /// Checks that `tokenizer` (usually the model file's own) gives only ids the model has embeddings for.
+    public func check(tokenizer: Tokenizer) throws {
+        guard tokenizer.vocabulary.count <= config.vocabulary else {
+            throw ModelError.badValue(path: weights.file.path, key: "tokenizer.ggml.tokens",
+                                      reason: "\(tokenizer.vocabulary.count) tokens, but the model embeds only \(config.vocabulary)")
+        }
     }
 
     /// Replaces hyperparameters read from the file (the finetune's --norm-rms-eps, --rope-freq-base and
@@ -105,6 +121,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         var activations: [BlockActivations<T>] = [], inputs: [[T]] = []
         for l in 0..<config.layers {
             let kept = keep == .activations ? BlockActivations<T>() : nil
+            try checkCancelled()
             if keep == .inputs { inputs.append(x) }
             x = try block(l, rope: rope).forward(x, attention: .causal(attention), keep: kept)
             if let kept { activations.append(kept) }

@@ -43,6 +43,7 @@ public struct Merger {
     /// Merges `inputs` into `model`'s weights and writes the result to `path` (temporary file, then rename).
     public func merge(model: LlamaModel<Float>, inputs: [Input], to path: String) throws -> Result {
         let base = model.weights.file
+        try OutputGuard.check(outputs: [OutputGuard.File("the merged model", path)], inputs: [OutputGuard.File("the model", base.path)])
         for input in inputs { try model.validate(input.adapter, source: "adapter") }
         var writer = GGUFWriter(metadata: base.metadata)
         writer.metadata.remove("general.alignment")

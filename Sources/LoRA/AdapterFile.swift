@@ -28,6 +28,9 @@ public enum AdapterFile {
         }
         let arch = try md.stringIfPresent("general.architecture") ?? ""
         let alpha = try md.floatIfPresent("adapter.lora.alpha") ?? 0
+        guard alpha.isFinite, alpha >= 0 else {
+            throw LoRAError.format(path: path, reason: "adapter.lora.alpha = \(alpha) must be a finite, non-negative number")
+        }
         var halves: [String: (a: TensorInfo?, b: TensorInfo?)] = [:]
         for t in file.tensors {
             let base: String, isA: Bool

@@ -79,9 +79,15 @@ public enum PEFT {
     /// Reads a PEFT adapter directory.
     public static func read(directory: String, heads: Heads) throws -> (LoRAAdapter<Float>, alpha: Float, rsLoRA: Bool, baseModel: String?) {
         let configPath = directory + "/adapter_config.json"
-        guard let data = FileManager.default.contents(atPath: configPath),
-              let config = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw LoRAError.format(path: configPath, reason: "missing or not a JSON object")
+        guard let data = FileManager.default.contents(atPath: configPath) else {
+            throw LoRAError.format(path: configPath, reason: "missing or unreadable")
+        }
+        let parsed: Any
+        do { parsed = try JSONSerialization.jsonObject(with: data) } catch {
+            throw LoRAError.format(path: configPath, reason: "not valid JSON (\(String(decoding: data.prefix(1), as: UTF8.self).isEmpty ? "empty file" : "a syntax error or invalid UTF-8"))")
+        }
+        guard let config = parsed as? [String: Any] else {
+            throw LoRAError.format(path: configPath, reason: "the top level is not a JSON object")
         }
         guard (config["peft_type"] as? String)?.uppercased() == "LORA" else {
             throw LoRAError.format(path: configPath, reason: "peft_type is not LORA")
@@ -90,9 +96,27 @@ public enum PEFT {
         if let bias = config["bias"] as? String, bias != "none" { throw LoRAError.unsupported("\(configPath): bias = \(bias): LoRA biases cannot be represented") }
         if let m = config["modules_to_save"] as? [Any], !m.isEmpty { throw LoRAError.unsupported("\(configPath): modules_to_save (full weights) cannot be represented in a LoRA adapter") }
         if config["fan_in_fan_out"] as? Bool == true { throw LoRAError.unsupported("\(configPath): fan_in_fan_out adapters are not supported") }
-        let alpha = Float((config["lora_alpha"] as? NSNumber)?.doubleValue ?? 8)
+        func number(_ key: String, _ value: Any?) throws -> Double? {
+            guard let value, !(value is NSNull) else { return nil }
+            guard let n = value as? NSNumber, n.doubleValue.isFinite else {
+                throw LoRAError.format(path: configPath, reason: "\(key) is not a finite number")
+            }
+            return n.doubleValue
+        }
+        let alpha = Float(try number("lora_alpha", config["lora_alpha"]) ?? 8)
+        let configRank = try number("r", config["r"]).map { Int($0) }
+        if let configRank, configRank < 1 { throw LoRAError.format(path: configPath, reason: "r = \(configRank) must be at least 1") }
         let rs = config["use_rslora"] as? Bool ?? false
-        let alphaPattern = (config["alpha_pattern"] as? [String: NSNumber]) ?? [:]
+        guard config["alpha_pattern"] == nil || config["alpha_pattern"] is NSNull || config["alpha_pattern"] is [String: Any] else {
+            throw LoRAError.format(path: configPath, reason: "alpha_pattern is not an object")
+        }
+        var alphaPattern: [String: NSNumber] = [:]
+        for (key, value) in (config["alpha_pattern"] as? [String: Any]) ?? [:] {
+            alphaPattern[key] = NSNumber(value: try number("alpha_pattern.\(key)", value) ?? Double(alpha))
+        }
+        let rankPattern = (config["rank_pattern"] as? [String: Any]) ?? [:]
+        // target_modules: a list of names, or a regular expression (PEFT matches a string as a full-name regex).
+        let targetModules = config["target_modules"]
 
         let tensorsPath = directory + "/adapter_model.safetensors"
         guard let raw = FileManager.default.contents(atPath: tensorsPath) else {
@@ -127,6 +151,13 @@ public enum PEFT {
             let r = ta.shape[0], inF = ta.shape[1], outF = tb.shape[0]
             guard tb.shape[1] == r else { throw LoRAError.format(path: tensorsPath, reason: "module '\(module)': lora_A \(ta.shape) and lora_B \(tb.shape) disagree on the rank") }
             let moduleAlpha = alphaPattern.first(where: { matches($0.key, module) }).map { Float($0.value.doubleValue) } ?? alpha
+            let patternRank = rankPattern.first(where: { matches($0.key, module) }).flatMap { ($0.value as? NSNumber)?.intValue }
+            if let expected = patternRank ?? configRank, expected != r {
+                throw LoRAError.mismatch("\(tensorsPath): module '\(module)' has rank \(r), but adapter_config.json says \(expected)")
+            }
+            if let list = targetModules as? [String], !list.contains(where: { module == $0 || module.hasSuffix("." + $0) }) {
+                throw LoRAError.mismatch("\(tensorsPath): module '\(module)' is not among target_modules \(list) of adapter_config.json")
+            }
             if name.hasSuffix("attn_q") || name.hasSuffix("attn_k") {
                 let n = name.hasSuffix("attn_q") ? heads.heads : heads.kvHeads
                 guard n > 0, outF % n == 0, (outF / n) % 2 == 0 else {

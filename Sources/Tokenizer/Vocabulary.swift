@@ -110,14 +110,14 @@ public struct Vocabulary: Sendable {
             guard md.contains("tokenizer.ggml.merges") else {
                 throw TokenizerError.missingKey(source: source, key: "tokenizer.ggml.merges")
             }
-            for merge in try md.stringArray("tokenizer.ggml.merges") {
+            for (index, merge) in try md.stringArray("tokenizer.ggml.merges").enumerated() {
                 let bytes = Array(merge.utf8)
                 // Split at the first space after the first byte (a merge may start with a space-like text).
-                if let space = bytes.dropFirst().firstIndex(of: 32) {
-                    merges.append((Array(bytes[..<space]), Array(bytes[(space + 1)...])))
-                } else {
-                    merges.append(([], []))
+                guard let space = bytes.dropFirst().firstIndex(of: 32), space + 1 < bytes.count else {
+                    throw TokenizerError.badMetadata(source: source, reason: "tokenizer.ggml.merges[\(index)] is not two pieces "
+                                                     + "separated by a space")
                 }
+                merges.append((Array(bytes[..<space]), Array(bytes[(space + 1)...])))
             }
         }
         self.merges = merges

@@ -1,4 +1,5 @@
 import Foundation
+import GGUF
 import Tokenizer
 
 /// One training example: tokens and which of them are learned (predicted from the token before).
@@ -52,7 +53,11 @@ public struct JSONLReader {
 
     /// The format of a JSONL file, from its first non-empty line.
     public static func detectFormat(path: String) throws -> DataFormat {
-        guard let data = FileManager.default.contents(atPath: path) else { throw DataError.unreadable(path: path) }
+        try detectFormat(bytes: try FileReader.readAll(path), path: path)
+    }
+
+    /// The format of JSONL `data` read from `path`.
+    public static func detectFormat(bytes data: [UInt8], path: String) throws -> DataFormat {
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
         for (i, line) in lines.enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
             let object = try parse(line, path: path, line: i + 1)
@@ -61,7 +66,7 @@ public struct JSONLReader {
             if object["text"] != nil { return .jsonlText }
             throw DataError.line(path: path, line: i + 1, reason: "expected a \"text\", \"prompt\"/\"completion\" or \"messages\" field")
         }
-        throw DataError.empty(path: path, reason: "no examples (the file is empty)")
+        throw DataError.empty(path: path, reason: data.isEmpty ? "no examples (the file is empty)" : "no examples (only blank lines)")
     }
 
     static func parse(_ line: Substring, path: String, line number: Int) throws -> [String: Any] {
@@ -72,7 +77,11 @@ public struct JSONLReader {
     }
 
     public func read(path: String, format: DataFormat) throws -> [TrainingExample] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw DataError.unreadable(path: path) }
+        try read(bytes: try FileReader.readAll(path), path: path, format: format)
+    }
+
+    /// The examples of JSONL `data` read from `path`.
+    public func read(bytes data: [UInt8], path: String, format: DataFormat) throws -> [TrainingExample] {
         var examples: [TrainingExample] = []
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
         for (i, line) in lines.enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {

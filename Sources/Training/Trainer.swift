@@ -7,10 +7,14 @@ import Tokenizer
 
 /// LoRA fine-tuning as a library call: events go to a callback that can stop the run; nothing is printed.
 ///
-/// A run is a few named stages: `prepare` (model, data, the training state fresh or from a checkpoint, the memory
-/// plan), then `step` after `step` with validation, saves and the stop rules, then the final save.
+/// A run is a few named stages: `prepare` (model, data, the memory plan), `start` (the training state, fresh or from
+/// a checkpoint, once the plan fits), then `step` after `step` with validation, saves and the stop rules, then the
+/// final save. `iterations` counts from step 0, so resuming an interrupted run finishes the planned run.
 public final class Trainer {
     public let configuration: TrainingConfiguration
+    /// Asked between layers: true ends the step in flight without applying it, then the run saves the last completed
+    /// step and stops (as a signal should, within a second or two even at long rows).
+    public var isCancelled: () -> Bool = { false }
     public init(configuration: TrainingConfiguration) { self.configuration = configuration }
 
     /// What `prepare` sets up for the loop.
@@ -20,6 +24,7 @@ public final class Trainer {
         var batcher: Batcher
         let validationRows: [(tokens: [Int32], targets: [Int32])]
         var state: TrainingState
+        var checkpoint: Checkpoint?
         let startStep: Int
         let plan: TrainingPlan
         let memory: MemoryPlan
@@ -37,9 +42,9 @@ public final class Trainer {
                 Double(limit) / 1e9, run.memory.gradientCheckpointing ? "" : "--use-checkpointing, "))
         }
         for warning in run.warnings { _ = report(.warning(warning)) }
+        try start(&run)
         if c.onlyWriteAdapter {
-            try writeAdapter(run, path: c.adapterOut, step: run.startStep)
-            _ = report(.saved(kind: "adapter", path: c.adapterOut))
+            for path in try writeAdapter(run, path: c.adapterOut, step: run.startStep) { _ = report(.saved(kind: "adapter", path: path)) }
             return TrainingSummary(steps: 0, adapterPath: c.adapterOut)
         }
 
@@ -49,7 +54,7 @@ public final class Trainer {
                                         restarts: c.restarts)
         var rules = StopRules(c)
         var stopReason: String?
-        let started = Date(), firstEpoch = run.batcher.state.epoch, lastStep = run.startStep + c.iterations
+        let started = Date(), firstEpoch = run.batcher.state.epoch, lastStep = c.iterations
         if run.startStep == 0, let v = try validationLoss(run) {
             rules.bestValidation = v
             _ = report(.validation(step: 0, loss: v, best: false))
@@ -59,7 +64,10 @@ public final class Trainer {
                 stopReason = "reached \(epochs) epoch(s)"
                 break
             }
-            var stepReport = try step(&run, schedule: schedule)
+            guard var stepReport = try step(&run, schedule: schedule) else {
+                stopReason = "stopped on request"
+                break
+            }
             let elapsed = Date().timeIntervalSince(started)
             stepReport.elapsed = elapsed
             stepReport.eta = elapsed / Double(run.state.step - run.startStep) * Double(lastStep - run.state.step)
@@ -83,7 +91,6 @@ public final class Trainer {
         }
         let savedByLastStep = c.saveEvery > 0 && run.state.step % c.saveEvery == 0 && run.state.step > run.startStep
         if !savedByLastStep || stopReason != nil { try save(run, report) }
-        if c.writeFiles { _ = report(.saved(kind: "adapter", path: c.adapterOut)) }
         if run.batcher.truncated > 0 { _ = report(.warning("\(run.batcher.truncated) samples were longer than --ctx and were cut")) }
         let summary = TrainingSummary(steps: run.state.step - run.startStep, finalLoss: rules.lastLoss,
                                       bestValidationLoss: rules.bestValidation.isFinite ? rules.bestValidation : nil,
@@ -97,15 +104,16 @@ public final class Trainer {
     /// Opens the model and data, creates or resumes the training state, and plans memory.
     func prepare() throws -> Run {
         let c = configuration
-        guard c.context >= 2, c.batch >= 1, c.iterations >= 0, c.gradientAccumulation >= 1, c.rank >= 1 else {
-            throw TrainingError.invalid("context ≥ 2, batch ≥ 1, iterations ≥ 0, grad-acc ≥ 1 and rank ≥ 1 are required")
-        }
+        try c.validate()
+        let files = c.files
+        try OutputGuard.check(outputs: files.outputs, inputs: files.inputs)
         if let t = c.threads { BLAS.setThreads(t) }
         let file = try GGUFFile(path: c.model)
         let model = try LlamaModel<Float>(file: file, cacheWeights: c.cacheWeights)
         model.override(rmsEpsilon: c.overrides.rmsEpsilon, ropeBase: c.overrides.ropeBase,
                        ropeScale: c.overrides.ropeScale.map { 1 / $0 })
         let tokenizer = try Tokenizer(file: file)
+        try model.check(tokenizer: tokenizer)
         let data = try Trainer.data(c, file: file, tokenizer: tokenizer)
         let (trainStream, warnings) = try data.load(c.trainData, context: c.context)
         guard trainStream.tokens.count >= 2, trainStream.sampleCount > 0 else {
@@ -121,11 +129,35 @@ public final class Trainer {
                            bos: tokenizer.vocabulary.bos, eos: tokenizer.vocabulary.eos).evaluationRows()
         } ?? []
 
-        // The state: resumed from a checkpoint, or fresh (the adapter initialized as PEFT does, B = 0).
-        var state = TrainingState(adapter: try initialAdapter(model))
-        if let path = c.checkpointIn, FileManager.default.fileExists(atPath: path) {
-            let cp = try Checkpoint.read(path: path)
-            try model.validate(cp.adapter, source: path)
+        // The plan comes before any LoRA memory is allocated (a huge rank is refused, not attempted).
+        let checkpoint = try c.checkpointIn.flatMap { FileManager.default.fileExists(atPath: $0) ? try Checkpoint.read(path: $0) : nil }
+        let trainable = c.targets.reduce(0) { sum, target in
+            let (inF, outF) = model.config.features(of: target), r = c.ranks[target] ?? c.rank
+            return sum + r * (inF + outF) * (target.isPerLayer ? model.config.layers : 1)
+        }
+        let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
+                                       batch: c.batch, context: c.context, trainableParameters: trainable,
+                                       cacheWeights: c.cacheWeights)
+        let memory = MemoryPlan.choose(inputs, checkpointing: c.gradientCheckpointing,
+                                       limit: c.memoryLimit ?? Trainer.availableMemory())
+        model.gradientCheckpointing = memory.gradientCheckpointing
+        let startStep = checkpoint?.iteration ?? 0
+        let plan = TrainingPlan(
+            trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * c.context,
+            steps: max(0, c.iterations - startStep), startStep: startStep, samples: trainStream.sampleCount,
+            validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing,
+            memory: memory.parts.map { ($0.name, $0.bytes) })
+        return Run(file: file, model: model, batcher: batcher, validationRows: validationRows,
+                   state: TrainingState(adapter: LoRAAdapter<Float>()), checkpoint: checkpoint, startStep: startStep,
+                   plan: plan, memory: memory, warnings: warnings + validationWarnings)
+    }
+
+    /// The training state: resumed from the checkpoint, or fresh (the adapter initialized as PEFT does, B = 0).
+    func start(_ run: inout Run) throws {
+        let c = configuration
+        var state = TrainingState(adapter: try initialAdapter(run.model))
+        if let cp = run.checkpoint, let path = c.checkpointIn {
+            try run.model.validate(cp.adapter, source: path)
             let expected = state.adapter
             guard Set(expected.order) == Set(cp.adapter.order),
                   expected.order.allSatisfy({ expected[$0]!.rank == cp.adapter[$0]!.rank }), cp.alpha == c.alpha,
@@ -135,36 +167,31 @@ public final class Trainer {
             state = TrainingState(checkpoint: cp)
             if c.forceReshuffle { state.data = Batcher.State(epoch: cp.batcher.epoch + 1, cursor: 0) }
         }
-        batcher.state = state.data
-        try model.attach(state.adapter, trainable: true, source: "training adapter")
-
-        let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
-                                       batch: c.batch, context: c.context, trainableParameters: state.adapter.parameterCount,
-                                       cacheWeights: c.cacheWeights)
-        let memory = MemoryPlan.choose(inputs, checkpointing: c.gradientCheckpointing,
-                                       limit: c.memoryLimit ?? Trainer.availableMemory())
-        model.gradientCheckpointing = memory.gradientCheckpointing
-        let plan = TrainingPlan(
-            trainableParameters: state.adapter.parameterCount, tokensPerStep: c.batch * c.gradientAccumulation * c.context,
-            steps: c.iterations, startStep: state.step, samples: trainStream.sampleCount,
-            validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing,
-            memory: memory.parts.map { ($0.name, $0.bytes) })
-        return Run(file: file, model: model, batcher: batcher, validationRows: validationRows, state: state,
-                   startStep: state.step, plan: plan, memory: memory, warnings: warnings + validationWarnings)
+        run.batcher.state = state.data
+        try run.model.attach(state.adapter, trainable: true, source: "training adapter")
+        run.model.isCancelled = isCancelled
+        run.state = state
+        run.checkpoint = nil
     }
-
     /// One optimizer step: the micro-batches' forward and backward (loss normalized by the scored tokens of the
-    /// whole step, so accumulation equals a larger batch), then AdamW.
-    func step(_ run: inout Run, schedule: LearningSchedule) throws -> StepReport {
+    /// whole step, so accumulation equals a larger batch), then AdamW. nil when cancelled: nothing of the step is
+    /// applied, and the data cursor stays where the step began.
+    func step(_ run: inout Run, schedule: LearningSchedule) throws -> StepReport? {
         let c = configuration, start = Date()
+        let cursor = run.batcher.state
         let micro = (0..<c.gradientAccumulation).map { _ in run.batcher.next(rows: c.batch) }
         let scored = micro.reduce(0) { $0 + $1.targets.filter { $0 >= 0 }.count }
         run.state.adapter.zeroGradients()
         var lossSum = 0.0
         let computeStart = Date()
-        for mb in micro where scored > 0 {
-            lossSum += try run.model.forwardBackward(tokens: mb.tokens, targets: mb.targets, batch: c.batch,
-                                                     lossScale: 1 / Float(scored)).sum
+        do {
+            for mb in micro where scored > 0 {
+                lossSum += try run.model.forwardBackward(tokens: mb.tokens, targets: mb.targets, batch: c.batch,
+                                                         lossScale: 1 / Float(scored)).sum
+            }
+        } catch ModelError.cancelled {
+            run.batcher.state = cursor
+            return nil
         }
         let loss = scored > 0 ? lossSum / Double(scored) : 0
         let computeSeconds = Date().timeIntervalSince(computeStart)
@@ -181,14 +208,16 @@ public final class Trainer {
                           overhead: max(0, 1 - computeSeconds / seconds))
     }
 
-    /// Mean loss over the validation rows (nil without validation data).
+    /// Mean loss over the validation rows (nil without validation data, or when cancelled).
     func validationLoss(_ run: Run) throws -> Double? {
-        guard !run.validationRows.isEmpty else { return nil }
+        guard !run.validationRows.isEmpty, !isCancelled() else { return nil }
         let rows = run.validationRows, batch = configuration.batch
         var sum = 0.0, count = 0
         for start in stride(from: 0, to: rows.count, by: batch) {
             let part = rows[start..<min(rows.count, start + batch)]
-            let (s, n) = try run.model.loss(tokens: part.flatMap(\.tokens), targets: part.flatMap(\.targets), batch: part.count)
+            let (s, n): (Double, Int)
+            do { (s, n) = try run.model.loss(tokens: part.flatMap(\.tokens), targets: part.flatMap(\.targets), batch: part.count) }
+            catch ModelError.cancelled { return nil }
             sum += s
             count += n
         }
@@ -199,7 +228,7 @@ public final class Trainer {
     func save(_ run: Run, _ report: (TrainingEvent) -> Bool) throws {
         let c = configuration
         guard c.writeFiles else { return }
-        try writeAdapter(run, path: c.adapterOut, step: run.state.step)
+        for path in try writeAdapter(run, path: c.adapterOut, step: run.state.step) { _ = report(.saved(kind: "adapter", path: path)) }
         guard let out = c.checkpointOut else { return }
         let cp = run.state.checkpoint(seed: c.seed, alpha: c.alpha, rsLoRA: c.rsLoRA)
         for path in Trainer.outputNames(out, step: run.state.step, pattern: c.iterationPattern, latest: c.latestName) {
@@ -258,10 +287,12 @@ public final class Trainer {
         return limit
     }
 
-    func writeAdapter(_ run: Run, path: String, step: Int) throws {
-        for out in Trainer.outputNames(path, step: step, pattern: configuration.iterationPattern, latest: configuration.latestName) {
-            try AdapterFile.write(run.state.adapter, description: description(run, step: step), to: out)
-        }
+    /// Writes the adapter (with the step in its name when the pattern asks) and returns the paths written.
+    @discardableResult
+    func writeAdapter(_ run: Run, path: String, step: Int) throws -> [String] {
+        let paths = Trainer.outputNames(path, step: step, pattern: configuration.iterationPattern, latest: configuration.latestName)
+        for out in paths { try AdapterFile.write(run.state.adapter, description: description(run, step: step), to: out) }
+        return paths
     }
 
     func writeBest(_ run: Run) throws {

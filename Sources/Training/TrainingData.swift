@@ -1,4 +1,5 @@
 import Foundation
+import GGUF
 import Tokenizer
 
 /// Loads a training or validation file as the trainer sees it: plain text (sampled by the finetune's options) or
@@ -19,20 +20,27 @@ public struct TrainingData {
 
     /// The format of `path`: the one given, or detected (`.jsonl` → from its fields; anything else is text).
     public func format(of path: String) throws -> DataFormat {
-        try format ?? (path.hasSuffix(".jsonl") ? JSONLReader.detectFormat(path: path) : .text)
+        try format(of: path, bytes: nil)
+    }
+
+    func format(of path: String, bytes: [UInt8]?) throws -> DataFormat {
+        if let format { return format }
+        guard path.hasSuffix(".jsonl") else { return .text }
+        return try JSONLReader.detectFormat(bytes: try bytes ?? FileReader.readAll(path), path: path)
     }
 
     /// The tokens of `path` with their loss masks, and warnings about them (`context`: the row length, which the
     /// text sampler needs).
     public func load(_ path: String, context: Int) throws -> (stream: TokenStream, warnings: [String]) {
-        let format = try format(of: path)
+        // Read once: a pipe or /dev/stdin cannot be read twice.
+        let data = try FileReader.readAll(path)
+        let format = try format(of: path, bytes: data)
         if format == .text {
-            guard let data = FileManager.default.contents(atPath: path) else { throw DataError.unreadable(path: path) }
             guard !data.isEmpty else { throw DataError.empty(path: path, reason: "the file is empty") }
-            return (TokenStream(text: Array(data), tokenizer: tokenizer, options: sampling, context: context), [])
+            return (TokenStream(text: data, tokenizer: tokenizer, options: sampling, context: context), [])
         }
         let reader = JSONLReader(tokenizer: tokenizer, chatTemplate: chatTemplate, trainOnPrompt: trainOnPrompt)
-        let stream = TokenStream(examples: try reader.read(path: path, format: format))
+        let stream = TokenStream(examples: try reader.read(bytes: data, path: path, format: format))
         // A mask that hides everything trains nothing; one that hides nothing in prompt/chat data is suspicious.
         let trained = stream.trained.filter { $0 }.count
         if trained == 0 {

@@ -134,3 +134,59 @@ public enum TrainingError: Error, CustomStringConvertible {
     }
 }
 
+
+extension TrainingConfiguration {
+    /// Checks every number the run will use, so that the engine never sees one it cannot use (no overflow, no NaN);
+    /// the error names the option.
+    public func validate() throws {
+        func require(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalid(message) } }
+        try require((2...(1 << 20)).contains(context), "--ctx must be between 2 and 1048576")
+        try require((1...(1 << 16)).contains(batch), "--batch must be between 1 and 65536")
+        try require(context * batch <= 1 << 26, "--ctx × --batch = \(context * batch) tokens per micro-batch is more than 67 million")
+        try require((1...(1 << 16)).contains(gradientAccumulation), "--grad-acc must be between 1 and 65536")
+        try require((0...(1 << 31)).contains(iterations), "--adam-iter must be between 0 and 2147483648")
+        try require(epochs.map { $0 >= 0 } ?? true, "--epochs must not be negative")
+        for r in [rank] + Array(ranks.values) { try require((1...(1 << 16)).contains(r), "LoRA ranks must be between 1 and 65536") }
+        try require(!targets.isEmpty, "--targets names no weight")
+        try require(alpha.isFinite && alpha >= 0, "--lora-alpha must be a finite, non-negative number")
+        let a = adam
+        try require(a.learningRate.isFinite && a.learningRate >= 0, "--adam-alpha must be a finite, non-negative number")
+        try require(a.minLearningRate.isFinite && a.minLearningRate >= 0, "--adam-min-alpha must be a finite, non-negative number")
+        try require(a.weightDecay.isFinite && a.weightDecay >= 0, "--adam-decay must be a finite, non-negative number")
+        try require(a.beta1.isFinite && (0..<1).contains(a.beta1), "--adam-beta1 must be at least 0 and less than 1")
+        try require(a.beta2.isFinite && (0..<1).contains(a.beta2), "--adam-beta2 must be at least 0 and less than 1")
+        try require(a.epsilon.isFinite && a.epsilon >= 0, "the AdamW epsilon must be a finite, non-negative number")
+        try require(a.gradientClip.isFinite, "--adam-gclip must be a finite number (0 or less: no clipping)")
+        try require(warmup.map { $0 >= 0 } ?? true, "--warmup must not be negative")
+        try require(cosineDecaySteps.map { $0 >= 1 } ?? true, "--cos-decay-steps must be at least 1")
+        try require(cosineDecayMin.isFinite && (0...1).contains(cosineDecayMin), "--cos-decay-min must be between 0 and 1")
+        try require(cosineDecayRestart.isFinite && cosineDecayRestart > 0, "--cos-decay-restart must be a finite, positive number")
+        try require(relativeLossTolerance.isFinite, "--adam-epsf must be a finite number")
+        try require(pastDelta.isFinite && past >= 0, "--opt-past must not be negative and --opt-delta must be finite")
+        try require(maxNoImprovement >= 0 && saveEvery >= 0 && validationEvery >= 0 && earlyStop >= 0,
+                    "--opt-max-no-improvement, --save-every, --val-every and --early-stop must not be negative")
+        try require(threads.map { (1...1024).contains($0) } ?? true, "--threads must be between 1 and 1024")
+        for (name, value) in [("--norm-rms-eps", overrides.rmsEpsilon), ("--rope-freq-base", overrides.ropeBase),
+                              ("--rope-freq-scale", overrides.ropeScale)] {
+            try require(value.map { $0.isFinite && $0 > 0 } ?? true, "\(name) must be a finite, positive number")
+        }
+    }
+}
+
+extension TrainingConfiguration {
+    /// The files this run reads and writes, for `OutputGuard` (a resumed checkpoint may be overwritten: that is
+    /// how a run continues).
+    public var files: (outputs: [OutputGuard.File], inputs: [OutputGuard.File]) {
+        var outputs: [OutputGuard.File] = []
+        if writeFiles {
+            outputs.append(OutputGuard.File("--lora-out", Trainer.outputNames(adapterOut, step: 0, pattern: iterationPattern, latest: latestName).last!))
+            if let out = checkpointOut, !onlyWriteAdapter {
+                outputs.append(OutputGuard.File("--checkpoint-out", Trainer.outputNames(out, step: 0, pattern: iterationPattern, latest: latestName).last!))
+            }
+            if keepBest { outputs.append(OutputGuard.File("the best adapter", Trainer.bestName(adapterOut))) }
+        }
+        var inputs = [OutputGuard.File("the model", model), OutputGuard.File("--train-data", trainData)]
+        if let v = validationData { inputs.append(OutputGuard.File("--val-data", v)) }
+        return (outputs, inputs)
+    }
+}

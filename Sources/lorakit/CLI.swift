@@ -14,6 +14,23 @@ enum CLI {
     }
 }
 
+extension CLI {
+    /// `text` with control characters (terminal escapes, NUL bytes from a hostile file) written as `\u{1B}`, so that
+    /// what a file says can neither drive the terminal nor hide itself; newlines are kept unless `oneLine`.
+    static func printable(_ text: String, oneLine: Bool = true) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            let v = scalar.value
+            if (v < 0x20 && !(v == 0x0A && !oneLine) && v != 0x09) || (0x7F...0x9F).contains(v) {
+                out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+}
+
 /// An error the CLI prints as `error: <message>` before exiting with status 1.
 struct CLIError: Error, CustomStringConvertible {
     let description: String
@@ -28,7 +45,7 @@ extension CLI {
     }
 
     static func printError(_ message: String) {
-        var text = message + "\n"
+        var text = printable(message) + "\n"
         text.withUTF8 { _ = fwrite($0.baseAddress, 1, $0.count, stderr) }
     }
 }

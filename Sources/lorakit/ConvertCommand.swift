@@ -34,6 +34,10 @@ struct ConvertCommand: ParsableCommand {
         let loaded = try AdapterLoader.load(input, heads: heads)
         try base?.validate(loaded.adapter, source: input)
         let target = to ?? (loaded.format == .gguf ? "peft" : "gguf")
+        let peftFiles = ["adapter_config.json", "adapter_model.safetensors"]
+        try OutputGuard.check(outputs: [OutputGuard.File("the output", output, directory: target == "peft", contents: peftFiles)],
+                              inputs: [OutputGuard.File("the input", input, contents: peftFiles)]
+                                  + (model.map { [OutputGuard.File("the model", $0)] } ?? []))
         let report: AdapterConversion.Report
         if target == "peft" {
             report = try AdapterConversion.toPEFT(loaded, heads: heads, to: output)

@@ -14,7 +14,7 @@ struct GenerateCommand: ParsableCommand {
 
     @Option(name: [.customShort("p"), .long], help: "The prompt (or the user message with --chat).")
     var prompt: String?
-    @Option(name: [.customShort("n"), .customLong("n-predict")], help: "Tokens to generate at most.")
+    @Option(name: [.customShort("n"), .customLong("n-predict")], parsing: .unconditional, help: "Tokens to generate at most (-1: until the end of generation or a full context).")
     var nPredict = 128
     @Option(name: [.customShort("c"), .customLong("ctx")], help: "Context size (prompt + generated tokens).")
     var ctx = 2048
@@ -23,8 +23,8 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("top-p")) var topP: Float = 0.95
     @Option(name: .customLong("min-p")) var minP: Float = 0.05
     @Option(name: .customLong("repeat-penalty")) var repeatPenalty: Float = 1.0
-    @Option(name: .customLong("repeat-last-n"), help: "Tokens the repeat penalty looks back over (-1: the whole context).") var repeatLastN = 64
-    @Option(name: [.customShort("s"), .long], help: "Sampling seed (-1: from the clock).") var seed: Int64 = -1
+    @Option(name: .customLong("repeat-last-n"), parsing: .unconditional, help: "Tokens the repeat penalty looks back over (-1: the whole context).") var repeatLastN = 64
+    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Sampling seed (-1: from the clock).") var seed: Int64 = -1
     @Option(name: .customLong("stop"), help: "Stop when the output contains this text; repeatable.") var stop: [String] = []
     @Flag(name: .customLong("chat"), help: "Chat with the model through its chat template.") var chat = false
     @Option(name: .customLong("system"), help: "System message for --chat.") var system: String?
@@ -33,7 +33,7 @@ struct GenerateCommand: ParsableCommand {
 
     func validate() throws {
         if !chat && prompt == nil { throw ValidationError("give a prompt with -p, or use --chat") }
-        if nPredict < 0 || ctx < 8 { throw ValidationError("-n must be ≥ 0 and --ctx ≥ 8") }
+        if nPredict < -1 || ctx < 8 { throw ValidationError("-n must be ≥ 0 (or -1: no limit) and --ctx ≥ 8") }
         guard temperature.isFinite else { throw ValidationError("--temp must be a finite number") }
         guard topP.isFinite, (0...1).contains(topP) else { throw ValidationError("--top-p must be between 0 and 1") }
         guard minP.isFinite, (0...1).contains(minP) else { throw ValidationError("--min-p must be between 0 and 1") }
@@ -43,6 +43,10 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let (file, model, tokenizer) = try modelOptions.load()
+        if ctx > model.config.contextLength {
+            CLI.printError("warning: --ctx \(ctx) is beyond the \(model.config.contextLength) tokens the model was trained on; "
+                           + "output past that point may degrade")
+        }
         var sampler = Sampler(seed: seed < 0 ? UInt64(Date().timeIntervalSince1970 * 1000) : UInt64(seed))
         sampler.temperature = temperature
         sampler.topK = topK
@@ -51,7 +55,7 @@ struct GenerateCommand: ParsableCommand {
         sampler.repeatPenalty = repeatPenalty
         sampler.repeatLastN = repeatLastN
         let session = InferenceSession(model: model, capacity: ctx, threads: modelOptions.threads ?? CLI.coreCount)
-        let generator = Generator(session: session, tokenizer: tokenizer, sampler: sampler, maxTokens: nPredict)
+        let generator = Generator(session: session, tokenizer: tokenizer, sampler: sampler, maxTokens: nPredict < 0 ? Int.max : nPredict)
         generator.stopStrings = stop
         func respond(_ ids: [Int32]) throws -> Generator.Response {
             let response: Generator.Response

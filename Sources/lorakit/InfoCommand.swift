@@ -26,7 +26,7 @@ struct InfoCommand: ParsableCommand {
         if json {
             print(summary.json(includeTensors: tensors, includeMetadata: metadata).text)
         } else {
-            print(summary.text(includeTensors: tensors, includeMetadata: metadata), terminator: "")
+            print(CLI.printable(summary.text(includeTensors: tensors, includeMetadata: metadata), oneLine: false), terminator: "")
         }
     }
 }

@@ -37,6 +37,10 @@ struct MergeCommand: ParsableCommand {
 
     func merge() throws {
         BLAS.setThreadsIfGiven(threads)
+        try OutputGuard.check(outputs: [OutputGuard.File("-o", output)],
+                              inputs: [OutputGuard.File("the model", model)] + adapters.list.map {
+                                  OutputGuard.File("the adapter", $0.path, contents: ["adapter_model.safetensors", "adapter_config.json"])
+                              } + (eval.map { [OutputGuard.File("--eval", $0)] } ?? []))
         let base = try CLI.open(model)
         let llama = try LlamaModel<Float>(file: base)
         let loaded = try adapters.load(for: llama, architecture: try base.metadata.string("general.architecture"))
@@ -51,7 +55,8 @@ struct MergeCommand: ParsableCommand {
 
     /// Perplexity of base, base + adapters at run time, and the merged model on the first 8 chunks of 256 tokens.
     func evaluate(_ path: String, adapters loaded: [(AdapterLoader.Loaded, Float)]) throws {
-        guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("\(path): cannot read") }
+        let data: [UInt8]
+        do { data = try FileReader.readAll(path) } catch { throw CLIError(String(describing: error)) }
         func perplexity(_ modelPath: String, _ adapters: [(AdapterLoader.Loaded, Float)]) throws -> Double {
             let file = try GGUFFile(path: modelPath)
             let m = try LlamaModel<Float>(file: file)

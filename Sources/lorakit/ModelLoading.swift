@@ -70,6 +70,7 @@ struct ModelOptions: ParsableArguments {
         do {
             let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
             let tokenizer = try Tokenizer(file: file)
+            try llama.check(tokenizer: tokenizer)
             let architecture = try file.metadata.string("general.architecture")
             for (loaded, scale) in try adapters.load(for: llama, architecture: architecture) {
                 try llama.attach(loaded.adapter, multiplier: scale, source: loaded.path)

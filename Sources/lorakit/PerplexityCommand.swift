@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import Llama
 
 struct PerplexityCommand: ParsableCommand {
@@ -35,7 +36,8 @@ struct PerplexityCommand: ParsableCommand {
 
     func run() throws {
         let (_, model, tokenizer) = try modelOptions.load()
-        guard let data = FileManager.default.contents(atPath: file) else { throw CLIError("\(file): cannot read") }
+        let data: [UInt8]
+        do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }
         let tokens = tokenizer.encode(bytes: Array(data), addSpecial: true, parseSpecial: false)
         let scoring = Perplexity(context: ctx, batchTokens: batch, maxChunks: chunks,
                                  bos: tokenizer.vocabulary.addBOS ? tokenizer.vocabulary.bos : nil)

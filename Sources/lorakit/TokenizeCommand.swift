@@ -41,7 +41,8 @@ struct TokenizeCommand: ParsableCommand {
         do { tokenizer = try Tokenizer(file: gguf) } catch { throw CLIError("\(model): \(error)") }
         let bytes: [UInt8]
         if let file {
-            guard let data = FileManager.default.contents(atPath: file) else { throw CLIError("\(file): cannot read") }
+            let data: [UInt8]
+        do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }
             bytes = Array(data)
         } else {
             bytes = Array(text!.utf8)

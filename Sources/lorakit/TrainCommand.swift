@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import LoRA
 import Training
 
@@ -48,7 +49,7 @@ struct TrainCommand: ParsableCommand {
     var fnLatest = "LATEST"
     @Flag(name: .customLong("only-write-lora"), help: "Do not train: write the adapter of --checkpoint-in (or a fresh one) and exit.")
     var onlyWriteLora = false
-    @Option(name: [.customShort("s"), .long], help: "Random seed (-1: from the clock).")
+    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Random seed (-1: from the clock).")
     var seed: Int64 = -1
 
     // LoRA
@@ -138,6 +139,7 @@ struct TrainCommand: ParsableCommand {
         for t in targets.split(separator: ",") where LoRATarget(shortName: String(t)) == nil {
             throw ValidationError("--targets: unknown target '\(t)' (q, k, v, o, gate, up, down, output, embed)")
         }
+        do { try configuration.validate() } catch { throw ValidationError(String(describing: error)) }
     }
 
     var configuration: TrainingConfiguration {
@@ -206,6 +208,13 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let config = configuration
+        if !inspectData && dryRun == nil {
+            // Metrics and plot are the command's own outputs: checked with the run's before any training.
+            var (outputs, inputs) = config.files
+            if let metrics { outputs.append(OutputGuard.File("--metrics", metrics)) }
+            if let plot { outputs.append(OutputGuard.File("--plot", plot)) }
+            do { try OutputGuard.check(outputs: outputs, inputs: inputs) } catch { throw CLIError(String(describing: error)) }
+        }
         if inspectData {
             try TrainingReport.inspect(config)
             return
@@ -215,19 +224,43 @@ struct TrainCommand: ParsableCommand {
             try measure(config, steps: n)
             return
         }
-        signal(SIGINT) { _ in stopRequested = 1 }
-        signal(SIGTERM) { _ in stopRequested = 1 }
+        // The first Ctrl-C (or SIGTERM) stops within a layer and saves the last completed step; a second one exits
+        // at once, writing nothing (the files of the last save stay as they were).
+        let onSignal: @convention(c) (Int32) -> Void = { _ in
+            if stopRequested != 0 { _exit(130) }
+            stopRequested = 1
+        }
+        signal(SIGINT, onSignal)
+        signal(SIGTERM, onSignal)
         var renderer = TrainingReport(metricsPath: metrics, plotPath: plot, config: config)
         do {
-            let summary = try Trainer(configuration: config).run { event in
+            let trainer = Trainer(configuration: config)
+            trainer.isCancelled = { stopRequested != 0 }
+            let summary = try trainer.run { event in
                 renderer.render(event)
                 return stopRequested == 0
             }
             try renderer.finish()
             if stopRequested != 0 {
-                print("stopped by signal after step \(summary.steps); resume with: --checkpoint-in \(config.checkpointOut ?? "")")
+                print("stopped by signal after \(summary.steps) step(s); resume with:\n  \(resumeCommand(config))")
+                throw ExitCode(130)
             }
-        } catch let e as ValidationError { throw e } catch { throw CLIError(String(describing: error)) }
+        } catch let e as ValidationError { throw e } catch let e as ExitCode { throw e } catch { throw CLIError(String(describing: error)) }
+    }
+
+    /// This command again, reading the checkpoint it saved (and the seed it used): it finishes the planned run.
+    func resumeCommand(_ config: TrainingConfiguration) -> String {
+        var args = Array(CommandLine.arguments.dropFirst())
+        for option in ["--checkpoint-in", "--seed", "-s"] {
+            while let i = args.firstIndex(where: { $0 == option || $0.hasPrefix(option + "=") }) {
+                args.removeSubrange(i..<min(args.count, args[i].contains("=") ? i + 1 : i + 2))
+            }
+        }
+        args += ["--seed", String(config.seed), "--checkpoint-in", config.checkpointOut ?? ""]
+        let quoted = args.map { arg -> String in
+            arg.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=,:+@".contains($0) }) ? arg : "'" + arg.replacingOccurrences(of: "'", with: "'\\''") + "'"
+        }
+        return ([CommandLine.arguments.first ?? "lorakit"] + quoted).joined(separator: " ")
     }
 
     /// --dry-run: the plan and `steps` real steps (validation included when due), nothing written; then the time of

@@ -65,13 +65,15 @@ struct TrainingReport {
 
     func flushMetrics() {
         guard let metricsPath else { return }
-        try? (metrics.joined(separator: "\n") + "\n").write(toFile: metricsPath, atomically: true, encoding: .utf8)
+        do { try AtomicFile.write(Array((metrics.joined(separator: "\n") + "\n").utf8), to: metricsPath) } catch {
+            CLI.printError("warning: \(error)")
+        }
     }
 
     func finish() throws {
         flushMetrics()
         guard let plotPath else { return }
-        try LossPlot.svg(train: trainLoss, validation: validationLoss).write(toFile: plotPath, atomically: true, encoding: .utf8)
+        try AtomicFile.write(Array(LossPlot.svg(train: trainLoss, validation: validationLoss).utf8), to: plotPath)
         print("loss plot: \(plotPath)")
     }
 

@@ -5,7 +5,8 @@ import XCTest
 final class TrainCommandTests: XCTestCase {
     var model: String { LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
 
-    /// Ctrl-C finishes the current step, saves checkpoint and adapter, exits 0 and says how to resume.
+    /// Ctrl-C stops the current step, saves checkpoint and adapter of the last completed one, exits 130 and prints the
+    /// command that finishes the run.
     func testInterruptSavesAndExplainsHowToResume() throws {
         _ = try TestData.smolLM2()
         let dir = NSTemporaryDirectory() + "/lorakit-sigint-\(getpid())"
@@ -29,8 +30,8 @@ final class TrainCommandTests: XCTestCase {
         kill(p.processIdentifier, SIGINT)
         text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, text)
-        XCTAssertTrue(text.contains("resume with: --checkpoint-in"), text)
+        XCTAssertEqual(p.terminationStatus, 130, text)
+        XCTAssertTrue(text.contains("resume with:\n  ") && text.contains("--checkpoint-in " + dir + "/a.checkpoint.gguf"), text)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a.gguf"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf"))
         XCTAssertFalse(text.contains("step  1000"), "stopped early")

@@ -57,13 +57,23 @@ final class BLASTests: XCTestCase {
                     let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 2, ldc = n + 5
                     let a = (0..<((transA ? k : m) * lda)).map { _ in next() }
                     let b = (0..<((transB ? n : k) * ldb)).map { _ in next() }
-                    var c1 = (0..<(m * ldc)).map { _ in next() }, c2 = c1
+                    let c0 = (0..<(m * ldc)).map { _ in next() }
+                    var c1 = c0, c2 = c0
                     Float.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
                                ldb: ldb, beta: beta, c: &c1, ldc: ldc)
                     ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                                        b: b, ldb: ldb, beta: beta, c: &c2, ldc: ldc)
-                    let worst = zip(c1, c2).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
-                    XCTAssertLessThan(worst, 1e-5, "\(m)×\(n)×\(k) transA \(transA) transB \(transB) beta \(beta)")
+                    // Float sums in any order differ by at most about (k + 2)·u·(|α|·Σ|a||b| + |β|·|c|) (u = 2⁻²⁴);
+                    // a wrong element, index or transpose is off by far more.
+                    var magnitude = [Float](repeating: 0, count: m * ldc)
+                    ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: abs(alpha), a: a.map(abs),
+                                       lda: lda, b: b.map(abs), ldb: ldb, beta: 0, c: &magnitude, ldc: ldc)
+                    let u = Float(1) / Float(1 << 24)
+                    for i in 0..<(m * ldc) where i % ldc < n {
+                        let bound = Float(k + 2) * u * (magnitude[i] + abs(beta * c0[i])) + 1e-7
+                        XCTAssertLessThanOrEqual(abs(c1[i] - c2[i]), bound, "\(m)×\(n)×\(k) transA \(transA) transB \(transB) beta \(beta), element \(i)")
+                    }
+                    XCTAssertNotEqual(c1, c0, "the product was written")
                 }
             }
         }

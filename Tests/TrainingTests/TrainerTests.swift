@@ -67,10 +67,13 @@ final class TrainerTests: XCTestCase {
     func testResumeIsBitExact() throws {
         _ = try Trainer(configuration: config("full.gguf", iterations: 6)).run { _ in true }
         _ = try Trainer(configuration: config("half.gguf", iterations: 3)).run { _ in true }
-        var second = config("half.gguf", iterations: 3)
+        // --adam-iter counts from step 0: resuming runs the steps left of the planned 6.
+        var second = config("half.gguf", iterations: 6)
         second.checkpointIn = dir + "/half.gguf.ckpt"
         let summary = try Trainer(configuration: second).run { _ in true }
         XCTAssertEqual(summary.steps, 3)
+        let done = try Trainer(configuration: second).run { _ in true }
+        XCTAssertEqual(done.steps, 0, "a finished run has nothing left to do")
         XCTAssertTrue(try adapterBytes(dir + "/full.gguf") == adapterBytes(dir + "/half.gguf"), "resumed run differs")
     }
 
@@ -83,7 +86,7 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(summary.steps, 2)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/stop.gguf.ckpt"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/stop.gguf"))
-        var rest = config("stop.gguf", iterations: 4)
+        var rest = config("stop.gguf", iterations: 6)
         rest.checkpointIn = dir + "/stop.gguf.ckpt"
         _ = try Trainer(configuration: rest).run { _ in true }
         _ = try Trainer(configuration: config("nostop.gguf", iterations: 6)).run { _ in true }
@@ -215,10 +218,10 @@ final class TrainerTests: XCTestCase {
         // --force-reshuffle: resuming with a new shuffle gives other batches than resuming the saved one.
         _ = try Trainer(configuration: config("r1.gguf", iterations: 2)).run { _ in true }
         try FileManager.default.copyItem(atPath: dir + "/r1.gguf.ckpt", toPath: dir + "/r2.ckpt")
-        var resume = config("r1.gguf", iterations: 2)
+        var resume = config("r1.gguf", iterations: 4)
         resume.checkpointIn = dir + "/r1.gguf.ckpt"
         _ = try Trainer(configuration: resume).run { _ in true }
-        var reshuffled = config("r2.gguf", iterations: 2)
+        var reshuffled = config("r2.gguf", iterations: 4)
         reshuffled.checkpointIn = dir + "/r2.ckpt"
         reshuffled.forceReshuffle = true
         _ = try Trainer(configuration: reshuffled).run { _ in true }

@@ -1,0 +1,205 @@
+import Foundation
+import GGUF
+import LoRA
+import TestSupport
+import XCTest
+
+/// Bad input of every kind gets one clear line and a non-zero exit, never a trap, and no output overwrites an input.
+/// Exit codes: 0 success, 1 error (one `error:` line), 64 usage, 130 after Ctrl-C.
+final class RobustnessCommandTests: XCTestCase {
+    var dir = ""
+    var model = ""
+    var data = ""
+
+    override func setUpWithError() throws {
+        dir = temporaryDirectory("lorakit-robust")
+        model = dir + "/m.gguf"
+        var tiny = TinyLlama()
+        tiny.addTinyTokenizer()
+        try tiny.write(to: model)
+        data = dir + "/data.txt"
+        try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 20).write(toFile: data, atomically: true, encoding: .utf8)
+    }
+
+    /// Runs lorakit and checks the exit code; an error is exactly one `error:` line.
+    @discardableResult
+    func expect(_ status: Int32, _ args: [String], contains text: String? = nil, stdin: String? = nil,
+                file: StaticString = #filePath, line: UInt = #line) throws -> (String, String) {
+        let (code, out, err) = try LoRAKitBinary.run(args, stdin: stdin)
+        XCTAssertEqual(code, status, "\(args): \(err)", file: file, line: line)
+        if status == 1 {
+            XCTAssertTrue(err.hasPrefix("error: "), err, file: file, line: line)
+            XCTAssertEqual(err.split(separator: "\n").count, 1, err, file: file, line: line)
+        }
+        if let text { XCTAssertTrue((out + err).contains(text), "\(args): expected '\(text)' in \(out + err)", file: file, line: line) }
+        return (out, err)
+    }
+
+    func train(_ extra: [String]) -> [String] {
+        ["train", "-m", model, "--train-data", data, "--ctx", "16", "--batch", "1", "--iters", "1", "-t", "1"] + extra
+    }
+
+    func testHugeOrNonFiniteOptionsAreUsageErrors() throws {
+        try expect(64, train(["-c", "4611686018427387904", "--lora-out", dir + "/a.gguf"]), contains: "--ctx")
+        try expect(64, train(["-b", "1099511627776", "--lora-out", dir + "/a.gguf"]), contains: "--batch")
+        try expect(64, train(["--alpha", "nan", "--lora-out", dir + "/a.gguf"]), contains: "--lora-alpha must be a finite")
+        try expect(64, train(["--adam-beta1", "1", "--lora-out", dir + "/a.gguf"]), contains: "--adam-beta1")
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--temp", "nan"], contains: "--temp")
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--top-p", "nan"], contains: "--top-p")
+        try expect(64, ["perplexity", "-m", model, "-f", data, "--chunks", "0"], contains: "--chunks")
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--lora-scaled", dir + "/x.gguf", "nan"], contains: "finite")
+    }
+
+    func testNegativeValuesWithASpace() throws {
+        try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "-1", "-s", "-1", "--ctx", "24", "--temp", "0"])
+        try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n", "-1", "--repeat-penalty", "1.3"])
+        try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n=-1", "--repeat-penalty", "1.3"])
+    }
+
+    func testOutputsNeverOverwriteInputs() throws {
+        let before = try Data(contentsOf: URL(fileURLWithPath: model))
+        try expect(1, train(["--lora-out", model]), contains: "is the model")
+        try expect(1, train(["--lora-out", dir + "/a.gguf", "--checkpoint-out", model]), contains: "is the model")
+        try expect(1, train(["--lora-out", data]), contains: "is --train-data")
+        try expect(1, train(["--lora-out", dir + "/x.gguf", "--checkpoint-out", dir + "/x.gguf"]), contains: "are the same file")
+        try expect(1, train(["--lora-out", dir + "/x.gguf", "--metrics", dir + "/x.gguf"]), contains: "are the same file")
+        // The same file under another name is still the same file.
+        symlink(model, dir + "/link.gguf")
+        try expect(1, train(["--lora-out", dir + "/link.gguf"]), contains: "is the model")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: model)), before, "the model is untouched")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.gguf"))
+
+        let adapter = dir + "/a.gguf"
+        try expect(0, train(["--lora-out", adapter, "--seed", "1"]))
+        try expect(1, ["merge", "-m", model, "--lora", adapter, "-o", model], contains: "is the model")
+        try expect(1, ["merge", "-m", model, "--lora", adapter, "-o", adapter], contains: "is the adapter")
+        try expect(0, ["convert", adapter, dir + "/peft", "--to", "peft", "-m", model])
+        try expect(1, ["convert", dir + "/peft", dir + "/peft/adapter_model.safetensors", "-m", model], contains: "is the input")
+    }
+
+    func testSpecialAndUnwritableOutputsAreRefusedBeforeTraining() throws {
+        try expect(1, train(["--lora-out", "/dev/full"]), contains: "not a regular file")
+        try expect(1, ["merge", "-m", model, "--lora", dir + "/none.gguf", "-o", "/dev/null"], contains: "not a regular file")
+        var s = stat()
+        XCTAssertEqual(stat("/dev/null", &s), 0)
+        XCTAssertEqual(s.st_mode & S_IFMT, S_IFCHR, "/dev/null is still a device")
+        let (_, err) = try expect(1, train(["--lora-out", dir + "/b.gguf", "--metrics", "/proc/x.jsonl"]), contains: "--metrics")
+        XCTAssertFalse(err.contains("step"), "refused before any training")
+        try expect(1, train(["--lora-out", dir + "/no-such-folder/b.gguf"]), contains: "does not exist")
+    }
+
+    func testStaleTemporaryFilesAreRemoved() throws {
+        let stale = dir + "/a.gguf.tmp-999999999"
+        try Data(count: 100).write(to: URL(fileURLWithPath: stale))
+        try expect(0, train(["--lora-out", dir + "/a.gguf"]))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: stale), "a killed writer's temporary file is gone")
+    }
+
+    func testWrongFilesAndUnreadableInputsSayWhatTheyAre() throws {
+        try expect(0, train(["--lora-out", dir + "/a.gguf"]))
+        try expect(1, ["generate", "-m", dir + "/a.gguf", "-p", "HI"], contains: "is a LoRA adapter, not a model")
+        try expect(1, ["perplexity", "-m", model, "-f", dir + "/missing.txt"], contains: "No such file")
+        let (out, _) = try expect(0, ["tokenize", "-m", model, "-f", "/dev/stdin"], stdin: "HELLO")
+        XCTAssertFalse(out.isEmpty)
+        let blank = dir + "/blank.jsonl"
+        try " \n\t\n  \n".write(toFile: blank, atomically: true, encoding: .utf8)
+        try expect(1, ["train", "-m", model, "--train-data", blank, "--lora-out", dir + "/c.gguf"], contains: "only blank lines")
+        // An adapter of another model names the first tensor that does not fit.
+        var other = TinyLlama()
+        other.embeddingLength = 64
+        other.addTinyTokenizer()
+        try other.write(to: dir + "/other.gguf")
+        try expect(1, ["perplexity", "-m", dir + "/other.gguf", "-f", data, "-c", "16", "--lora", dir + "/a.gguf"], contains: "LoRA tensor 'blk.0.attn_")
+    }
+
+    func testHostileMetadataIsAnError() throws {
+        for (key, value, expected) in [("llama.rope.freq_base", MetadataValue.float32(.nan), "llama.rope.freq_base"),
+                                       ("llama.rope.freq_base", .float32(0), "llama.rope.freq_base"),
+                                       ("llama.attention.layer_norm_rms_epsilon", .float32(-1), "layer_norm_rms_epsilon"),
+                                       ("llama.rope.dimension_count", .uint32(6), "rope.dimension_count"),
+                                       ("llama.block_count", .uint32(1), "llama.block_count"),
+                                       ("tokenizer.ggml.merges", .array(.string, [.string("AB")]), "tokenizer.ggml.merges")] {
+            var tiny = TinyLlama()
+            tiny.addTinyTokenizer()
+            tiny.extraMetadata.append((key, value))
+            let path = dir + "/bad.gguf"
+            try tiny.write(to: path)
+            try expect(1, ["perplexity", "-m", path, "-f", data, "-c", "16"], contains: expected)
+        }
+    }
+
+    func testInfoEscapesControlCharacters() throws {
+        var tiny = TinyLlama()
+        tiny.addTinyTokenizer()
+        tiny.extraMetadata.append(("general.name", .string("evil\u{1B}[2Jname\u{0}")))
+        try tiny.write(to: dir + "/evil.gguf")
+        let (out, _) = try expect(0, ["info", dir + "/evil.gguf"])
+        XCTAssertFalse(out.contains("\u{1B}"), out)
+        XCTAssertTrue(out.contains("evil\\u{1B}[2Jname\\u{0}"), out)
+    }
+
+    func testNonFiniteAdaptersAreErrors() throws {
+        let adapter = LoRAAdapter<Float>()
+        var a = [Float](repeating: 0.1, count: 64)
+        a[5] = .nan
+        adapter.add(try LoRAPair(name: "blk.0.attn_q", rank: 2, inFeatures: 32, outFeatures: 32, scale: 1, a: a,
+                                 b: [Float](repeating: 0.2, count: 64)))
+        try AdapterFile.write(adapter, description: AdapterFile.Description(alpha: 2), to: dir + "/nan.gguf")
+        try expect(1, ["perplexity", "-m", model, "-f", data, "-c", "16", "--lora", dir + "/nan.gguf"], contains: "non-finite value at index 5")
+        try AdapterFile.write(LoRAAdapter<Float>(), description: AdapterFile.Description(alpha: 2), to: dir + "/empty.gguf")
+        try expect(1, ["perplexity", "-m", model, "-f", data, "-c", "16", "--lora", dir + "/empty.gguf"], contains: "no LoRA tensors")
+        let fine = LoRAAdapter<Float>()
+        fine.add(try LoRAPair(name: "blk.0.attn_q", rank: 2, inFeatures: 32, outFeatures: 32, scale: 1,
+                              a: [Float](repeating: 0.1, count: 64), b: [Float](repeating: 0.2, count: 64)))
+        try AdapterFile.write(fine, description: AdapterFile.Description(alpha: .nan), to: dir + "/nan-alpha.gguf")
+        try expect(1, ["perplexity", "-m", model, "-f", data, "-c", "16", "--lora", dir + "/nan-alpha.gguf"], contains: "adapter.lora.alpha")
+    }
+
+    /// The first Ctrl-C stops within a step and saves; the printed command finishes the run; a second Ctrl-C exits at
+    /// once. Exit status 130 either way.
+    func testSignalsStopSaveAndResume() throws {
+        let args = ["train", "-m", model, "--train-data", data, "--ctx", "16", "--batch", "1", "--iters", "100000", "-t", "1",
+                    "--save-every", "0", "--lora-out", dir + "/s.gguf", "--seed", "3"]
+        func start() throws -> (Process, Pipe) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
+            p.arguments = args
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            return (p, out)
+        }
+        func readUntil(_ p: Pipe, _ marker: String) -> String {
+            var text = ""
+            let deadline = Date().addingTimeInterval(60)
+            while !text.contains(marker), Date() < deadline {
+                let chunk = p.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            return text
+        }
+        var (p, out) = try start()
+        var text = readUntil(out, "step     3")
+        let signalled = Date()
+        kill(p.processIdentifier, SIGINT)
+        text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertLessThan(Date().timeIntervalSince(signalled), 5)
+        XCTAssertEqual(p.terminationStatus, 130, text)
+        XCTAssertTrue(text.contains("saved checkpoint: " + dir + "/s.checkpoint.gguf"), text)
+        let command = text.components(separatedBy: "resume with:\n  ").last?.split(separator: "\n").first.map(String.init) ?? ""
+        XCTAssertTrue(command.contains("--checkpoint-in " + dir + "/s.checkpoint.gguf") && command.contains("--seed 3"), text)
+
+        (p, out) = try start()
+        _ = readUntil(out, "step     2")
+        kill(p.processIdentifier, SIGINT)
+        usleep(50_000)
+        let second = Date()
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        XCTAssertLessThan(Date().timeIntervalSince(second), 1, "the second signal exits at once")
+        XCTAssertEqual(p.terminationStatus, 130)
+    }
+}
