@@ -49,8 +49,8 @@ let package = Package(
         .testTarget(name: "LlamaTests", dependencies: ["Llama", "LoRA", "Kernels", "GGUF", "Tokenizer", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "GGUF"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "LoRA", "Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "AdapterTests", dependencies: ["LoRA", "Llama", "GGUF", "Kernels", "TestSupport", "lorakit"]),
-        .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "TestSupport"]),
+        .testTarget(name: "AdapterTests", dependencies: ["LoRA", "Llama", "GGUF", "Kernels", "TestSupport", "lorakit"], exclude: ["Fixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "LoRA", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

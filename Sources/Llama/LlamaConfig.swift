@@ -128,6 +128,11 @@ public struct LlamaConfig: Sendable, Equatable {
         }
         vocabulary = embd.dimensions[1]
         tiedEmbeddings = file.tensor(named: "output.weight") == nil
+        // Each block has 9 tensors: a count beyond what the file holds is a lie (and would take long to check).
+        guard layers * 9 <= file.tensors.count else {
+            throw ModelError.badValue(path: path, key: "llama.block_count",
+                                      reason: "\(layers) blocks, but the file holds only \(file.tensors.count) tensors")
+        }
         try checkShapes(file)
         // More blocks in the file than block_count says means the count is wrong, not that they are spare.
         if file.tensor(named: "blk.\(layers).attn_norm.weight") != nil {

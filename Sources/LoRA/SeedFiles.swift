@@ -43,8 +43,12 @@ public enum SeedAdapter {
                 let name = String(decoding: UnsafeRawBufferPointer(rebasing: raw[c..<(c + nameLength)]), as: UTF8.self)
                 c += nameLength
                 c = (c + 31) / 32 * 32
+                // Range first: the product of two unchecked 32-bit dimensions can overflow.
+                guard dims.allSatisfy({ $0 > 0 && $0 < 1 << 24 }) else {
+                    throw LoRAError.format(path: path, reason: "tensor '\(name)' has dimensions \(dims)")
+                }
                 let count = dims.reduce(1, *), size = type == 0 ? 4 : 2
-                guard dims.allSatisfy({ $0 > 0 && $0 < 1 << 24 }), c + count * size <= raw.count else {
+                guard c + count * size <= raw.count else {
                     throw LoRAError.format(path: path, reason: "tensor '\(name)' runs past the end of the file")
                 }
                 let values: [Float] = (0..<count).map { i in

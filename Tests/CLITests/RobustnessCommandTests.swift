@@ -203,3 +203,43 @@ final class RobustnessCommandTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 130)
     }
 }
+
+/// A training run killed at random moments never leaves an unreadable adapter or checkpoint, always resumes, and
+/// its temporary files do not outlive the next run.
+final class KillTests: XCTestCase {
+    func testKilledRunsAlwaysResume() throws {
+        let dir = temporaryDirectory("lorakit-kill")
+        var tiny = TinyLlama()
+        tiny.addTinyTokenizer()
+        try tiny.write(to: dir + "/m.gguf")
+        try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 40).write(toFile: dir + "/d.txt", atomically: true, encoding: .utf8)
+        let args = ["train", "-m", dir + "/m.gguf", "--train-data", dir + "/d.txt", "--ctx", "16", "--batch", "2", "-t", "1",
+                    "--save-every", "1", "--lora-out", dir + "/a.gguf", "--seed", "5", "--iters", "400"]
+        var rng = SplitMix64(seed: 9)
+        for round in 0..<20 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
+            let resuming = FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf")
+            p.arguments = args + (resuming ? ["--checkpoint-in", dir + "/a.checkpoint.gguf"] : [])
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            usleep(UInt32(50_000 + (rng.next() % 450_000)))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            for file in ["a.gguf", "a.checkpoint.gguf"] where FileManager.default.fileExists(atPath: dir + "/" + file) {
+                XCTAssertNoThrow(try GGUFFile(path: dir + "/" + file), "round \(round): \(file) does not open")
+            }
+            if FileManager.default.fileExists(atPath: dir + "/a.gguf") {
+                XCTAssertNoThrow(try AdapterLoader.load(dir + "/a.gguf"), "round \(round)")
+            }
+        }
+        // The next run resumes (or starts) and finishes the planned 400 steps; no temporary file is left.
+        let resume = FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf") ? ["--checkpoint-in", dir + "/a.checkpoint.gguf"] : []
+        let (status, out, err) = try LoRAKitBinary.run(args + resume)
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("step   400"), out)
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }
+        XCTAssertEqual(left, [], "temporary files survived")
+    }
+}

@@ -243,6 +243,18 @@ final class TrainerTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: c.adapterOut))
         c.memoryLimit = nil
         XCTAssertEqual(try Trainer(configuration: c).run { _ in true }.steps, 1)
+        // A rank far too large is refused from the plan, before its tensors are allocated (about 1 GB here).
+        var huge = config("h.gguf", iterations: 1)
+        huge.rank = 60000
+        huge.memoryLimit = 1 << 29
+        var planned = 0
+        let start = Date()
+        XCTAssertThrowsError(try Trainer(configuration: huge).run { event in
+            if case let .plan(p) = event { planned = p.trainableParameters }
+            return true
+        }) { XCTAssertTrue(String(describing: $0).hasPrefix("the plan needs about"), String(describing: $0)) }
+        XCTAssertEqual(planned, 60000 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 64)) * 2)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 2, "refused without filling the adapter")
     }
 
     func testBadJSONLLineNamesFileAndLine() throws {

@@ -1,0 +1,25 @@
+import Foundation
+import GGUF
+import Llama
+import LoRA
+import XCTest
+
+/// Inputs libFuzzer found (scripts/fuzz.sh), each once a trap or a hang: now an error, at once.
+final class FuzzFindingsTests: XCTestCase {
+    func fixture(_ name: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz/" + name).path
+    }
+
+    /// A ggla tensor whose two dimensions multiplied past Int.max (an overflow trap).
+    func testGGLADimensionOverflow() {
+        XCTAssertThrowsError(try AdapterLoader.load(fixture("adapter-ggla-dimension-overflow.bin")))
+    }
+
+    /// block_count in the millions: the shape check named every tensor of every block first (a 12 s hang).
+    func testHugeBlockCount() throws {
+        let start = Date()
+        let file = try GGUFFile(path: fixture("gguf-huge-block-count.gguf"))
+        XCTAssertThrowsError(try LlamaConfig(file: file))
+        XCTAssertLessThan(Date().timeIntervalSince(start), 1)
+    }
+}
