@@ -214,6 +214,9 @@ public enum PEFT {
             "lora_dropout": 0.0, "inference_mode": true, "init_lora_weights": true, "modules_to_save": NSNull(),
             "use_dora": false, "revision": NSNull(),
         ]
+        guard JSONSerialization.isValidJSONObject(config), alpha.isFinite, alphaPattern.values.allSatisfy(\.isFinite) else {
+            throw LoRAError.format(path: directory + "/adapter_config.json", reason: "alpha is not a finite number")
+        }
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.write(Array(json), to: directory + "/adapter_config.json")
         try SafeTensors.write(tensors, metadata: ["format": "pt"], to: directory + "/adapter_model.safetensors")

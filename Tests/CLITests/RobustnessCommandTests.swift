@@ -98,6 +98,13 @@ final class RobustnessCommandTests: XCTestCase {
     func testWrongFilesAndUnreadableInputsSayWhatTheyAre() throws {
         try expect(0, train(["--lora-out", dir + "/a.gguf"]))
         try expect(1, ["generate", "-m", dir + "/a.gguf", "-p", "HI"], contains: "is a LoRA adapter, not a model")
+        try expect(1, ["generate", "-m", TestData.sharedRoot + "/testdata/vocab/ggml-vocab-gpt-2.gguf", "-p", "HI"],
+                   contains: "no tensors (a vocabulary-only file?)")
+        // A PEFT directory is an adapter like any other: the same output as its GGUF.
+        try expect(0, ["convert", dir + "/a.gguf", dir + "/peft", "--to", "peft", "-m", model])
+        let (viaGGUF, _) = try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "6", "--temp", "0", "--lora", dir + "/a.gguf"])
+        let (viaPEFT, _) = try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "6", "--temp", "0", "--lora", dir + "/peft"])
+        XCTAssertEqual(viaGGUF, viaPEFT)
         try expect(1, ["perplexity", "-m", model, "-f", dir + "/missing.txt"], contains: "No such file")
         let (out, _) = try expect(0, ["tokenize", "-m", model, "-f", "/dev/stdin"], stdin: "HELLO")
         XCTAssertFalse(out.isEmpty)
