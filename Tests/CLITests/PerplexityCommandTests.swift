@@ -8,7 +8,7 @@ final class PerplexityCommandTests: XCTestCase {
     func testPrintsLlamaCppLines() throws {
         let model = LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         _ = try TestData.smolLM2()
-        let text = try Data(contentsOf: URL(fileURLWithPath: LoRAKitBinary.packageRoot + "/../shared/data/shakespeare.txt")).prefix(20000)
+        let text = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("data/shakespeare.txt"))).prefix(20000)
         let path = NSTemporaryDirectory() + "/shakespeare-20k-\(getpid()).txt"
         try text.write(to: URL(fileURLWithPath: path))
         let (status, out, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", path, "-c", "256", "-b", "512", "--chunks", "3"])
@@ -23,8 +23,10 @@ final class PerplexityCommandTests: XCTestCase {
     func testBadAdapterIsOneErrorLine() throws {
         let model = LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         guard FileManager.default.fileExists(atPath: model) else { throw XCTSkip("SmolLM2 not fetched") }
-        let seed = LoRAKitBinary.packageRoot + "/../shared/testdata/seed/seed-lora-smollm2-shakespeare-12.bin"
-        let (status, _, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", "/etc/hostname", "--lora", seed])
+        // A GGUF that is no adapter at all.
+        let notAnAdapter = try TestData.shared("testdata/reference/smollm2-base-logits-compact.gguf")
+        let (status, _, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", try TestData.shared("data/shakespeare.txt"),
+                                                      "--lora", notAnAdapter])
         XCTAssertEqual(status, 1)
         XCTAssertTrue(err.hasPrefix("error: "), err)
         XCTAssertEqual(err.split(separator: "\n").count, 1, err)

@@ -98,7 +98,7 @@ final class RobustnessCommandTests: XCTestCase {
     func testWrongFilesAndUnreadableInputsSayWhatTheyAre() throws {
         try expect(0, train(["--lora-out", dir + "/a.gguf"]))
         try expect(1, ["generate", "-m", dir + "/a.gguf", "-p", "HI"], contains: "is a LoRA adapter, not a model")
-        try expect(1, ["generate", "-m", TestData.sharedRoot + "/testdata/vocab/ggml-vocab-gpt-2.gguf", "-p", "HI"],
+        try expect(1, ["generate", "-m", try TestData.shared("testdata/vocab/ggml-vocab-gpt-2.gguf"), "-p", "HI"],
                    contains: "no tensors (a vocabulary-only file?)")
         // A PEFT directory is an adapter like any other: the same output as its GGUF.
         try expect(0, ["convert", dir + "/a.gguf", dir + "/peft", "--to", "peft", "-m", model])

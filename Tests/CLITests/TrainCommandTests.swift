@@ -13,7 +13,7 @@ final class TrainCommandTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
-        p.arguments = ["train", "-m", model, "--train-data", LoRAKitBinary.packageRoot + "/../shared/data/shakespeare.txt",
+        p.arguments = ["train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"),
                        "--ctx", "32", "--batch", "1", "--iters", "1000", "--seed", "1", "--save-every", "0",
                        "--lora-out", dir + "/a.gguf", "-t", "1"]
         let out = Pipe()
@@ -55,7 +55,7 @@ final class TrainCommandTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "/lorakit-dry-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let (status, out, err) = try LoRAKitBinary.run([
-            "train", "-m", model, "--train-data", LoRAKitBinary.packageRoot + "/../shared/data/shakespeare.txt",
+            "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"),
             "--ctx", "32", "--batch", "1", "--iters", "400", "--lora-out", dir + "/a.gguf", "-t", "1", "--dry-run", "2"])
         XCTAssertEqual(status, 0, err)
         XCTAssertTrue(out.contains("step     2"), out)

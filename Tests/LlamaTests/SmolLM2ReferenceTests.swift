@@ -11,23 +11,39 @@ enum Fixtures {
     static func shared(_ relative: String) throws -> String { try TestData.shared(relative) }
 }
 
-/// The real model against transformers/PEFT float32 references (../shared/testdata/reference).
+/// The real model against transformers/PEFT float32 references: the compact forms the repository carries
+/// (testdata/reference, made by scripts/make-compact-references.py), and the full files when ../shared has them.
 final class SmolLM2ReferenceTests: XCTestCase {
     func testLogitsAndLossMatchTransformers() throws {
         let model = try LlamaModel<Float>(file: GGUFFile(path: try Fixtures.model()))
-        let ref = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-base-logits.gguf"))
+        let ref = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-base-logits-compact.gguf"))
         let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
-        let expected = try ref.floats(of: ref.requireTensor("logits"))
         let logits = try model.logits(tokens: ids)
-        XCTAssertEqual(logits.count, expected.count)
+        let V = model.config.vocabulary
+        XCTAssertEqual(logits.count, ids.count * V)
+        // Whole rows where the reference keeps them; every row's log-sum-exp and target logit.
+        let rows = try ref.int32s(of: ref.requireTensor("rows")), expectedRows = try ref.floats(of: ref.requireTensor("logits_rows"))
         var maxDiff: Float = 0
-        for i in 0..<logits.count { maxDiff = max(maxDiff, abs(logits[i] - expected[i])) }
+        for (i, row) in rows.enumerated() {
+            for v in 0..<V { maxDiff = max(maxDiff, abs(logits[Int(row) * V + v] - expectedRows[i * V + v])) }
+        }
+        let lse = try ref.floats(of: ref.requireTensor("logsumexp")), target = try ref.floats(of: ref.requireTensor("target_logit"))
+        for t in 0..<ids.count {
+            let row = logits[(t * V)..<((t + 1) * V)]
+            let m = Double(row.max()!)
+            let ours = m + log(row.reduce(0.0) { $0 + exp(Double($1) - m) })
+            maxDiff = max(maxDiff, Float(abs(ours - Double(lse[t]))))
+            if t < ids.count - 1 { maxDiff = max(maxDiff, abs(row[row.startIndex + Int(ids[t + 1])] - target[t])) }
+        }
         XCTAssertLessThan(maxDiff, 1e-4, "max |logit − reference|")
+        if let full = try? GGUFFile(path: TestData.sharedRoot + "/testdata/reference/smollm2-base-logits.gguf") {
+            let expected = try full.floats(of: full.requireTensor("logits"))
+            XCTAssertLessThan(zip(logits, expected).map { abs($0 - $1) }.max()!, 1e-4, "every logit of the full reference")
+        }
         let targets = Array(ids.dropFirst()) + [-1]
         let (sum, count) = try model.loss(tokens: ids, targets: targets, batch: 1)
         XCTAssertEqual(count, 63)
-        let refLoss = try ref.metadata.float("reference.loss")
-        XCTAssertEqual(sum / Double(count), Double(refLoss), accuracy: 5e-5)
+        XCTAssertEqual(sum / Double(count), try XCTUnwrap(ref.metadata["reference.loss"]?.doubleValue), accuracy: 5e-5)
     }
 
     func testLoRAGradientsMatchPEFT() throws {
@@ -36,28 +52,42 @@ final class SmolLM2ReferenceTests: XCTestCase {
         XCTAssertEqual(info.alpha, 16)
         XCTAssertEqual(adapter.order.count, 210)
         try model.attach(adapter, trainable: true)
-        let ref = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-base-logits.gguf"))
+        let ref = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-base-logits-compact.gguf"))
         let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
         let targets = Array(ids.dropFirst()) + [-1]
         let (sum, count) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1, lossScale: 1 / 63)
-        let grads = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-lora-grads.gguf"))
+        let grads = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-lora-grads-compact.gguf"))
         XCTAssertEqual(sum / Double(count), Double(try grads.metadata.float("reference.loss")), accuracy: 5e-5)
-        var worst = 0.0, worstName = ""
+        let full = try? GGUFFile(path: TestData.sharedRoot + "/testdata/reference/smollm2-lora-grads.gguf")
+        guard case let .array(_, nameValues)? = grads.metadata["reference.grad_names"] else { return XCTFail("no grad_names") }
+        let names = nameValues.compactMap(\.stringValue)
+        let norms = try grads.floats(of: grads.requireTensor("grad_norms"))
+        XCTAssertEqual(names.count, 420)
+        var worst = 0.0, worstName = "", compared = 0
         for name in adapter.order {
             let pair = adapter[name]!
-            for (suffix, ours, isA) in [("lora_a", pair.gradA, true), ("lora_b", pair.gradB, false)] {
-                let expected = try grads.floats(of: grads.requireTensor("\(name).weight.\(suffix).grad"))
+            for (suffix, ours) in [("lora_a", pair.gradA), ("lora_b", pair.gradB)] {
+                let key = "\(name).weight.\(suffix).grad"
+                // Every gradient's norm; the whole gradient where the compact file (or the full one) keeps it.
+                let ourNorm = ours.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                guard let index = names.firstIndex(of: key) else { return XCTFail("\(key) missing from the reference") }
+                let normError = abs(ourNorm - Double(norms[index])) / max(Double(norms[index]), 1e-30)
+                if normError > worst { worst = normError; worstName = key + " (norm)" }
+                let source = grads.tensor(named: key) != nil ? grads : full
+                guard let source, let tensor = source.tensor(named: key) else { continue }
+                let expected = try source.floats(of: tensor)
                 XCTAssertEqual(expected.count, ours.count, name)
-                _ = isA
                 var diff = 0.0, norm = 0.0
                 for i in 0..<ours.count {
                     diff += Double(ours[i] - expected[i]) * Double(ours[i] - expected[i])
                     norm += Double(expected[i]) * Double(expected[i])
                 }
                 let rel = (diff / max(norm, 1e-30)).squareRoot()
-                if rel > worst { worst = rel; worstName = "\(name).\(suffix)" }
+                if rel > worst { worst = rel; worstName = key }
+                compared += 1
             }
         }
+        XCTAssertGreaterThanOrEqual(compared, 3 * 14, "layers 0, 14 and 29 at least")
         XCTAssertLessThan(worst, 1e-3, "worst relative L2 error at \(worstName)")
     }
 }
