@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .library(name: "GGUF", targets: ["GGUF"]),
         .library(name: "Tokenizer", targets: ["Tokenizer"]),
-        .library(name: "LoRAKit", targets: ["GGUF", "Tokenizer", "Kernels", "LoRA", "Llama", "Training"]),
+        .library(name: "LoRAKit", targets: ["GGUF", "Tokenizer", "Kernels", "LoRA", "Llama", "Training", "Distributed"]),
         .executable(name: "lorakit", targets: ["lorakit"]),
     ],
     dependencies: [
@@ -20,7 +20,8 @@ let package = Package(
         .target(name: "CKernels"),
         .target(name: "LoRA", dependencies: ["GGUF", "Kernels"]),
         .target(name: "Llama", dependencies: ["GGUF", "Kernels", "CKernels", "LoRA", "Tokenizer"]),
-        .target(name: "Training", dependencies: ["GGUF", "Kernels", "LoRA", "Llama", "Tokenizer"]),
+        .target(name: "Distributed"),
+        .target(name: "Training", dependencies: ["GGUF", "Kernels", "LoRA", "Llama", "Tokenizer", "Distributed"]),
         .executableTarget(
             name: "lorakit",
             dependencies: [
@@ -30,6 +31,7 @@ let package = Package(
                 "LoRA",
                 "Llama",
                 "Training",
+                "Distributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,3 +1,4 @@
+import Distributed
 import Foundation
 import GGUF
 import Kernels
@@ -15,7 +16,15 @@ public final class Trainer {
     /// Asked between layers: true ends the step in flight without applying it, then the run saves the last completed
     /// step and stops (as a signal should, within a second or two even at long rows).
     public var isCancelled: () -> Bool = { false }
+    /// The processes of a data-parallel run (nil: this process alone). Every rank runs the same trainer with the same
+    /// options; rank r computes the micro-batches r, r + N, … of each step, gradients and losses are summed across
+    /// ranks, every rank applies the same update, and only rank 0 reports steps and writes files.
+    public var communicator: Communicator?
     public init(configuration: TrainingConfiguration) { self.configuration = configuration }
+
+    var ranks: Int { communicator?.size ?? 1 }
+    var rank: Int { communicator?.rank ?? 0 }
+    var writes: Bool { configuration.writeFiles && rank == 0 }
 
     /// What `prepare` sets up for the loop.
     struct Run {
@@ -44,6 +53,7 @@ public final class Trainer {
         for warning in run.warnings { _ = report(.warning(warning)) }
         try start(&run)
         if c.onlyWriteAdapter {
+            guard rank == 0 else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
             for path in try writeAdapter(run, path: c.adapterOut, step: run.startStep) { _ = report(.saved(kind: "adapter", path: path)) }
             return TrainingSummary(steps: 0, adapterPath: c.adapterOut)
         }
@@ -71,12 +81,12 @@ public final class Trainer {
             let elapsed = Date().timeIntervalSince(started)
             stepReport.elapsed = elapsed
             stepReport.eta = elapsed / Double(run.state.step - run.startStep) * Double(lastStep - run.state.step)
-            let keepGoing = report(.step(stepReport))
+            let keepGoing = try agree(report(.step(stepReport)))
             stopReason = rules.afterStep(loss: stepReport.loss, state: &run.state)
             if c.validationEvery > 0 && run.state.step % c.validationEvery == 0 && run.state.step < lastStep,
                let v = try validationLoss(run) {
                 let (best, stop) = rules.afterValidation(v)
-                if best && c.keepBest && c.writeFiles { try writeBest(run) }
+                if best && c.keepBest && writes { try writeBest(run) }
                 _ = report(.validation(step: run.state.step, loss: v, best: best))
                 stopReason = stop ?? stopReason
             }
@@ -86,7 +96,7 @@ public final class Trainer {
         }
         if let v = try validationLoss(run) {
             let best = v < rules.bestValidation
-            if best { rules.bestValidation = v; if c.keepBest && c.writeFiles { try writeBest(run) } }
+            if best { rules.bestValidation = v; if c.keepBest && writes { try writeBest(run) } }
             _ = report(.validation(step: run.state.step, loss: v, best: best))
         }
         let savedByLastStep = c.saveEvery > 0 && run.state.step % c.saveEvery == 0 && run.state.step > run.startStep
@@ -143,10 +153,11 @@ public final class Trainer {
         model.gradientCheckpointing = memory.gradientCheckpointing
         let startStep = checkpoint?.iteration ?? 0
         let plan = TrainingPlan(
-            trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * c.context,
+            trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * ranks * c.context,
             steps: max(0, c.iterations - startStep), startStep: startStep, samples: trainStream.sampleCount,
             validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing,
-            memory: memory.parts.map { ($0.name, $0.bytes) })
+            memory: memory.parts.map { ($0.name, $0.bytes) }, ranks: ranks,
+            bytesExchangedPerStep: ranks > 1 ? 4 * trainable + 8 * 3 : 0)
         return Run(file: file, model: model, batcher: batcher, validationRows: validationRows,
                    state: TrainingState(adapter: LoRAAdapter<Float>()), checkpoint: checkpoint, startStep: startStep,
                    plan: plan, memory: memory, warnings: warnings + validationWarnings)
@@ -169,7 +180,8 @@ public final class Trainer {
         }
         run.batcher.state = state.data
         try run.model.attach(state.adapter, trainable: true, source: "training adapter")
-        run.model.isCancelled = isCancelled
+        // Under MPI a step stops only where every rank agrees (a rank leaving mid-step would leave the others waiting).
+        if communicator == nil { run.model.isCancelled = isCancelled }
         run.state = state
         run.checkpoint = nil
     }
@@ -179,13 +191,14 @@ public final class Trainer {
     func step(_ run: inout Run, schedule: LearningSchedule) throws -> StepReport? {
         let c = configuration, start = Date()
         let cursor = run.batcher.state
-        let micro = (0..<c.gradientAccumulation).map { _ in run.batcher.next(rows: c.batch) }
+        // Every rank draws the whole global step (the same batches in the same order) and computes its share.
+        let micro = (0..<(c.gradientAccumulation * ranks)).map { _ in run.batcher.next(rows: c.batch) }
         let scored = micro.reduce(0) { $0 + $1.targets.filter { $0 >= 0 }.count }
         run.state.adapter.zeroGradients()
         var lossSum = 0.0
         let computeStart = Date()
         do {
-            for mb in micro where scored > 0 {
+            for (index, mb) in micro.enumerated() where scored > 0 && index % ranks == rank {
                 lossSum += try run.model.forwardBackward(tokens: mb.tokens, targets: mb.targets, batch: c.batch,
                                                          lossScale: 1 / Float(scored)).sum
             }
@@ -193,6 +206,7 @@ public final class Trainer {
             run.batcher.state = cursor
             return nil
         }
+        if let communicator { lossSum = try reduce(&run.state.adapter, lossSum: lossSum, communicator) }
         let loss = scored > 0 ? lossSum / Double(scored) : 0
         let computeSeconds = Date().timeIntervalSince(computeStart)
         guard loss.isFinite else { throw TrainingError.nonFinite(step: run.state.step + 1, what: "the loss") }
@@ -203,7 +217,7 @@ public final class Trainer {
         run.state.tokensSeen += scored
         let seconds = Date().timeIntervalSince(start)
         return StepReport(step: run.state.step, loss: loss, learningRate: c.adam.learningRate * factor, gradientNorm: norm,
-                          tokensPerSecond: Double(c.batch * c.gradientAccumulation * c.context) / seconds, elapsed: 0,
+                          tokensPerSecond: Double(c.batch * c.gradientAccumulation * ranks * c.context) / seconds, elapsed: 0,
                           eta: 0, scoredTokens: scored, epoch: run.batcher.state.epoch,
                           overhead: max(0, 1 - computeSeconds / seconds))
     }
@@ -213,7 +227,8 @@ public final class Trainer {
         guard !run.validationRows.isEmpty, !isCancelled() else { return nil }
         let rows = run.validationRows, batch = configuration.batch
         var sum = 0.0, count = 0
-        for start in stride(from: 0, to: rows.count, by: batch) {
+        // Rank r scores the batches r, r + N, …; the sums are added across ranks.
+        for start in stride(from: rank * batch, to: rows.count, by: batch * ranks) {
             let part = rows[start..<min(rows.count, start + batch)]
             let (s, n): (Double, Int)
             do { (s, n) = try run.model.loss(tokens: part.flatMap(\.tokens), targets: part.flatMap(\.targets), batch: part.count) }
@@ -221,13 +236,45 @@ public final class Trainer {
             sum += s
             count += n
         }
+        if let communicator {
+            var totals = [sum, Double(count)]
+            try communicator.sum(&totals)
+            (sum, count) = (totals[0], Int(totals[1]))
+        }
         return count > 0 ? sum / Double(count) : nil
+    }
+
+    /// Sums every rank's LoRA gradients (one exchange of one buffer) and loss; returns the summed loss.
+    func reduce(_ adapter: inout LoRAAdapter<Float>, lossSum: Double, _ communicator: Communicator) throws -> Double {
+        var buffer = [Float]()
+        buffer.reserveCapacity(adapter.parameterCount)
+        for name in adapter.order { buffer += adapter[name]!.gradA; buffer += adapter[name]!.gradB }
+        try communicator.sum(&buffer)
+        var offset = 0
+        for name in adapter.order {
+            let p = adapter[name]!
+            p.gradA = Array(buffer[offset..<(offset + p.gradA.count)])
+            offset += p.gradA.count
+            p.gradB = Array(buffer[offset..<(offset + p.gradB.count)])
+            offset += p.gradB.count
+        }
+        var loss = [lossSum]
+        try communicator.sum(&loss)
+        return loss[0]
+    }
+
+    /// Whether every rank goes on: one rank's stop (a signal, the callback) stops them all at the same step.
+    func agree(_ keepGoing: Bool) throws -> Bool {
+        guard let communicator else { return keepGoing }
+        var stops = [keepGoing ? 0.0 : 1.0]
+        try communicator.sum(&stops)
+        return stops[0] == 0
     }
 
     /// Writes the adapter and, when asked, the checkpoint (each through a temporary file and a rename).
     func save(_ run: Run, _ report: (TrainingEvent) -> Bool) throws {
         let c = configuration
-        guard c.writeFiles else { return }
+        guard writes else { return }
         for path in try writeAdapter(run, path: c.adapterOut, step: run.state.step) { _ = report(.saved(kind: "adapter", path: path)) }
         guard let out = c.checkpointOut else { return }
         let cp = run.state.checkpoint(seed: c.seed, alpha: c.alpha, rsLoRA: c.rsLoRA)

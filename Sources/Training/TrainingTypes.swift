@@ -98,6 +98,9 @@ public struct TrainingPlan: Sendable {
     public var gradientCheckpointing: Bool
     /// Bytes by part (see `MemoryPlan`).
     public var memory: [(String, Int)]
+    /// Processes sharing each step (MPI ranks; 1 alone) and what each sends per step in the gradient exchange.
+    public var ranks = 1
+    public var bytesExchangedPerStep = 0
 }
 
 public struct StepReport: Sendable {

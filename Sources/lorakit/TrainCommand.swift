@@ -1,4 +1,5 @@
 import ArgumentParser
+import Distributed
 import Foundation
 import GGUF
 import LoRA
@@ -232,13 +233,20 @@ struct TrainCommand: ParsableCommand {
         }
         signal(SIGINT, onSignal)
         signal(SIGTERM, onSignal)
-        var renderer = TrainingReport(metricsPath: metrics, plotPath: plot, config: config)
         do {
             let trainer = Trainer(configuration: config)
             trainer.isCancelled = { stopRequested != 0 }
+            // Under mpirun every process is one rank; rank 0 alone prints and writes.
+            if MPICommunicator.isLaunchedByMPI { trainer.communicator = try MPICommunicator() }
+            let isRankZero = (trainer.communicator?.rank ?? 0) == 0
+            var renderer = TrainingReport(metricsPath: isRankZero ? metrics : nil, plotPath: isRankZero ? plot : nil, config: config)
             let summary = try trainer.run { event in
-                renderer.render(event)
+                if isRankZero { renderer.render(event) }
                 return stopRequested == 0
+            }
+            guard isRankZero else {
+                if stopRequested != 0 { throw ExitCode(130) }
+                return
             }
             try renderer.finish()
             if stopRequested != 0 {

@@ -31,10 +31,14 @@ struct TrainingReport {
         switch event {
         case let .plan(p):
             print("plan: \(p.trainableParameters) trainable parameters (rank \(config.rank), alpha \(config.alpha), \(config.targets.map(\.rawValue).joined(separator: ",")))")
-            print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")")
+            print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")\(p.ranks > 1 ? " × \(p.ranks) ranks" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")")
             print("      memory: " + p.memory.map { "\($0.0) \(TrainingReport.mb($0.1))" }.joined(separator: ", ")
                   + "; gradient checkpointing \(p.gradientCheckpointing ? "on" : "off")")
-            print("      compute: \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), BLAS "
+            if p.ranks > 1 {
+                print("      data parallel: \(p.ranks) MPI ranks, \(config.batch * config.gradientAccumulation * p.ranks) rows per step "
+                      + "(\(config.batch * config.gradientAccumulation) per rank), \(TrainingReport.mb(p.bytesExchangedPerStep)) exchanged per step")
+            }
+            print("      compute: \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")\(p.ranks > 1 ? " per rank" : ""), BLAS "
                   + (BLAS.libraryPath.map { "\($0) (\(BLAS.coreName ?? "?") kernels)" } ?? "none (Swift reference GEMM)"))
         case let .warning(w):
             CLI.printError("warning: " + w)
