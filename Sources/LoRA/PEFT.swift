@@ -104,8 +104,11 @@ public enum PEFT {
             return n.doubleValue
         }
         let alpha = Float(try number("lora_alpha", config["lora_alpha"]) ?? 8)
-        let configRank = try number("r", config["r"]).map { Int($0) }
-        if let configRank, configRank < 1 { throw LoRAError.format(path: configPath, reason: "r = \(configRank) must be at least 1") }
+        let rValue = try number("r", config["r"])
+        if let rValue, !(1...65536).contains(rValue) || rValue != rValue.rounded() {
+            throw LoRAError.format(path: configPath, reason: "r = \(rValue) must be a whole number from 1 to 65536")
+        }
+        let configRank = rValue.map { Int($0) }
         let rs = config["use_rslora"] as? Bool ?? false
         guard config["alpha_pattern"] == nil || config["alpha_pattern"] is NSNull || config["alpha_pattern"] is [String: Any] else {
             throw LoRAError.format(path: configPath, reason: "alpha_pattern is not an object")

@@ -22,4 +22,15 @@ final class FuzzFindingsTests: XCTestCase {
         XCTAssertThrowsError(try LlamaConfig(file: file))
         XCTAssertLessThan(Date().timeIntervalSince(start), 1)
     }
+
+    /// adapter_config.json with r = 666…62 (past Int): converting it trapped. Input: config, NUL, safetensors.
+    func testPEFTConfigWithAHugeRank() throws {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: fixture("peft-huge-rank.bin")))
+        let split = bytes.firstIndex(of: 0) ?? bytes.count
+        let dir = NSTemporaryDirectory() + "/lorakit-fuzz-peft-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try bytes[..<split].write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
+        try bytes[min(split + 1, bytes.count)...].write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
+        XCTAssertThrowsError(try AdapterLoader.load(dir, heads: PEFT.Heads(heads: 4, kvHeads: 2)))
+    }
 }
