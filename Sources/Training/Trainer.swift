@@ -34,6 +34,10 @@ public final class Trainer {
         let validationRows: [(tokens: [Int32], targets: [Int32])]
         var state: TrainingState
         var checkpoint: Checkpoint?
+        /// The adapter `--lora-in` continues (nil: a fresh one), and the alpha and rsLoRA the run writes.
+        var initial: LoRAAdapter<Float>?
+        var alpha: Float
+        var rsLoRA: Bool
         let startStep: Int
         let plan: TrainingPlan
         let memory: MemoryPlan
@@ -141,7 +145,21 @@ public final class Trainer {
 
         // The plan comes before any LoRA memory is allocated (a huge rank is refused, not attempted).
         let checkpoint = try c.checkpointIn.flatMap { FileManager.default.fileExists(atPath: $0) ? try Checkpoint.read(path: $0) : nil }
-        let trainable = c.targets.reduce(0) { sum, target in
+        let heads = PEFT.Heads(heads: model.config.heads, kvHeads: model.config.kvHeads)
+        for frozen in c.frozenAdapters {
+            let loaded = try AdapterLoader.load(frozen.path, heads: heads)
+            try model.attach(loaded.adapter, multiplier: frozen.multiplier, source: frozen.path)
+        }
+        var notes: [String] = []
+        let continued = try c.adapterIn.map { path -> AdapterLoader.Loaded in
+            let loaded = try AdapterLoader.load(path, heads: heads)
+            try model.validate(loaded.adapter, source: path)
+            if !loaded.normDeltas.isEmpty {
+                notes.append("\(path): its \(loaded.normDeltas.count) norm deltas are neither trained nor written (no adapter format holds them)")
+            }
+            return loaded
+        }
+        let trainable = continued?.adapter.parameterCount ?? c.targets.reduce(0) { sum, target in
             let (inF, outF) = model.config.features(of: target), r = c.ranks[target] ?? c.rank
             return sum + r * (inF + outF) * (target.isPerLayer ? model.config.layers : 1)
         }
@@ -159,20 +177,22 @@ public final class Trainer {
             memory: memory.parts.map { ($0.name, $0.bytes) }, ranks: ranks,
             bytesExchangedPerStep: ranks > 1 ? 4 * trainable + 8 * 3 : 0)
         return Run(file: file, model: model, batcher: batcher, validationRows: validationRows,
-                   state: TrainingState(adapter: LoRAAdapter<Float>()), checkpoint: checkpoint, startStep: startStep,
-                   plan: plan, memory: memory, warnings: warnings + validationWarnings)
+                   state: TrainingState(adapter: LoRAAdapter<Float>()), checkpoint: checkpoint,
+                   initial: continued?.adapter, alpha: continued?.alpha ?? c.alpha, rsLoRA: continued?.rsLoRA ?? c.rsLoRA,
+                   startStep: startStep,
+                   plan: plan, memory: memory, warnings: notes + warnings + validationWarnings)
     }
 
     /// The training state: resumed from the checkpoint, or fresh (the adapter initialized as PEFT does, B = 0).
     func start(_ run: inout Run) throws {
         let c = configuration
-        var state = TrainingState(adapter: try initialAdapter(run.model))
+        var state = TrainingState(adapter: try run.initial ?? initialAdapter(run.model))
         if let cp = run.checkpoint, let path = c.checkpointIn {
             try run.model.validate(cp.adapter, source: path)
             let expected = state.adapter
             guard Set(expected.order) == Set(cp.adapter.order),
-                  expected.order.allSatisfy({ expected[$0]!.rank == cp.adapter[$0]!.rank }), cp.alpha == c.alpha,
-                  cp.rsLoRA == c.rsLoRA else {
+                  expected.order.allSatisfy({ expected[$0]!.rank == cp.adapter[$0]!.rank }), cp.alpha == run.alpha,
+                  cp.rsLoRA == run.rsLoRA else {
                 throw TrainingError.invalid("\(path): the checkpoint's targets, ranks or alpha differ from this run's options")
             }
             state = TrainingState(checkpoint: cp)
@@ -277,7 +297,7 @@ public final class Trainer {
         guard writes else { return }
         for path in try writeAdapter(run, path: c.adapterOut, step: run.state.step) { _ = report(.saved(kind: "adapter", path: path)) }
         guard let out = c.checkpointOut else { return }
-        let cp = run.state.checkpoint(seed: c.seed, alpha: c.alpha, rsLoRA: c.rsLoRA)
+        let cp = run.state.checkpoint(seed: c.seed, alpha: run.alpha, rsLoRA: run.rsLoRA)
         for path in Trainer.outputNames(out, step: run.state.step, pattern: c.iterationPattern, latest: c.latestName) {
             try cp.write(to: path)
             _ = report(.saved(kind: "checkpoint", path: path))
@@ -312,8 +332,8 @@ public final class Trainer {
     }
 
     func description(_ run: Run, step: Int) -> AdapterFile.Description {
-        var d = AdapterFile.Description(alpha: configuration.alpha)
-        d.rsLoRA = configuration.rsLoRA
+        var d = AdapterFile.Description(alpha: run.alpha)
+        d.rsLoRA = run.rsLoRA
         d.baseModelName = run.file.metadata["general.name"]?.stringValue
         d.baseModelFingerprint = AdapterFile.fingerprint(of: run.file)
         d.heads = (run.model.config.heads, run.model.config.kvHeads)

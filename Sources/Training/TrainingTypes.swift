@@ -55,6 +55,11 @@ public struct TrainingConfiguration: Sendable {
     public var writeFiles = true
 
     public var adapterOut: String
+    /// Continue training this adapter (any format `AdapterLoader` opens) instead of a fresh one: its targets, ranks
+    /// and alpha replace `targets`, `rank`, `ranks` and `alpha`; AdamW starts fresh unless a checkpoint is resumed.
+    public var adapterIn: String?
+    /// Adapters applied, frozen, under the one being trained (path, multiplier).
+    public var frozenAdapters: [(path: String, multiplier: Float)] = []
     public var checkpointIn: String?
     public var checkpointOut: String?
     public var saveEvery = 10
@@ -169,6 +174,7 @@ extension TrainingConfiguration {
         try require(maxNoImprovement >= 0 && saveEvery >= 0 && validationEvery >= 0 && earlyStop >= 0,
                     "--opt-max-no-improvement, --save-every, --val-every and --early-stop must not be negative")
         try require(threads.map { (1...1024).contains($0) } ?? true, "--threads must be between 1 and 1024")
+        try require(frozenAdapters.allSatisfy { $0.multiplier.isFinite }, "an adapter's scale must be a finite number")
         for (name, value) in [("--norm-rms-eps", overrides.rmsEpsilon), ("--rope-freq-base", overrides.ropeBase),
                               ("--rope-freq-scale", overrides.ropeScale)] {
             try require(value.map { $0.isFinite && $0 > 0 } ?? true, "\(name) must be a finite, positive number")
@@ -189,6 +195,9 @@ extension TrainingConfiguration {
             if keepBest { outputs.append(OutputGuard.File("the best adapter", Trainer.bestName(adapterOut))) }
         }
         var inputs = [OutputGuard.File("the model", model), OutputGuard.File("--train-data", trainData)]
+        let peftFiles = ["adapter_config.json", "adapter_model.safetensors"]
+        if let a = adapterIn { inputs.append(OutputGuard.File("--lora-in", a, contents: peftFiles)) }
+        inputs += frozenAdapters.map { OutputGuard.File("the frozen adapter", $0.path, contents: peftFiles) }
         if let v = validationData { inputs.append(OutputGuard.File("--val-data", v)) }
         return (outputs, inputs)
     }

@@ -36,6 +36,9 @@ struct TrainCommand: ParsableCommand {
     var chatTemplate: String?
     @Flag(name: .customLong("train-on-prompt"), help: "Learn prompt and user tokens too (default: only completions / assistant turns).")
     var trainOnPrompt = false
+    @Option(name: .customLong("lora-in"), help: "Continue training this adapter (llama.cpp GGUF, PEFT directory, or a 2023 finetune file): its rank, alpha and targets are used.")
+    var loraIn: String?
+    @OptionGroup(title: "Frozen adapters applied under the one trained") var frozen: AdapterOptions
     @Option(name: .customLong("lora-out"), help: "Adapter output (llama.cpp GGUF); ITERATION in the name gives one file per save plus LATEST.")
     var loraOut = "lora.gguf"
     @Option(name: .customLong("checkpoint-in"), help: "Resume from this checkpoint when it exists.")
@@ -141,11 +144,24 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--targets: unknown target '\(t)' (q, k, v, o, gate, up, down, output, embed)")
         }
         do { try configuration.validate() } catch { throw ValidationError(String(describing: error)) }
+        if loraIn != nil {
+            // The adapter decides these; a different value on the command line would be silently ignored.
+            let decided = ["--lora-r", "--rank", "--lora-alpha", "--alpha", "--targets", "--rslora", "--rank-wq", "--rank-wk",
+                           "--rank-wv", "--rank-wo", "--rank-w1", "--rank-w2", "--rank-w3", "--rank-out", "--rank-tok-embd"]
+            let given = LoRAKitCommand.normalizedArguments(Array(CommandLine.arguments.dropFirst())).compactMap { arg in
+                decided.first { arg == $0 || arg.hasPrefix($0 + "=") }
+            }
+            if let option = given.first {
+                throw ValidationError("--lora-in takes the rank, alpha and targets from the adapter; drop \(option)")
+            }
+        }
     }
 
     var configuration: TrainingConfiguration {
         var c = TrainingConfiguration(model: model, trainData: trainData, adapterOut: loraOut)
         c.validationData = valData
+        c.adapterIn = loraIn
+        c.frozenAdapters = frozen.list.map { (path: $0.path, multiplier: $0.scale) }
         c.dataFormat = dataFormat.flatMap(DataFormat.init(rawValue:))
         c.chatTemplate = chatTemplate
         c.trainOnPrompt = trainOnPrompt

@@ -50,6 +50,17 @@ final class RobustnessCommandTests: XCTestCase {
         try expect(64, ["generate", "-m", model, "-p", "HI", "--lora-scaled", dir + "/x.gguf", "nan"], contains: "finite")
     }
 
+    /// --lora-in decides rank, alpha and targets: giving them too is refused rather than ignored; a frozen --lora
+    /// trains on top of another adapter.
+    func testContinuedTrainingOptions() throws {
+        try expect(0, train(["--lora-out", dir + "/a.gguf", "--rank", "4"]))
+        try expect(64, train(["--lora-in", dir + "/a.gguf", "--lora-out", dir + "/b.gguf", "--rank", "16"]), contains: "drop --rank")
+        try expect(64, train(["--lora-in", dir + "/a.gguf", "--lora-out", dir + "/b.gguf", "--targets", "q"]), contains: "drop --targets")
+        try expect(0, train(["--lora-in", dir + "/a.gguf", "--lora-out", dir + "/b.gguf"]))
+        try expect(0, train(["--lora", dir + "/a.gguf", "--lora-out", dir + "/c.gguf"]))
+        try expect(1, train(["--lora-in", dir + "/a.gguf", "--lora-out", dir + "/a.gguf"]), contains: "is --lora-in")
+    }
+
     func testNegativeValuesWithASpace() throws {
         try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "-1", "-s", "-1", "--ctx", "24", "--temp", "0"])
         try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n", "-1", "--repeat-penalty", "1.3"])
