@@ -54,6 +54,23 @@ public final class LoRAPair<T: KernelScalar>: @unchecked Sendable {
 
     public var parameterCount: Int { a.count + b.count }
 
+    /// ‖ΔW‖ (Frobenius) without forming ΔW: ‖s·B·A‖² = s²·Σᵢⱼ (BᵀB)ᵢⱼ·(A·Aᵀ)ᵢⱼ, two r × r products.
+    public func deltaNorm(multiplier: Double = 1) -> Double {
+        let r = rank
+        var btb = [Double](repeating: 0, count: r * r), aat = btb
+        for i in 0..<r {
+            for j in 0..<r {
+                var x = 0.0, y = 0.0
+                for o in 0..<outFeatures { x += Double(b[o * r + i]) * Double(b[o * r + j]) }
+                for k in 0..<inFeatures { y += Double(a[i * inFeatures + k]) * Double(a[j * inFeatures + k]) }
+                btb[i * r + j] = x
+                aat[i * r + j] = y
+            }
+        }
+        let s = multiplier * Double(scale)
+        return abs(s) * max(0, zip(btb, aat).reduce(0) { $0 + $1.0 * $1.1 }).squareRoot()
+    }
+
     /// ΔW = multiplier · scale · B·A [out, in]: what merging adds to the base weight (the same rule as the
     /// runtime product, folded).
     public func delta(multiplier: T = 1) -> [T] {

@@ -1,15 +1,21 @@
 import ArgumentParser
+import Foundation
 import GGUF
+import Llama
+import LoRA
 
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
         abstract: "Describe a GGUF file: architecture, hyperparameters, tokenizer, tensors and their types.",
-        discussion: "Works on models, vocabulary-only files and adapter files. Reads no tensor data."
+        discussion: "Works on models, vocabulary-only files and adapter files (reading no tensor data). With -m, an adapter (GGUF, PEFT directory or a 2023 finetune file) is checked against the model and its change of every layer, ‖ΔW‖, is listed."
     )
 
-    @Argument(help: "The GGUF file.")
+    @Argument(help: "The GGUF file, or an adapter (with -m).")
     var file: String
+
+    @Option(name: [.customShort("m"), .long], help: "The base model: say whether the adapter fits it, and how much it changes each layer.")
+    var model: String?
 
     @Flag(help: "List every tensor (name, type, shape).")
     var tensors = false
@@ -21,12 +27,47 @@ struct InfoCommand: ParsableCommand {
     var json = false
 
     func run() throws {
+        if let model {
+            do { try describeAdapter(model: model) } catch let e as CLIError { throw e } catch { throw CLIError(String(describing: error)) }
+            return
+        }
         let gguf = try CLI.open(file)
         let summary = GGUFSummary(gguf)
         if json {
             print(summary.json(includeTensors: tensors, includeMetadata: metadata).text)
         } else {
             print(CLI.printable(summary.text(includeTensors: tensors, includeMetadata: metadata), oneLine: false), terminator: "")
+        }
+    }
+}
+
+extension InfoCommand {
+    /// An adapter against its base model: whether it fits, what it holds, and ‖ΔW‖ by layer (where training changed
+    /// the model most).
+    func describeAdapter(model path: String) throws {
+        let base = try LlamaModel<Float>(file: CLI.open(path))
+        let loaded = try AdapterLoader.load(file, heads: PEFT.Heads(heads: base.config.heads, kvHeads: base.config.kvHeads))
+        let adapter = loaded.adapter
+        print("adapter      \(file)")
+        print("holds        \(loaded.summary)")
+        print("parameters   \(adapter.parameterCount) (\(String(format: "%.1f", Double(adapter.parameterCount * 4) / 1e6)) MB as float32)")
+        do { try base.validate(adapter, source: file) } catch { throw CLIError("the adapter does not fit \(path): \(error)") }
+        print("fits         yes: every tensor matches a weight of \(path)")
+        var byLayer: [String: [(String, Double)]] = [:]
+        for name in adapter.order {
+            let parts = name.split(separator: ".")
+            let layer = parts.count == 3 ? String(parts[1]) : name
+            byLayer[layer, default: []].append((parts.last.map(String.init) ?? name, adapter[name]!.deltaNorm()))
+        }
+        print("‖ΔW‖ by layer (Frobenius norm of scale·B·A; the largest target in brackets):")
+        let layers = byLayer.keys.sorted { (Int($0) ?? Int.max, $0) < (Int($1) ?? Int.max, $1) }
+        for layer in layers {
+            let entries = byLayer[layer]!
+            let total = entries.reduce(0) { $0 + $1.1 * $1.1 }.squareRoot()
+            let top = entries.max { $0.1 < $1.1 }!
+            let label = Int(layer) != nil ? "layer " + layer : layer
+            print("  " + label.padding(toLength: 12, withPad: " ", startingAt: 0)
+                  + String(format: " %10.4f   [%@ %.4f]", total, top.0 as NSString, top.1))
         }
     }
 }

@@ -37,6 +37,7 @@ struct AdapterOptions: ParsableArguments {
                 throw CLIError("\(path): adapter is for architecture '\(arch)', the model is '\(architecture)'")
             }
             try model.validate(loaded.adapter, source: path)
+            CLI.printError("adapter \(path): \(loaded.summary), all matched, applied × \(scale)")
             return (loaded, scale)
         }
     }

@@ -59,6 +59,14 @@ final class RobustnessCommandTests: XCTestCase {
         try expect(0, train(["--lora-in", dir + "/a.gguf", "--lora-out", dir + "/b.gguf"]))
         try expect(0, train(["--lora", dir + "/a.gguf", "--lora-out", dir + "/c.gguf"]))
         try expect(1, train(["--lora-in", dir + "/a.gguf", "--lora-out", dir + "/a.gguf"]), contains: "is --lora-in")
+        // info with -m: fits, what it holds, ‖ΔW‖ by layer; an adapter of another model is one error line.
+        let (info, _) = try expect(0, ["info", dir + "/a.gguf", "-m", model])
+        XCTAssertTrue(info.contains("fits         yes") && info.contains("rank 4") && info.contains("layer 1 "), info)
+        var other = TinyLlama()
+        other.embeddingLength = 64
+        other.addTinyTokenizer()
+        try other.write(to: dir + "/other.gguf")
+        try expect(1, ["info", dir + "/a.gguf", "-m", dir + "/other.gguf"], contains: "does not fit")
     }
 
     func testNegativeValuesWithASpace() throws {

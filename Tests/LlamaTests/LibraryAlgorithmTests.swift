@@ -137,5 +137,8 @@ final class LibraryAlgorithmTests: XCTestCase {
         for j in 0..<pair.rank { expected += pair.b[3 * pair.rank + j] * pair.a[j * pair.inFeatures + 5] }
         XCTAssertEqual(delta[3 * pair.inFeatures + 5], 2 * pair.scale * expected, accuracy: 1e-6)
         XCTAssertThrowsError(try Merger(outputType: .q6_K))
+        // ‖ΔW‖ from two r × r products equals the norm of the formed ΔW.
+        let formed = pair.delta(multiplier: 2).reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+        XCTAssertEqual(pair.deltaNorm(multiplier: 2), formed, accuracy: 1e-5 * formed)
     }
 }
