@@ -68,4 +68,25 @@ public struct MemoryPlan: Sendable, Equatable {
         let mc = i.config
         return 4 * i.batch * i.context * (mc.embedding + mc.qDim + 2 * mc.kvDim + 2 * mc.feedForward)
     }
+
+    /// The nearest setting that fits in `limit` when this one does not: gradient checkpointing first, then fewer rows
+    /// per micro-batch (with more accumulation, so the step keeps its size), then shorter rows. nil when even one
+    /// checkpointed row of 64 tokens does not fit (the model itself is too large).
+    public static func suggestion(_ i: Inputs, limit: Int) -> (checkpointing: Bool, batch: Int, context: Int)? {
+        var trial = i
+        for checkpointing in [false, true] {
+            trial.batch = i.batch
+            while true {
+                if MemoryPlan(trial, checkpointing: checkpointing).total <= limit { return (checkpointing, trial.batch, trial.context) }
+                guard trial.batch > 1 else { break }
+                trial.batch /= 2
+            }
+        }
+        trial.batch = 1
+        while trial.context > 64 {
+            trial.context /= 2
+            if MemoryPlan(trial, checkpointing: true).total <= limit { return (true, 1, trial.context) }
+        }
+        return nil
+    }
 }

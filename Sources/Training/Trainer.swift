@@ -41,6 +41,7 @@ public final class Trainer {
         let startStep: Int
         let plan: TrainingPlan
         let memory: MemoryPlan
+        let memoryInputs: MemoryPlan.Inputs
         let warnings: [String]
     }
 
@@ -50,9 +51,18 @@ public final class Trainer {
         guard report(.plan(run.plan)) else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
         let limit = c.memoryLimit ?? Trainer.availableMemory()
         if run.memory.total > limit {
-            throw TrainingError.invalid(String(format: "the plan needs about %.1f GB, more than the %.1f GB of memory here; "
-                + "try %@a smaller --batch or --ctx, a lower rank or fewer --targets", Double(run.memory.total) / 1e9,
-                Double(limit) / 1e9, run.memory.gradientCheckpointing ? "" : "--use-checkpointing, "))
+            var advice = "a lower rank or fewer --targets"
+            if let fit = MemoryPlan.suggestion(run.memoryInputs, limit: limit) {
+                var parts: [String] = []
+                if fit.checkpointing && !run.memory.gradientCheckpointing { parts.append("--use-checkpointing") }
+                if fit.batch != c.batch {
+                    parts.append("--batch \(fit.batch) --grad-acc \(c.gradientAccumulation * c.batch / fit.batch)")
+                }
+                if fit.context != c.context { parts.append("--ctx \(fit.context)") }
+                if !parts.isEmpty { advice = parts.joined(separator: " ") + " (which fits)" }
+            }
+            throw TrainingError.invalid(String(format: "the plan needs about %.1f GB, more than the %.1f GB of memory here; try %@",
+                                               Double(run.memory.total) / 1e9, Double(limit) / 1e9, advice))
         }
         for warning in run.warnings { _ = report(.warning(warning)) }
         try start(&run)
@@ -180,7 +190,7 @@ public final class Trainer {
                    state: TrainingState(adapter: LoRAAdapter<Float>()), checkpoint: checkpoint,
                    initial: continued?.adapter, alpha: continued?.alpha ?? c.alpha, rsLoRA: continued?.rsLoRA ?? c.rsLoRA,
                    startStep: startStep,
-                   plan: plan, memory: memory, warnings: notes + warnings + validationWarnings)
+                   plan: plan, memory: memory, memoryInputs: inputs, warnings: notes + warnings + validationWarnings)
     }
 
     /// The training state: resumed from the checkpoint, or fresh (the adapter initialized as PEFT does, B = 0).

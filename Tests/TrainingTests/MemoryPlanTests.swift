@@ -37,4 +37,21 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertFalse(MemoryPlan.choose(inputs(batch: 16, context: 1024), checkpointing: false, limit: 1).gradientCheckpointing,
                        "an explicit choice is kept")
     }
+
+    /// A plan that does not fit proposes the nearest one that does: checkpointing, then fewer rows, then shorter rows.
+    func testSuggestionFits() throws {
+        let full = MemoryPlan(inputs(batch: 8, context: 1024), checkpointing: false)
+        let checkpointed = MemoryPlan(inputs(batch: 8, context: 1024), checkpointing: true)
+        var fit = try XCTUnwrap(MemoryPlan.suggestion(inputs(batch: 8, context: 1024), limit: full.total))
+        XCTAssertTrue(fit == (false, 8, 1024), "it fits as it is")
+        fit = try XCTUnwrap(MemoryPlan.suggestion(inputs(batch: 8, context: 1024), limit: checkpointed.total + 1))
+        XCTAssertTrue(fit.checkpointing || fit.batch < 8, "\(fit)")
+        for limit in [checkpointed.total / 2, checkpointed.total / 8, checkpointed.total / 40] {
+            guard let fit = MemoryPlan.suggestion(inputs(batch: 8, context: 1024), limit: limit) else { continue }
+            var i = inputs(batch: fit.batch, context: fit.context)
+            i.batch = fit.batch
+            XCTAssertLessThanOrEqual(MemoryPlan(i, checkpointing: fit.checkpointing).total, limit, "\(fit) fits")
+        }
+        XCTAssertNil(MemoryPlan.suggestion(inputs(), limit: 1000), "nothing fits in 1000 bytes")
+    }
 }
