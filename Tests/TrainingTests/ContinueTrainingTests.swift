@@ -60,7 +60,8 @@ final class ContinueTrainingTests: XCTestCase {
         let loaded = try AdapterLoader.load(path, heads: heads)
         let expected = try runtimeLoss(model: model, adapter: loaded, validation: data, context: context, batch: 2)
         let losses = try validations(c)
-        XCTAssertEqual(losses.first ?? .nan, expected, accuracy: 1e-9 * max(1, expected), "step 0 is the adapter as given", file: file, line: line)
+        // Equal up to float32 rounding: the products may be split over another number of threads.
+        XCTAssertEqual(losses.first ?? .nan, expected, accuracy: 1e-6 * max(1, expected), "step 0 is the adapter as given", file: file, line: line)
         XCTAssertLessThan(losses.last ?? .infinity, losses.first ?? -.infinity, "training lowers it", file: file, line: line)
         // The written adapter keeps the targets and ranks it was given.
         let written = try AdapterLoader.load(dir + "/out.gguf")
