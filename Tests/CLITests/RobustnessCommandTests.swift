@@ -246,13 +246,13 @@ final class KillTests: XCTestCase {
         try tiny.write(to: dir + "/m.gguf")
         try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 40).write(toFile: dir + "/d.txt", atomically: true, encoding: .utf8)
         let args = ["train", "-m", dir + "/m.gguf", "--train-data", dir + "/d.txt", "--ctx", "16", "--batch", "2", "-t", "1",
-                    "--save-every", "1", "--lora-out", dir + "/a.gguf", "--seed", "5", "--iters", "400"]
+                    "--save-every", "1", "--lora-out", dir + "/a.gguf", "--seed", "5"]
         var rng = SplitMix64(seed: 9)
         for round in 0..<20 {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
             let resuming = FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf")
-            p.arguments = args + (resuming ? ["--checkpoint-in", dir + "/a.checkpoint.gguf"] : [])
+            p.arguments = args + ["--iters", "100000000"] + (resuming ? ["--checkpoint-in", dir + "/a.checkpoint.gguf"] : [])
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try p.run()
@@ -266,11 +266,16 @@ final class KillTests: XCTestCase {
                 XCTAssertNoThrow(try AdapterLoader.load(dir + "/a.gguf"), "round \(round)")
             }
         }
-        // The next run resumes (or starts) and finishes the planned 400 steps; no temporary file is left.
-        let resume = FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf") ? ["--checkpoint-in", dir + "/a.checkpoint.gguf"] : []
-        let (status, out, err) = try LoRAKitBinary.run(args + resume)
+        // The next run resumes (or starts) and trains 3 more steps; no temporary file is left.
+        var done = 0
+        var resume: [String] = []
+        if FileManager.default.fileExists(atPath: dir + "/a.checkpoint.gguf") {
+            done = try GGUFFile(path: dir + "/a.checkpoint.gguf").metadata.int("training.iteration_count")
+            resume = ["--checkpoint-in", dir + "/a.checkpoint.gguf"]
+        }
+        let (status, out, err) = try LoRAKitBinary.run(args + ["--iters", String(done + 3)] + resume)
         XCTAssertEqual(status, 0, err)
-        XCTAssertTrue(out.contains("step   400"), out)
+        XCTAssertTrue(out.contains("finished: 3 steps"), out)
         let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }
         XCTAssertEqual(left, [], "temporary files survived")
     }
