@@ -51,18 +51,8 @@ public final class Trainer {
         guard report(.plan(run.plan)) else { return TrainingSummary(steps: 0, adapterPath: c.adapterOut) }
         let limit = c.memoryLimit ?? Trainer.availableMemory()
         if run.memory.total > limit {
-            var advice = "a lower rank or fewer --targets"
-            if let fit = MemoryPlan.suggestion(run.memoryInputs, limit: limit) {
-                var parts: [String] = []
-                if fit.checkpointing && !run.memory.gradientCheckpointing { parts.append("--use-checkpointing") }
-                if fit.batch != c.batch {
-                    parts.append("--batch \(fit.batch) --grad-acc \(c.gradientAccumulation * c.batch / fit.batch)")
-                }
-                if fit.context != c.context { parts.append("--ctx \(fit.context)") }
-                if !parts.isEmpty { advice = parts.joined(separator: " ") + " (which fits)" }
-            }
             throw TrainingError.invalid(String(format: "the plan needs about %.1f GB, more than the %.1f GB of memory here; try %@",
-                                               Double(run.memory.total) / 1e9, Double(limit) / 1e9, advice))
+                                               Double(run.memory.total) / 1e9, Double(limit) / 1e9, memoryAdvice(run, limit: limit)))
         }
         for warning in run.warnings { _ = report(.warning(warning)) }
         try start(&run)
@@ -121,6 +111,17 @@ public final class Trainer {
                                       stoppedEarly: stopReason, adapterPath: c.adapterOut)
         _ = report(.finished(summary))
         return summary
+    }
+
+    /// The options that would make the plan fit in `limit`, as the command line spells them.
+    func memoryAdvice(_ run: Run, limit: Int) -> String {
+        let c = configuration
+        guard let fit = MemoryPlan.suggestion(run.memoryInputs, limit: limit) else { return "a lower rank or fewer --targets" }
+        var parts: [String] = []
+        if fit.checkpointing && !run.memory.gradientCheckpointing { parts.append("--use-checkpointing") }
+        if fit.batch != c.batch { parts.append("--batch \(fit.batch) --grad-acc \(c.gradientAccumulation * c.batch / fit.batch)") }
+        if fit.context != c.context { parts.append("--ctx \(fit.context)") }
+        return parts.isEmpty ? "a lower rank or fewer --targets" : parts.joined(separator: " ") + " (which fits)"
     }
 
     // MARK: Stages
@@ -252,9 +253,10 @@ public final class Trainer {
                           overhead: max(0, 1 - computeSeconds / seconds))
     }
 
-    /// Mean loss over the validation rows (nil without validation data, or when cancelled).
+    /// Mean loss over the validation rows (nil without validation data, or when cancelled; under MPI every rank
+    /// takes part, since the others wait for its sums).
     func validationLoss(_ run: Run) throws -> Double? {
-        guard !run.validationRows.isEmpty, !isCancelled() else { return nil }
+        guard !run.validationRows.isEmpty, communicator != nil || !isCancelled() else { return nil }
         let rows = run.validationRows, batch = configuration.batch
         var sum = 0.0, count = 0
         // Rank r scores the batches r, r + N, …; the sums are added across ranks.
