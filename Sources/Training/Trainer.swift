@@ -237,7 +237,7 @@ public final class Trainer {
             run.batcher.state = cursor
             return nil
         }
-        if let communicator { lossSum = try reduce(&run.state.adapter, lossSum: lossSum, communicator) }
+        if let communicator { lossSum = try reduce(run.state.adapter, lossSum: lossSum, communicator) }
         let loss = scored > 0 ? lossSum / Double(scored) : 0
         let computeSeconds = Date().timeIntervalSince(computeStart)
         guard loss.isFinite else { throw TrainingError.nonFinite(step: run.state.step + 1, what: "the loss") }
@@ -277,7 +277,7 @@ public final class Trainer {
     }
 
     /// Sums every rank's LoRA gradients (one exchange of one buffer) and loss; returns the summed loss.
-    func reduce(_ adapter: inout LoRAAdapter<Float>, lossSum: Double, _ communicator: Communicator) throws -> Double {
+    func reduce(_ adapter: LoRAAdapter<Float>, lossSum: Double, _ communicator: Communicator) throws -> Double {
         var buffer = [Float]()
         buffer.reserveCapacity(adapter.parameterCount)
         for name in adapter.order { buffer += adapter[name]!.gradA; buffer += adapter[name]!.gradB }

@@ -30,16 +30,8 @@ final class DistributedTests: XCTestCase {
     }
 
     func run(_ executable: String, _ args: [String]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, text)
+        let (status, out, err) = try LoRAKitBinary.run(args, executable: executable)
+        return (status, out + err)
     }
 
     func steps(_ text: String) -> [String] {

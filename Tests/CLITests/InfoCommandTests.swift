@@ -17,10 +17,10 @@ enum LoRAKitBinary {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
 
-    /// Runs `lorakit args…`, returning (status, stdout, stderr).
-    static func run(_ args: [String], stdin: String? = nil) throws -> (Int32, String, String) {
+    /// Runs `lorakit args…` (or another program, such as mpirun), returning (status, stdout, stderr).
+    static func run(_ args: [String], stdin: String? = nil, executable: String? = nil) throws -> (Int32, String, String) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
+        process.executableURL = URL(fileURLWithPath: executable ?? path)
         process.arguments = args
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
