@@ -1,28 +1,61 @@
+/// How attention scores are formed and which keys a query sees: S = q·kᵀ·scale, optionally soft-capped
+/// (S ← cap·tanh(S/cap), Gemma 2), over the keys at most `window − 1` positions back (sliding-window layers of
+/// Gemma 2/3) or all earlier keys.
+public struct AttentionScoring<T: KernelScalar>: Sendable {
+    public var scale: T
+    public var softCap: T?
+    public var window: Int?
+
+    @inlinable
+    public init(scale: T, softCap: T? = nil, window: Int? = nil) {
+        self.scale = scale
+        self.softCap = softCap
+        self.window = window
+    }
+
+    /// 1/√d, no cap, no window: llama's attention.
+    @inlinable
+    public static func standard(headDim: Int) -> AttentionScoring { AttentionScoring(scale: 1 / T(headDim).squareRoot()) }
+
+    /// The first key position query position `i` sees (it sees keys up to `i` itself).
+    @inlinable
+    public func firstVisible(_ i: Int) -> Int { window.map { max(0, i - $0 + 1) } ?? 0 }
+
+    /// Soft-caps raw scores in place.
+    @inlinable
+    public func cap(_ row: UnsafeMutablePointer<T>, count: Int) {
+        guard let c = softCap else { return }
+        for j in 0..<count { row[j] = c * T.tanh(row[j] / c) }
+    }
+}
+
 /// Causal multi-head attention with grouped key/value heads, per sequence of a batch.
 ///
 /// Shapes (N = batch · T tokens, rows of each sequence contiguous):
 ///   q, dq, out, dOut [N, H·d]; k, v, dk, dv [N, KV·d]; probs [batch, H, T, T] (saved for backward).
 ///   Query head h reads key/value head h / (H / KV).
-///   S = q·kᵀ/√d (causal), P = softmax(S), out = P·v
+///   S = q·kᵀ·scale (then soft-capped, see `AttentionScoring`), causal (and windowed), P = softmax(S), out = P·v
 public struct Attention<T: KernelScalar> {
     public let batch: Int
     public let length: Int
     public let heads: Int
     public let kvHeads: Int
     public let headDim: Int
+    public let scoring: AttentionScoring<T>
 
     @inlinable
-    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int) {
+    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, scoring: AttentionScoring<T>? = nil) {
         self.batch = batch
         self.length = length
         self.heads = heads
         self.kvHeads = kvHeads
         self.headDim = headDim
+        self.scoring = scoring ?? .standard(headDim: headDim)
     }
 
     @usableFromInline var qStride: Int { heads * headDim }
     @usableFromInline var kvStride: Int { kvHeads * headDim }
-    @usableFromInline var scale: T { 1 / T(headDim).squareRoot() }
+    @usableFromInline var scale: T { scoring.scale }
     public var probsCount: Int { batch * heads * length * length }
 
     @usableFromInline func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
@@ -34,19 +67,35 @@ public struct Attention<T: KernelScalar> {
         output(probs: probs, v: v, out: out)
     }
 
-    /// P = softmax(q·kᵀ/√d) with the causal mask.
+    /// P = softmax(S) with the causal (and window) mask.
     @inlinable
     public func probabilities(q: UnsafePointer<T>, k: UnsafePointer<T>, probs: UnsafeMutablePointer<T>) {
-        let L = length, d = headDim
+        let L = length
         for bh in 0..<(batch * heads) {
-            let b = bh / heads, h = bh % heads
             let p = probs + bh * L * L
-            T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
-                   lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: p, ldc: L)
+            scores(q: q, k: k, head: bh, into: p)
             Parallel.forEachRange(L, minimumPerThread: 32) { rows in
-                for i in rows { Attention.causalSoftmax(p + i * L, count: L, visible: i + 1) }
+                for i in rows {
+                    scoring.cap(p + i * L, count: i + 1)
+                    Attention.maskedSoftmax(p + i * L, count: L, from: scoring.firstVisible(i), to: i + 1)
+                }
             }
         }
+    }
+
+    /// Raw scores q·kᵀ·scale [L, L] of head `bh` (= b·H + h), before capping and masking.
+    @inlinable
+    func scores(q: UnsafePointer<T>, k: UnsafePointer<T>, head bh: Int, into s: UnsafeMutablePointer<T>) {
+        let L = length, d = headDim, b = bh / heads, h = bh % heads
+        T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
+               lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: s, ldc: L)
+    }
+
+    /// Softmax over entries `from ..< to` of a row; the others become 0.
+    @inlinable
+    public static func maskedSoftmax(_ row: UnsafeMutablePointer<T>, count: Int, from: Int, to: Int) {
+        row.update(repeating: 0, count: from)
+        causalSoftmax(row + from, count: count - from, visible: to - from)
     }
 
     /// out = P·v (also how backward rebuilds the attention output instead of keeping it).
@@ -116,14 +165,17 @@ public struct Attention<T: KernelScalar> {
     }
 
     /// Writes dq and accumulates into dk, dv (which the caller zeroes).
-    ///   dP = dOut·vᵀ, dv += Pᵀ·dOut, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dq = dS·k/√d, dk += dSᵀ·q/√d
+    ///   dP = dOut·vᵀ, dv += Pᵀ·dOut, dS = P ⊙ (dP − rowsum(dP ⊙ P)), with a soft cap dS ⊙= 1 − (S/cap)²,
+    ///   dq = dS·k·scale, dk += dSᵀ·q·scale
     @inlinable
     public func backward(dOut: UnsafePointer<T>, q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                          probs: UnsafePointer<T>, dq: UnsafeMutablePointer<T>, dk: UnsafeMutablePointer<T>,
                          dv: UnsafeMutablePointer<T>) {
         let L = length, d = headDim
         let dP = UnsafeMutablePointer<T>.allocate(capacity: L * L)  // [L, L], then dS in place
-        defer { dP.deallocate() }
+        // With a soft cap, the capped scores (rebuilt here rather than kept) give the cap's derivative.
+        let capped = scoring.softCap == nil ? nil : UnsafeMutablePointer<T>.allocate(capacity: L * L)
+        defer { dP.deallocate(); capped?.deallocate() }
         for b in 0..<batch {
             for h in 0..<heads {
                 let p = probs + (b * heads + h) * L * L
@@ -133,8 +185,18 @@ public struct Attention<T: KernelScalar> {
                        b: v + kvOffset, ldb: kvStride, beta: 0, c: dP, ldc: L)
                 T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
                        b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset, ldc: kvStride)
+                if let capped { scores(q: q, k: k, head: b * heads + h, into: capped) }
                 Parallel.forEachRange(L, minimumPerThread: 32) { rows in
-                    for i in rows { Attention.softmaxBackwardRow(p: p + i * L, dP: dP + i * L, count: L, visible: i + 1) }
+                    for i in rows {
+                        let from = scoring.firstVisible(i), row = dP + i * L
+                        row.update(repeating: 0, count: from)
+                        Attention.softmaxBackwardRow(p: p + i * L + from, dP: row + from, count: L - from, visible: i + 1 - from)
+                        if let capped, let cap = scoring.softCap {
+                            let s = capped + i * L
+                            scoring.cap(s, count: i + 1)
+                            for j in from...i { let t = s[j] / cap; row[j] *= 1 - t * t }
+                        }
+                    }
                 }
                 T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
                        b: k + kvOffset, ldb: kvStride, beta: 0, c: dq + qOffset, ldc: qStride)
@@ -147,28 +209,30 @@ public struct Attention<T: KernelScalar> {
 
 extension Attention {
     /// Causal attention of `n` new queries over a key/value cache (generation): query t sees cache positions
-    /// 0 ..< position + t + 1. The query heads that share a key/value head go through two small products
+    /// `scoring.firstVisible(position + t)` ..< position + t + 1. The query heads that share a key/value head go through two small products
     /// together (scores = Q·Kᵀ, out = P·V) and the same causal softmax as the batched pass.
     ///
     /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d] (rows up to position + n filled);
     /// per group of G = H / KV query heads: scores [G, visible].
     @inlinable
     public static func overCache(q: UnsafePointer<T>, n: Int, keys: UnsafePointer<T>, values: UnsafePointer<T>,
-                                 position: Int, heads: Int, kvHeads: Int, headDim d: Int,
+                                 position: Int, heads: Int, kvHeads: Int, headDim d: Int, scoring: AttentionScoring<T>,
                                  out: UnsafeMutablePointer<T>) {
         let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d
-        let scale = 1 / T(d).squareRoot()
         let scores = UnsafeMutablePointer<T>.allocate(capacity: group * (position + n))
         defer { scores.deallocate() }
         for t in 0..<n {
-            let visible = position + t + 1
+            let first = scoring.firstVisible(position + t), visible = position + t + 1 - first
             for kvh in 0..<kvHeads {
                 let qg = q + t * qStride + kvh * group * d, og = out + t * qStride + kvh * group * d
-                T.gemm(transA: false, transB: true, m: group, n: visible, k: d, alpha: scale, a: qg, lda: d,
-                       b: keys + kvh * d, ldb: kvStride, beta: 0, c: scores, ldc: visible)
-                for h in 0..<group { causalSoftmax(scores + h * visible, count: visible, visible: visible) }
+                T.gemm(transA: false, transB: true, m: group, n: visible, k: d, alpha: scoring.scale, a: qg, lda: d,
+                       b: keys + first * kvStride + kvh * d, ldb: kvStride, beta: 0, c: scores, ldc: visible)
+                for h in 0..<group {
+                    scoring.cap(scores + h * visible, count: visible)
+                    causalSoftmax(scores + h * visible, count: visible, visible: visible)
+                }
                 T.gemm(transA: false, transB: false, m: group, n: d, k: visible, alpha: 1, a: scores, lda: visible,
-                       b: values + kvh * d, ldb: kvStride, beta: 0, c: og, ldc: d)
+                       b: values + first * kvStride + kvh * d, ldb: kvStride, beta: 0, c: og, ldc: d)
             }
         }
     }

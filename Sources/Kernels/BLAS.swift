@@ -6,6 +6,7 @@ import Glibc
     @usableFromInline static func cos(_ x: Double) -> Double { Glibc.cos(x) }
     @usableFromInline static func sin(_ x: Double) -> Double { Glibc.sin(x) }
     @usableFromInline static func pow(_ x: Double, _ y: Double) -> Double { Glibc.pow(x, y) }
+    @usableFromInline static func tanh(_ x: Double) -> Double { Glibc.tanh(x) }
 }
 #elseif canImport(Darwin)
 import Darwin
@@ -15,6 +16,7 @@ import Darwin
     @usableFromInline static func cos(_ x: Double) -> Double { Darwin.cos(x) }
     @usableFromInline static func sin(_ x: Double) -> Double { Darwin.sin(x) }
     @usableFromInline static func pow(_ x: Double, _ y: Double) -> Double { Darwin.pow(x, y) }
+    @usableFromInline static func tanh(_ x: Double) -> Double { Darwin.tanh(x) }
 }
 #endif
 
@@ -158,6 +160,7 @@ public protocol KernelScalar: BinaryFloatingPoint, SIMDScalar, Sendable, Codable
     static func cos(_ x: Self) -> Self
     static func sin(_ x: Self) -> Self
     static func pow(_ x: Self, _ y: Self) -> Self
+    static func tanh(_ x: Self) -> Self
 }
 
 extension Float: KernelScalar {
@@ -180,6 +183,7 @@ extension Float: KernelScalar {
     public static func cos(_ x: Float) -> Float { cosf(x) }
     public static func sin(_ x: Float) -> Float { sinf(x) }
     public static func pow(_ x: Float, _ y: Float) -> Float { powf(x, y) }
+    public static func tanh(_ x: Float) -> Float { tanhf(x) }
 }
 
 extension Double: KernelScalar {
@@ -200,6 +204,7 @@ extension Double: KernelScalar {
     public static func cos(_ x: Double) -> Double { LibM.cos(x) }
     public static func sin(_ x: Double) -> Double { LibM.sin(x) }
     public static func pow(_ x: Double, _ y: Double) -> Double { LibM.pow(x, y) }
+    public static func tanh(_ x: Double) -> Double { LibM.tanh(x) }
 }
 
 /// The plain triple loop, the reference the BLAS path is tested against (and the fallback without a BLAS).

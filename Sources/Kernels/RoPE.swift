@@ -1,11 +1,18 @@
-/// Rotary position embedding on rows of heads, rotating adjacent pairs (GGUF's row order for Q and K).
+/// Rotary position embedding on rows of heads.
 ///
 /// Shapes: x [tokens, heads · headDim]; the table holds cos θ and sin θ [tokens, headDim / 2].
-///   (x₂ᵢ, x₂ᵢ₊₁) ← (x₂ᵢ cos θ − x₂ᵢ₊₁ sin θ, x₂ᵢ sin θ + x₂ᵢ₊₁ cos θ),  θ = position · frequencyᵢ
+///   adjacent pairs (llama's GGUF row order for Q and K; the converter permutes the rows for it):
+///     (x₂ᵢ, x₂ᵢ₊₁) ← (x₂ᵢ cos θᵢ − x₂ᵢ₊₁ sin θᵢ, x₂ᵢ sin θᵢ + x₂ᵢ₊₁ cos θᵢ),  θᵢ = position · frequencyᵢ
+///   halves (Qwen, Gemma, Phi-3: llama.cpp's "NeoX" order, as the checkpoints store it):
+///     (xᵢ, xᵢ₊d/2) ← (xᵢ cos θᵢ − xᵢ₊d/2 sin θᵢ, xᵢ sin θᵢ + xᵢ₊d/2 cos θᵢ)
+public enum RoPELayout: Sendable, Equatable { case adjacentPairs, halves }
+
 public struct RoPE<T: KernelScalar> {
+    public typealias Layout = RoPELayout
     public let cosines: [T]
     public let sines: [T]
     public let half: Int
+    public let layout: Layout
 
     /// Frequencies base^(−2i/d) · scale, divided by per-dimension `factors` (LLaMA 3.1's `rope_freqs`) if given.
     @inlinable
@@ -18,7 +25,8 @@ public struct RoPE<T: KernelScalar> {
 
     /// The cos/sin table for `positions` (computed in Double, once per batch, shared by all layers).
     @inlinable
-    public init(positions: [Int32], frequencies: [Double]) {
+    public init(positions: [Int32], frequencies: [Double], layout: Layout = .adjacentPairs) {
+        self.layout = layout
         half = frequencies.count
         var c = [T](repeating: 0, count: positions.count * half), s = c
         for (t, p) in positions.enumerated() {
@@ -42,10 +50,15 @@ public struct RoPE<T: KernelScalar> {
                     let c = cs.baseAddress! + t * half, s = ss.baseAddress! + t * half
                     for h in 0..<heads {
                         let v = x + (t * heads + h) * headDim
-                        if T.self == Float.self && half % 8 == 0 {
+                        switch (layout, T.self == Float.self && half % 8 == 0) {
+                        case (.adjacentPairs, true):
                             RoPE.rotateFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
-                        } else {
+                        case (.adjacentPairs, false):
                             RoPE.rotateReference(v, cos: c, sin: s, half: half, inverse: inverse)
+                        case (.halves, true):
+                            RoPE.rotateHalvesFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
+                        case (.halves, false):
+                            RoPE.rotateHalvesReference(v, cos: c, sin: s, half: half, inverse: inverse)
                         }
                     }
                 }
@@ -78,6 +91,34 @@ public struct RoPE<T: KernelScalar> {
             pairs.evenHalf = a * cosine - b * sine
             pairs.oddHalf = a * sine + b * cosine
             UnsafeMutableRawPointer(v + 2 * i).storeBytes(of: pairs, as: SIMD16<Float>.self)
+            i += 8
+        }
+    }
+
+    /// One head in the halves layout: (vᵢ, vᵢ₊half) rotated by θᵢ (−θᵢ when `inverse`).
+    @inlinable
+    public static func rotateHalvesReference(_ v: UnsafeMutablePointer<T>, cos c: UnsafePointer<T>, sin s: UnsafePointer<T>,
+                                             half: Int, inverse: Bool) {
+        for i in 0..<half {
+            let a = v[i], b = v[i + half]
+            let sn = inverse ? -s[i] : s[i]
+            v[i] = a * c[i] - b * sn
+            v[i + half] = a * sn + b * c[i]
+        }
+    }
+
+    /// The same, eight pairs at a time (`half` a multiple of 8).
+    @inlinable
+    public static func rotateHalvesFast(_ v: UnsafeMutablePointer<Float>, cos c: UnsafePointer<Float>,
+                                        sin s: UnsafePointer<Float>, half: Int, inverse: Bool) {
+        var i = 0
+        while i < half {
+            let a = UnsafeRawPointer(v + i).loadUnaligned(as: SIMD8<Float>.self)
+            let b = UnsafeRawPointer(v + half + i).loadUnaligned(as: SIMD8<Float>.self)
+            let cosine = UnsafeRawPointer(c + i).loadUnaligned(as: SIMD8<Float>.self)
+            let sine = UnsafeRawPointer(s + i).loadUnaligned(as: SIMD8<Float>.self) * (inverse ? -1 : 1)
+            UnsafeMutableRawPointer(v + i).storeBytes(of: a * cosine - b * sine, as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(v + half + i).storeBytes(of: a * sine + b * cosine, as: SIMD8<Float>.self)
             i += 8
         }
     }

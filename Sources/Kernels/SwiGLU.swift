@@ -1,21 +1,25 @@
-/// SwiGLU: a = silu(g) · u, silu(g) = g · sigmoid(g).
+/// A gated feed-forward activation a = f(g)·u, with backward dg = da·u·f′(g), du = da·f(g).
 ///
 /// Shapes: g, u, a, da, dg, du [n] (any layout, element-wise).
-///   forward:  a = g·σ(g)·u
-///   backward: dg = da·u·σ(g)·(1 + g·(1 − σ(g))),  du = da·g·σ(g)
-/// Float runs the vector kernels (`forwardFast`, `backwardFast`); `forwardReference` and `backwardReference`
-/// are the plain loops they are tested against, and what Double uses.
-public enum SwiGLU {
+/// A conforming type gives f and f′ per scalar (the plain reference, also what Double uses) and per vector (the
+/// fast path, tested against it); the loops, and the split of the work over threads, live here once.
+public protocol GatedActivation {
+    static func value<T: KernelScalar>(_ g: T) -> T
+    static func derivative<T: KernelScalar>(_ g: T) -> T
+    static func value(_ g: VectorMath.Vector) -> VectorMath.Vector
+    static func valueAndDerivative(_ g: VectorMath.Vector) -> (value: VectorMath.Vector, derivative: VectorMath.Vector)
+}
+
+extension GatedActivation {
     @inlinable
     public static func forward<T: KernelScalar>(gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                 out: UnsafeMutablePointer<T>, count: Int) {
         Parallel.forEachRange(count) { range in
+            let o = range.lowerBound
             if T.self == Float.self {
-                forwardFast(gate: gate.asFloat + range.lowerBound, up: up.asFloat + range.lowerBound,
-                            out: out.asMutableFloat + range.lowerBound, count: range.count)
+                forwardFast(gate: gate.asFloat + o, up: up.asFloat + o, out: out.asMutableFloat + o, count: range.count)
             } else {
-                forwardReference(gate: gate + range.lowerBound, up: up + range.lowerBound,
-                                 out: out + range.lowerBound, count: range.count)
+                forwardReference(gate: gate + o, up: up + o, out: out + o, count: range.count)
             }
         }
     }
@@ -39,10 +43,7 @@ public enum SwiGLU {
     @inlinable
     public static func forwardReference<T: KernelScalar>(gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                          out: UnsafeMutablePointer<T>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            out[i] = g / (1 + T.exp(-g)) * up[i]
-        }
+        for i in 0..<count { out[i] = value(gate[i]) * up[i] }
     }
 
     @inlinable
@@ -50,11 +51,9 @@ public enum SwiGLU {
                                                           up: UnsafePointer<T>, dGate: UnsafeMutablePointer<T>,
                                                           dUp: UnsafeMutablePointer<T>, count: Int) {
         for i in 0..<count {
-            let g = gate[i]
-            let s = 1 / (1 + T.exp(-g))
-            let d = dOut[i]
-            dGate[i] = d * up[i] * s * (1 + g * (1 - s))
-            dUp[i] = d * g * s
+            let g = gate[i], d = dOut[i]
+            dGate[i] = d * up[i] * derivative(g)
+            dUp[i] = d * value(g)
         }
     }
 
@@ -64,9 +63,8 @@ public enum SwiGLU {
         var i = 0
         while i < count {
             let left = count - i
-            let g = VectorMath.load(gate + i, left, padding: 0)
-            let u = VectorMath.load(up + i, left, padding: 0)
-            VectorMath.store(g / (1 + VectorMath.exp(-g)) * u, out + i, left)
+            let g = VectorMath.load(gate + i, left, padding: 0), u = VectorMath.load(up + i, left, padding: 0)
+            VectorMath.store(value(g) * u, out + i, left)
             i += VectorMath.width
         }
     }
@@ -77,13 +75,33 @@ public enum SwiGLU {
         var i = 0
         while i < count {
             let left = count - i
-            let g = VectorMath.load(gate + i, left, padding: 0)
-            let u = VectorMath.load(up + i, left, padding: 0)
+            let g = VectorMath.load(gate + i, left, padding: 0), u = VectorMath.load(up + i, left, padding: 0)
             let d = VectorMath.load(dOut + i, left, padding: 0)
-            let s = 1 / (1 + VectorMath.exp(-g))
-            VectorMath.store(d * u * s * (1 + g * (1 - s)), dGate + i, left)
-            VectorMath.store(d * g * s, dUp + i, left)
+            let (f, slope) = valueAndDerivative(g)
+            VectorMath.store(d * u * slope, dGate + i, left)
+            VectorMath.store(d * f, dUp + i, left)
             i += VectorMath.width
         }
+    }
+}
+
+/// SwiGLU (llama, Qwen): f(g) = silu(g) = g·σ(g),  f′(g) = σ(g)·(1 + g·(1 − σ(g))).
+public enum SwiGLU: GatedActivation {
+    @inlinable
+    public static func value<T: KernelScalar>(_ g: T) -> T { g / (1 + T.exp(-g)) }
+
+    @inlinable
+    public static func derivative<T: KernelScalar>(_ g: T) -> T {
+        let s = 1 / (1 + T.exp(-g))
+        return s * (1 + g * (1 - s))
+    }
+
+    @inlinable
+    public static func value(_ g: VectorMath.Vector) -> VectorMath.Vector { g / (1 + VectorMath.exp(-g)) }
+
+    @inlinable
+    public static func valueAndDerivative(_ g: VectorMath.Vector) -> (value: VectorMath.Vector, derivative: VectorMath.Vector) {
+        let s = 1 / (1 + VectorMath.exp(-g))
+        return (g * s, s * (1 + g * (1 - s)))
     }
 }

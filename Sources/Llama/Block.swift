@@ -2,28 +2,40 @@ import Kernels
 import LoRA
 
 /// What a transformer block is made of, as data: the block's code below follows it, so that an architecture is a
-/// description plus the few operations it adds. Today's description is llama's (Llama 1–3, Mistral, SmolLM, …).
+/// description plus the few operations it adds (llama; Qwen2's biases; Qwen3's and Gemma 3's Q/K norms;
+/// Gemma's GeGLU and post-norms).
 public struct BlockDescription: Sendable, Equatable {
     public enum Norm: Sendable, Equatable { case rms(epsilon: Float) }
     public enum FeedForward: Sendable, Equatable {
         /// down(silu(gate(h)) ⊙ up(h))
         case swiGLU
+        /// down(gelu_tanh(gate(h)) ⊙ up(h))
+        case geGLU
     }
     /// Normalization before attention and before the feed-forward network (pre-norm residual block).
     public var norm: Norm
     public var feedForward: FeedForward
+    /// Q and K are normalized per head (weights [headDim]) before RoPE.
+    public var qkNorm: Bool
+    /// The attention and feed-forward outputs are normalized before each residual add.
+    public var postNorms: Bool
     /// The block's linear weights, in the order the forward pass uses them.
     public var linears: [LoRATarget]
 
-    public static func llama(rmsEpsilon: Float) -> BlockDescription {
-        BlockDescription(norm: .rms(epsilon: rmsEpsilon), feedForward: .swiGLU,
-                         linears: [.attnQ, .attnK, .attnV, .attnOutput, .ffnGate, .ffnUp, .ffnDown])
+    public init(config: LlamaConfig) {
+        norm = .rms(epsilon: config.rmsEpsilon)
+        feedForward = config.feedForwardKind
+        qkNorm = config.qkNorm
+        postNorms = config.postNorms
+        linears = [.attnQ, .attnK, .attnV, .attnOutput, .ffnGate, .ffnUp, .ffnDown]
     }
 }
 
 /// The weights of one block: dequantized for products over many rows, read in place for one token.
+/// Norm weights the description does not use are empty.
 struct BlockWeights<T: KernelScalar> {
     var attnNorm, ffnNorm: [T]
+    var qNorm: [T] = [], kNorm: [T] = [], postAttentionNorm: [T] = [], postFeedForwardNorm: [T] = []
     var q, k, v, o, gate, up, down: LinearWeight<T>
 }
 
@@ -36,33 +48,40 @@ enum AttentionMode<T: KernelScalar> {
     case cached(KVCache<T>, layer: Int)
 }
 
-/// What one block's forward keeps for its backward. The normalized inputs (h1, h2), the SwiGLU output (act), the
-/// attention probabilities and output (attn) and the residual after attention (xMid, one product away) are cheap
-/// to rebuild, so `restore` recomputes them instead of keeping them (that more than halves activation memory).
+/// What one block's forward keeps for its backward. The normalized inputs (h1, h2), the gated activation (act),
+/// the attention probabilities and output (attn) and the residual after attention (xMid, one product away) are
+/// cheap to rebuild, so `restore` recomputes them instead of keeping them (that more than halves activation memory).
+/// The `…Pre` values are the inputs of the optional norms (Q/K norms, post-norms), with their `rstd`.
 final class BlockActivations<T: KernelScalar> {
     var xIn: [T] = [], h1: [T] = [], rstd1: [T] = []
     var q: [T] = [], k: [T] = [], v: [T] = [], probs: [T] = [], attn: [T] = []
+    var qPre: [T] = [], kPre: [T] = [], rstdQ: [T] = [], rstdK: [T] = []
+    var oPre: [T] = [], rstdO: [T] = [], downPre: [T] = [], rstdDown: [T] = []
     var xMid: [T] = [], h2: [T] = [], rstd2: [T] = []
     var gate: [T] = [], up: [T] = [], act: [T] = []
     /// The x·Aᵀ products of every adapted linear, by weight name.
     var lora: [String: [[T]]] = [:]
 }
 
-/// One transformer block, forward and backward side by side (pre-norm, grouped-query attention with RoPE, SwiGLU).
+/// One transformer block, forward and backward side by side (pre-norm, grouped-query attention with RoPE, gated
+/// feed-forward).
 ///
 /// Shapes (N tokens, C embedding, Q = H·d query width, K = KV·d key/value width, F feed-forward):
 ///   x, h1, xMid, h2, out [N, C]; q, attn [N, Q]; k, v [N, K]; gate, up, act [N, F]; rstd1, rstd2 [N];
-///   probs [batch, H, T, T] (causal mode only).
+///   probs [batch, H, T, T] (causal mode only); rstdQ [N·H], rstdK [N·KV].
 ///
-///   h1 = norm(x) · attnNorm            q, k, v = h1·Wqᵀ, h1·Wkᵀ, h1·Wvᵀ (+ LoRA); RoPE on q, k
-///   attn = attention(q, k, v)          xMid = x + attn·Woᵀ
-///   h2 = norm(xMid) · ffnNorm          act = silu(h2·Wgateᵀ) ⊙ (h2·Wupᵀ)
-///   out = xMid + act·Wdownᵀ
+///   h1 = norm(x) · attnNorm            q, k, v = h1·Wqᵀ, h1·Wkᵀ, h1·Wvᵀ (+ bias) (+ LoRA)
+///   [q, k = headNorm(q)·qNorm, headNorm(k)·kNorm]          RoPE on q, k
+///   attn = attention(q, k, v)          xMid = x + [postNorm](attn·Woᵀ)
+///   h2 = norm(xMid) · ffnNorm          act = silu(h2·Wgateᵀ) ⊙ (h2·Wupᵀ)   (GeGLU: gelu_tanh for silu)
+///   out = xMid + [postNorm](act·Wdownᵀ)
 struct TransformerBlock<T: KernelScalar> {
     let description: BlockDescription
     let config: LlamaConfig
     let weights: BlockWeights<T>
     let rope: RoPE<T>
+    /// Scale, cap and window of this layer's attention in cached mode (the batched pass's `Attention` has its own).
+    let scoring: AttentionScoring<T>
 
     var epsilon: T { switch description.norm { case let .rms(e): return T(e) } }
 
@@ -73,20 +92,28 @@ struct TransformerBlock<T: KernelScalar> {
     func forward(_ x: [T], attention: AttentionMode<T>, keep c: BlockActivations<T>? = nil, everything: Bool = false) -> [T] {
         let n = x.count / config.embedding
         let (h1, rstd1) = norm(x, weights.attnNorm, rows: n)
-        var q = linear(weights.q, h1, n, c), k = linear(weights.k, h1, n, c)
+        let qPre = linear(weights.q, h1, n, c), kPre = linear(weights.k, h1, n, c)
         let v = linear(weights.v, h1, n, c)
+        var (q, rstdQ) = headNorm(qPre, weights.qNorm, heads: config.heads)
+        var (k, rstdK) = headNorm(kPre, weights.kNorm, heads: config.kvHeads)
         q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
         k.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads) }
         let (attn, probs) = attend(q, k, v, rows: n, attention)
-        let xMid = attentionResidual(attn, x, rows: n, c)
+        let (xMid, oPre, rstdO) = attentionResidual(attn, x, rows: n, c)
         let (h2, rstd2) = norm(xMid, weights.ffnNorm, rows: n)
         let gate = linear(weights.gate, h2, n, c), up = linear(weights.up, h2, n, c)
         let act = activate(gate, up)
-        var out = linear(weights.down, act, n, c)
+        let downPre = linear(weights.down, act, n, c)
+        var (out, rstdDown) = postNorm(downPre, weights.postFeedForwardNorm, rows: n)
         Self.addInPlace(&out, xMid)
         if let c {
             (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
-            if everything { (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act) }
+            if description.qkNorm { (c.qPre, c.kPre, c.rstdQ, c.rstdK) = (qPre, kPre, rstdQ, rstdK) }
+            if description.postNorms { (c.downPre, c.rstdDown) = (downPre, rstdDown) }
+            if everything {
+                (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act)
+                (c.oPre, c.rstdO) = (oPre, rstdO)
+            }
         }
         return out
     }
@@ -97,15 +124,35 @@ struct TransformerBlock<T: KernelScalar> {
         let n = c.xIn.count / config.embedding
         c.h1 = norm(c.xIn, weights.attnNorm, rows: n).y
         (c.attn, c.probs) = attend(c.q, c.k, c.v, rows: n, .causal(attention))
-        c.xMid = attentionResidual(c.attn, c.xIn, rows: n, nil)
+        (c.xMid, c.oPre, c.rstdO) = attentionResidual(c.attn, c.xIn, rows: n, nil)
         c.h2 = norm(c.xMid, weights.ffnNorm, rows: n).y
         c.act = activate(c.gate, c.up)
     }
 
-    func norm(_ x: [T], _ weight: [T], rows n: Int) -> (y: [T], rstd: [T]) {
+    func norm(_ x: [T], _ weight: [T], rows n: Int, cols: Int? = nil) -> (y: [T], rstd: [T]) {
         var y = [T](repeating: 0, count: x.count), rstd = [T](repeating: 0, count: n)
-        RMSNorm.forward(x: x, weight: weight, y: &y, rstd: &rstd, rows: n, cols: config.embedding, eps: epsilon)
+        RMSNorm.forward(x: x, weight: weight, y: &y, rstd: &rstd, rows: n, cols: cols ?? config.embedding, eps: epsilon)
         return (y, rstd)
+    }
+
+    /// Each head of q or k [N, heads·d] normalized with `weight` [d]; unchanged when the block has no Q/K norms.
+    func headNorm(_ x: [T], _ weight: [T], heads: Int) -> (y: [T], rstd: [T]) {
+        guard description.qkNorm else { return (x, []) }
+        return norm(x, weight, rows: x.count / config.headDim, cols: config.headDim)
+    }
+
+    /// A sublayer's output normalized before the residual add; unchanged when the block has no post-norms.
+    func postNorm(_ x: [T], _ weight: [T], rows n: Int) -> (y: [T], rstd: [T]) {
+        guard description.postNorms else { return (x, []) }
+        return norm(x, weight, rows: n)
+    }
+
+    /// Backward of `headNorm`/`postNorm`: dL/dx from dL/dy (dy itself when the norm is absent).
+    func optionalNormBackward(_ dy: [T], present: Bool, x: [T], weight: [T], rstd: [T], cols: Int) -> [T] {
+        guard present else { return dy }
+        var dx = [T](repeating: 0, count: dy.count)
+        RMSNorm.backward(dy: dy, x: x, weight: weight, rstd: rstd, dx: &dx, rows: dy.count / cols, cols: cols)
+        return dx
     }
 
     /// y = x·Wᵀ + LoRA, recording the adapters' x·Aᵀ in `c` for backward.
@@ -125,21 +172,24 @@ struct TransformerBlock<T: KernelScalar> {
             return (attn, probs)
         case let .cached(cache, layer):
             cache.append(layer: layer, keys: k, values: v, count: n)
-            cache.attend(layer: layer, q: q, count: n, out: &attn)
+            cache.attend(layer: layer, q: q, count: n, scoring: scoring, out: &attn)
             return (attn, [])
         }
     }
 
-    func attentionResidual(_ attn: [T], _ x: [T], rows n: Int, _ c: BlockActivations<T>?) -> [T] {
-        var xMid = linear(weights.o, attn, n, c)
+    /// xMid = x + [postNorm](attn·Woᵀ), with the post-norm's input and rstd.
+    func attentionResidual(_ attn: [T], _ x: [T], rows n: Int, _ c: BlockActivations<T>?) -> (xMid: [T], oPre: [T], rstdO: [T]) {
+        let oPre = linear(weights.o, attn, n, c)
+        var (xMid, rstdO) = postNorm(oPre, weights.postAttentionNorm, rows: n)
         Self.addInPlace(&xMid, x)
-        return xMid
+        return (xMid, description.postNorms ? oPre : [], rstdO)
     }
 
     func activate(_ gate: [T], _ up: [T]) -> [T] {
         var act = [T](repeating: 0, count: gate.count)
         switch description.feedForward {
         case .swiGLU: SwiGLU.forward(gate: gate, up: up, out: &act, count: gate.count)
+        case .geGLU: GeGLU.forward(gate: gate, up: up, out: &act, count: gate.count)
         }
         return act
     }
@@ -157,13 +207,17 @@ struct TransformerBlock<T: KernelScalar> {
     /// activation after its last use (the first layer's backward sets the memory peak).
     func backward(_ dOut: [T], attention: Attention<T>, activations c: BlockActivations<T>) -> [T] {
         let n = dOut.count / config.embedding, C = config.embedding, F = config.feedForward
-        // out = xMid + down(act)
+        // out = xMid + [postNorm](down(act))
+        let dDown = optionalNormBackward(dOut, present: description.postNorms, x: c.downPre,
+                                         weight: weights.postFeedForwardNorm, rstd: c.rstdDown, cols: C)
+        (c.downPre, c.rstdDown) = ([], [])
         var dAct = [T](repeating: 0, count: n * F)
-        linearBackward(weights.down, dOut, c.act, n, c, into: &dAct, accumulate: false)
+        linearBackward(weights.down, dDown, c.act, n, c, into: &dAct, accumulate: false)
         c.act = []
         var dGate = [T](repeating: 0, count: n * F), dUp = [T](repeating: 0, count: n * F)
         switch description.feedForward {
         case .swiGLU: SwiGLU.backward(dOut: dAct, gate: c.gate, up: c.up, dGate: &dGate, dUp: &dUp, count: n * F)
+        case .geGLU: GeGLU.backward(dOut: dAct, gate: c.gate, up: c.up, dGate: &dGate, dUp: &dUp, count: n * F)
         }
         (c.gate, c.up, dAct) = ([], [], [])
         var dh2 = [T](repeating: 0, count: n * C)
@@ -172,9 +226,12 @@ struct TransformerBlock<T: KernelScalar> {
         (c.h2, dGate, dUp) = ([], [], [])
         var dxMid = dOut
         RMSNorm.backward(dy: dh2, x: c.xMid, weight: weights.ffnNorm, rstd: c.rstd2, dx: &dxMid, rows: n, cols: C)
-        // xMid = x + o(attn)
+        // xMid = x + [postNorm](o(attn))
+        let dO = optionalNormBackward(dxMid, present: description.postNorms, x: c.oPre,
+                                      weight: weights.postAttentionNorm, rstd: c.rstdO, cols: C)
+        (c.oPre, c.rstdO) = ([], [])
         var dAttn = [T](repeating: 0, count: n * config.qDim)
-        linearBackward(weights.o, dxMid, c.attn, n, c, into: &dAttn, accumulate: false)
+        linearBackward(weights.o, dO, c.attn, n, c, into: &dAttn, accumulate: false)
         c.attn = []
         var dq = [T](repeating: 0, count: n * config.qDim)
         var dk = [T](repeating: 0, count: n * config.kvDim), dv = dk
@@ -182,6 +239,10 @@ struct TransformerBlock<T: KernelScalar> {
         (c.probs, dAttn) = ([], [])
         dq.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads, inverse: true) }
         dk.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads, inverse: true) }
+        let d = config.headDim
+        dq = optionalNormBackward(dq, present: description.qkNorm, x: c.qPre, weight: weights.qNorm, rstd: c.rstdQ, cols: d)
+        dk = optionalNormBackward(dk, present: description.qkNorm, x: c.kPre, weight: weights.kNorm, rstd: c.rstdK, cols: d)
+        (c.qPre, c.kPre, c.rstdQ, c.rstdK) = ([], [], [], [])
         var dh1 = [T](repeating: 0, count: n * C)
         linearBackward(weights.q, dq, c.h1, n, c, into: &dh1, accumulate: false)
         linearBackward(weights.k, dk, c.h1, n, c, into: &dh1, accumulate: true)

@@ -34,9 +34,9 @@ public final class InferenceSession: @unchecked Sendable {
         // One token reads the weights in place; several go through GEMMs on dequantized weights.
         let rowThreads = n == 1 ? threads : nil
         var x = try model.embed(tokens)
-        let rope = RoPE<Float>(positions: (0..<n).map { Int32(position + $0) }, frequencies: model.frequencies)
+        let rotations = model.rotations(positions: (0..<n).map { Int32(position + $0) })
         for l in 0..<c.layers {
-            x = try model.block(l, rope: rope, rowThreads: rowThreads).forward(x, attention: .cached(cache, layer: l))
+            x = try model.block(l, rotations: rotations, rowThreads: rowThreads).forward(x, attention: .cached(cache, layer: l))
         }
         cache.position += n
         // Only the last position's logits are needed.
@@ -45,7 +45,7 @@ public final class InferenceSession: @unchecked Sendable {
             RMSNorm.forward(x: $0.baseAddress! + (n - 1) * C, weight: model.weights.outputNorm, y: &h, rstd: nil, rows: 1,
                             cols: C, eps: c.rmsEpsilon)
         }
-        return try model.head(rowThreads: threads).forward(h, rows: 1).y
+        return try h.withUnsafeBufferPointer { try model.headLogits($0.baseAddress!, rows: 0..<1, rowThreads: threads) }
     }
 }
 

@@ -26,13 +26,14 @@ final class KVCache<T: KernelScalar> {
     }
 
     /// Attention of `count` new queries [count, H·d] over the cache, causal among themselves.
-    func attend(layer l: Int, q: [T], count: Int, out: inout [T]) {
+    func attend(layer l: Int, q: [T], count: Int, scoring: AttentionScoring<T>, out: inout [T]) {
         let c = config
         keys[l].withUnsafeBufferPointer { K in
             values[l].withUnsafeBufferPointer { V in
                 out.withUnsafeMutableBufferPointer { O in
                     Attention<T>.overCache(q: q, n: count, keys: K.baseAddress!, values: V.baseAddress!, position: position,
-                                           heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, out: O.baseAddress!)
+                                           heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scoring: scoring,
+                                           out: O.baseAddress!)
                 }
             }
         }

@@ -43,6 +43,8 @@ struct LinearWeight<T: KernelScalar> {
     let outFeatures: Int
     let source: Source
     let adapters: WeightAdapters<T>
+    /// A frozen bias [out] (Qwen2's Q, K, V): added to y, no gradient of its own.
+    var bias: [T]? = nil
 
     /// The weight as [out, in] values (dequantizing `rows` sources).
     func withDense<R>(_ body: (UnsafePointer<T>) -> R) -> R {
@@ -73,9 +75,10 @@ struct LinearWeight<T: KernelScalar> {
 }
 
 /// The LoRA rule, the one place it is applied (training, perplexity, prompts, generation):
-/// y = x·Wᵀ + Σ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ, with sᵢ = multiplierᵢ · `loraScale` (alpha/r).
+/// y = x·Wᵀ (+ b) + Σ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ, with sᵢ = multiplierᵢ · `loraScale` (alpha/r).
 ///
-/// Shapes: x [n, in]; W [out, in]; Aᵢ [r, in]; Bᵢ [out, r]; y [n, out]; uᵢ = x·Aᵢᵀ [n, r] (saved for backward).
+/// Shapes: x [n, in]; W [out, in]; b [out]; Aᵢ [r, in]; Bᵢ [out, r]; y [n, out]; uᵢ = x·Aᵢᵀ [n, r] (saved for
+/// backward). The bias is frozen, so backward is the same with or without it.
 enum LinearLoRA {
     static func forward<T: KernelScalar>(x: UnsafePointer<T>, n: Int, weight w: LinearWeight<T>,
                                          y: UnsafeMutablePointer<T>, saved: inout [[T]]) {
@@ -88,6 +91,9 @@ enum LinearLoRA {
                 T.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: x, lda: inF,
                        b: wp, ldb: inF, beta: 0, c: y, ldc: outF)
             }
+        }
+        if let bias = w.bias {
+            for row in 0..<n { for o in 0..<outF { y[row * outF + o] += bias[o] } }
         }
         saved.removeAll(keepingCapacity: true)
         for (pair, scale, _) in w.adapters.pairs {

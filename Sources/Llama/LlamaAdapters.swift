@@ -44,3 +44,10 @@ extension LlamaModel {
         adapters.append(AppliedAdapter(adapter, multiplier: multiplier, trainable: trainable))
     }
 }
+
+extension PEFT.Heads {
+    /// The head counts and Q/K row order of a model (llama's GGUF rows are permuted, the others are not).
+    public init(config: LlamaConfig) {
+        self.init(heads: config.heads, kvHeads: config.kvHeads, permuted: config.ropeLayout == .adjacentPairs)
+    }
+}

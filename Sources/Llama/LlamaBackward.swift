@@ -20,11 +20,11 @@ extension LlamaModel {
         RMSNorm.backward(dy: dhf, x: x, weight: weights.outputNorm, rstd: rstd, dx: &dx, rows: n, cols: C)
         x = []
 
-        let rope = causalRoPE(tokens: n, length: length)
-        let attention = causalAttention(batch: batch, length: length)
+        let rotations = causalRotations(tokens: n, length: length)
         for l in stride(from: config.layers - 1, through: 0, by: -1) {
             try checkCancelled()
-            let block = try self.block(l, rope: rope)
+            let block = try self.block(l, rotations: rotations)
+            let attention = causalAttention(batch: batch, length: length, layer: l)
             let kept: BlockActivations<T>
             if gradientCheckpointing {
                 kept = BlockActivations<T>()
@@ -37,7 +37,7 @@ extension LlamaModel {
             }
             dx = block.backward(dx, attention: attention, activations: kept)
         }
-        LinearLoRA.embeddingBackward(tokens: tokens, adapters: adaptersFor("token_embd"), dx: dx, embedding: C)
+        embedBackward(tokens: tokens, dx: dx)
         return (total, scored)
     }
 
@@ -57,8 +57,11 @@ extension LlamaModel {
             for (i, r) in chunk.enumerated() { for c in 0..<C { rowsH[i * C + c] = hf[r * C + c] } }
             let chunkTargets = chunk.map { targets[$0] }
             var (logits, saved) = head.forward(rowsH, rows: m)
+            capLogits(&logits)
+            let capped = config.finalSoftCap == nil ? [] : logits
             total += CrossEntropy.forwardBackward(logits: &logits, targets: chunkTargets, rows: m, vocab: V,
                                                   gradientScale: lossScale, gradient: true)
+            capLogitsBackward(&logits, capped: capped)
             rowsD.withUnsafeMutableBufferPointer { d in
                 LinearLoRA.backward(dy: logits, x: rowsH, n: m, weight: head, saved: saved, dx: d.baseAddress!, accumulate: false)
             }

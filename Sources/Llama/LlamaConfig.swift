@@ -1,4 +1,5 @@
 import GGUF
+import Kernels
 import LoRA
 
 /// Errors about models; each description is one line naming the file, tensor or key.
@@ -14,7 +15,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .unsupportedArchitecture(path, found):
-            return "\(path): architecture '\(found)' is not supported (supported: \(LlamaConfig.supportedArchitectures.joined(separator: ", ")): LLaMA 1/2/3, TinyLlama, Mistral, SmolLM, OpenLLaMA …)"
+            return "\(path): architecture '\(found)' is not supported (supported: \(LlamaConfig.supportedArchitectures.joined(separator: ", ")): Llama 1/2/3.x, Mistral, SmolLM, TinyLlama, Qwen2/2.5, Qwen3, Gemma 2/3)"
         case let .badShape(path, tensor, found, expected):
             return "\(path): tensor '\(tensor)' has shape \(found), expected \(expected)"
         case let .badValue(path, key, reason):
@@ -29,10 +30,13 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Hyperparameters of a llama-architecture model, read from GGUF metadata.
+/// Hyperparameters of a model, read from GGUF metadata: llama and the families built from the same block
+/// (Qwen2/2.5, Qwen3, Gemma 2/3), which differ in the few points below.
 public struct LlamaConfig: Sendable, Equatable {
-    public static let supportedArchitectures = ["llama"]
+    public static let supportedArchitectures = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"]
 
+    /// `general.architecture`.
+    public var architecture: String = "llama"
     public var layers: Int
     public var embedding: Int
     public var heads: Int
@@ -48,8 +52,37 @@ public struct LlamaConfig: Sendable, Equatable {
     /// The head is `token_embd` (no `output.weight`).
     public var tiedEmbeddings: Bool
 
+    /// How RoPE pairs the dimensions of a head: llama's converter permutes Q and K for adjacent pairs; the other
+    /// families keep the checkpoint's halves.
+    public var ropeLayout: RoPELayout = .adjacentPairs
+    /// Q, K and V have (frozen) biases (Qwen2).
+    public var attentionBias = false
+    /// Q and K are RMS-normalized per head before RoPE (Qwen3, Gemma 3).
+    public var qkNorm = false
+    /// The attention and feed-forward outputs are RMS-normalized before the residual add (Gemma 2/3).
+    public var postNorms = false
+    public var feedForwardKind: BlockDescription.FeedForward = .swiGLU
+    /// The embeddings are multiplied by this (Gemma: √embedding).
+    public var embeddingScale: Float = 1
+    /// Scores are q·k times this (1/√headDim, or Gemma's 1/√query_pre_attn_scalar).
+    public var attentionScale: Float?
+    /// Attention scores and final logits are soft-capped: c·tanh(x/c) (Gemma 2).
+    public var attentionSoftCap: Float?
+    public var finalSoftCap: Float?
+    /// Sliding-window attention on the layers `isSlidingLayer` marks (Gemma 2/3): a query sees this many keys.
+    public var slidingWindow: Int?
+    public var slidingPattern: Int?
+    /// RoPE base of the sliding-window layers (Gemma 3: 10 000 while global layers use `ropeBase`).
+    public var slidingRopeBase: Float?
+
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
+
+    /// Whether layer `l` attends through a sliding window (llama.cpp's pattern: every `pattern`-th layer is global).
+    public func isSlidingLayer(_ l: Int) -> Bool {
+        guard slidingWindow != nil, let p = slidingPattern else { return false }
+        return p == 0 || l % p < p - 1
+    }
 
     public init(layers: Int, embedding: Int, heads: Int, kvHeads: Int, headDim: Int, feedForward: Int, vocabulary: Int,
                 contextLength: Int, rmsEpsilon: Float, ropeBase: Float, ropeScale: Float, tiedEmbeddings: Bool) {
@@ -82,26 +115,32 @@ public struct LlamaConfig: Sendable, Equatable {
         guard LlamaConfig.supportedArchitectures.contains(arch) else {
             throw ModelError.unsupportedArchitecture(path: path, found: arch)
         }
+        architecture = arch
+        let prefix = arch + "."
         func positive(_ key: String) throws -> Int {
-            let v = try md.int("llama." + key)
-            guard v > 0, v < 1 << 24 else { throw ModelError.badValue(path: path, key: "llama." + key, reason: "\(v) is out of range") }
+            let v = try md.int(prefix + key)
+            guard v > 0, v < 1 << 24 else { throw ModelError.badValue(path: path, key: prefix + key, reason: "\(v) is out of range") }
             return v
         }
         layers = try positive("block_count")
         embedding = try positive("embedding_length")
         heads = try positive("attention.head_count")
-        kvHeads = try md.intIfPresent("llama.attention.head_count_kv") ?? heads
+        kvHeads = try md.intIfPresent(prefix + "attention.head_count_kv") ?? heads
         feedForward = try positive("feed_forward_length")
-        contextLength = try md.intIfPresent("llama.context_length") ?? 2048
+        contextLength = try md.intIfPresent(prefix + "context_length") ?? 2048
         guard kvHeads > 0, heads % kvHeads == 0 else {
-            throw ModelError.badValue(path: path, key: "llama.attention.head_count_kv", reason: "\(kvHeads) does not divide the \(heads) heads")
+            throw ModelError.badValue(path: path, key: prefix + "attention.head_count_kv", reason: "\(kvHeads) does not divide the \(heads) heads")
         }
-        headDim = try md.intIfPresent("llama.attention.key_length") ?? embedding / heads
-        guard headDim > 0, headDim % 2 == 0 else {
-            throw ModelError.badValue(path: path, key: "llama.attention.key_length", reason: "head dimension \(headDim) must be even")
+        headDim = try md.intIfPresent(prefix + "attention.key_length") ?? embedding / heads
+        guard headDim > 0, headDim % 2 == 0, headDim < 1 << 16 else {
+            throw ModelError.badValue(path: path, key: prefix + "attention.key_length", reason: "head dimension \(headDim) must be even")
         }
-        if let ropeDimensions = try md.intIfPresent("llama.rope.dimension_count"), ropeDimensions != headDim {
-            throw ModelError.badValue(path: path, key: "llama.rope.dimension_count",
+        if let valueDim = try md.intIfPresent(prefix + "attention.value_length"), valueDim != headDim {
+            throw ModelError.badValue(path: path, key: prefix + "attention.value_length",
+                                      reason: "\(valueDim) differs from the key length \(headDim) (not supported)")
+        }
+        if let ropeDimensions = try md.intIfPresent(prefix + "rope.dimension_count"), ropeDimensions != headDim {
+            throw ModelError.badValue(path: path, key: prefix + "rope.dimension_count",
                                       reason: "\(ropeDimensions) differs from the head size \(headDim) (partial RoPE is not supported)")
         }
         func finitePositive(_ key: String, default value: Float, allowZero: Bool = false) throws -> Float {
@@ -111,14 +150,18 @@ public struct LlamaConfig: Sendable, Equatable {
             }
             return v
         }
-        rmsEpsilon = try finitePositive("llama.attention.layer_norm_rms_epsilon", default: 1e-5)
-        ropeBase = try finitePositive("llama.rope.freq_base", default: 10000)
+        rmsEpsilon = try finitePositive(prefix + "attention.layer_norm_rms_epsilon", default: 1e-5)
+        ropeBase = try finitePositive(prefix + "rope.freq_base", default: 10000)
         var scale: Float = 1
         // 0 means "no scaling" in files written by some converters.
-        let linear = try finitePositive("llama.rope.scale_linear", default: 0, allowZero: true)
+        let linear = try finitePositive(prefix + "rope.scale_linear", default: 0, allowZero: true)
         if linear != 0 { scale = linear }
-        if try md.stringIfPresent("llama.rope.scaling.type") == "linear" {
-            let f = try finitePositive("llama.rope.scaling.factor", default: 0, allowZero: true)
+        if let kind = try md.stringIfPresent(prefix + "rope.scaling.type"), kind != "none" {
+            guard kind == "linear" else {
+                throw ModelError.badValue(path: path, key: prefix + "rope.scaling.type",
+                                          reason: "'\(kind)' RoPE scaling is not supported (linear is)")
+            }
+            let f = try finitePositive(prefix + "rope.scaling.factor", default: 0, allowZero: true)
             if f != 0 { scale = f }
         }
         ropeScale = scale
@@ -128,15 +171,62 @@ public struct LlamaConfig: Sendable, Equatable {
         }
         vocabulary = embd.dimensions[1]
         tiedEmbeddings = file.tensor(named: "output.weight") == nil
-        // Each block has 9 tensors: a count beyond what the file holds is a lie (and would take long to check).
+
+        // What each family changes (llama.cpp's src/models/<arch>.cpp, checked against transformers).
+        switch arch {
+        case "qwen2":
+            ropeLayout = .halves
+            attentionBias = true
+        case "qwen3":
+            ropeLayout = .halves
+            qkNorm = true
+        case "gemma2", "gemma3":
+            ropeLayout = .halves
+            postNorms = true
+            qkNorm = arch == "gemma3"
+            feedForwardKind = .geGLU
+            embeddingScale = Float(embedding).squareRoot()
+            // 27B models scale by the embedding per head; the others by the head size (gemma_pytorch's config).
+            let is27B = layers == (arch == "gemma2" ? 46 : 62)
+            attentionScale = 1 / Float(is27B ? embedding / heads : headDim).squareRoot()
+            if let w = try md.intIfPresent(prefix + "attention.sliding_window") {
+                guard w > 0 else { throw ModelError.badValue(path: path, key: prefix + "attention.sliding_window", reason: "\(w) must be positive") }
+                slidingWindow = w
+            } else if arch == "gemma2" {
+                slidingWindow = 4096
+            }
+            if md[prefix + "attention.sliding_window_pattern"] != nil {
+                let p = try md.int(prefix + "attention.sliding_window_pattern")
+                guard p >= 0, p < 1 << 16 else {
+                    throw ModelError.badValue(path: path, key: prefix + "attention.sliding_window_pattern", reason: "\(p) is out of range")
+                }
+                slidingPattern = p
+            } else {
+                slidingPattern = arch == "gemma2" ? 2 : 6
+            }
+            slidingRopeBase = try finitePositive(prefix + "rope.freq_base_swa", default: arch == "gemma2" ? ropeBase : 10000)
+            if arch == "gemma2" {
+                let attnCap = try finitePositive(prefix + "attn_logit_softcapping", default: 50, allowZero: true)
+                attentionSoftCap = attnCap == 0 ? nil : attnCap
+            }
+            let finalCap = try finitePositive(prefix + "final_logit_softcapping", default: arch == "gemma2" ? 30 : 0, allowZero: true)
+            finalSoftCap = finalCap == 0 ? nil : finalCap
+        default:
+            break
+        }
+        if arch == "llama" || arch == "qwen3" || arch == "gemma2" || arch == "gemma3" {
+            attentionBias = file.tensor(named: "blk.0.attn_q.bias") != nil
+        }
+
+        // Each block has at least 9 tensors: a count beyond what the file holds is a lie (and would take long to check).
         guard layers * 9 <= file.tensors.count else {
-            throw ModelError.badValue(path: path, key: "llama.block_count",
+            throw ModelError.badValue(path: path, key: prefix + "block_count",
                                       reason: "\(layers) blocks, but the file holds only \(file.tensors.count) tensors")
         }
         try checkShapes(file)
         // More blocks in the file than block_count says means the count is wrong, not that they are spare.
         if file.tensor(named: "blk.\(layers).attn_norm.weight") != nil {
-            throw ModelError.badValue(path: path, key: "llama.block_count", reason: "\(layers), but the file has tensors of block \(layers)")
+            throw ModelError.badValue(path: path, key: prefix + "block_count", reason: "\(layers), but the file has tensors of block \(layers)")
         }
     }
 
@@ -151,6 +241,11 @@ public struct LlamaConfig: Sendable, Equatable {
                        (p + "attn_output.weight", [qDim, embedding]), (p + "ffn_norm.weight", [embedding]),
                        (p + "ffn_gate.weight", [embedding, feedForward]), (p + "ffn_up.weight", [embedding, feedForward]),
                        (p + "ffn_down.weight", [feedForward, embedding])]
+            if attentionBias {
+                shapes += [(p + "attn_q.bias", [qDim]), (p + "attn_k.bias", [kvDim]), (p + "attn_v.bias", [kvDim])]
+            }
+            if qkNorm { shapes += [(p + "attn_q_norm.weight", [headDim]), (p + "attn_k_norm.weight", [headDim])] }
+            if postNorms { shapes += [(p + "post_attention_norm.weight", [embedding]), (p + "post_ffw_norm.weight", [embedding])] }
         }
         return shapes
     }

@@ -12,7 +12,9 @@ import Tokenizer
 public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     public private(set) var config: LlamaConfig
     let weights: LlamaWeights<T>
+    /// RoPE frequencies of global layers and (Gemma) of sliding-window layers.
     private(set) var frequencies: [Double]
+    private(set) var slidingFrequencies: [Double]?
     private var ropeFactors: [Float]?
     /// Adapters applied at run time (the trainable one included).
     public var adapters: [AppliedAdapter<T>] = []
@@ -42,8 +44,14 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
             factors = f
         }
         ropeFactors = factors
+        frequencies = []
+        computeFrequencies()
+    }
+
+    private func computeFrequencies() {
         frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
-                                           scale: 1 / Double(config.ropeScale), factors: factors)
+                                           scale: 1 / Double(config.ropeScale), factors: ropeFactors)
+        slidingFrequencies = config.slidingRopeBase.map { RoPE<T>.frequencies(headDim: config.headDim, base: Double($0)) }
     }
 
     /// Checks that `tokenizer` (usually the model file's own) gives only ids the model has embeddings for.
@@ -60,14 +68,32 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         if let e = rmsEpsilon { config.rmsEpsilon = e }
         if let b = ropeBase { config.ropeBase = b }
         if let s = ropeScale { config.ropeScale = s }
-        frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
-                                           scale: 1 / Double(config.ropeScale), factors: ropeFactors)
+        computeFrequencies()
     }
 
     func adaptersFor(_ name: String) -> WeightAdapters<T> { WeightAdapters(name, adapters) }
 
     /// The block this model's architecture is made of.
-    var blockDescription: BlockDescription { .llama(rmsEpsilon: config.rmsEpsilon) }
+    var blockDescription: BlockDescription { BlockDescription(config: config) }
+
+    /// RoPE tables for a run of positions: one for global layers and, when the model has them, one for
+    /// sliding-window layers (which use their own base).
+    struct Rotations {
+        let global: RoPE<T>
+        let sliding: RoPE<T>?
+    }
+
+    func rotations(positions: [Int32]) -> Rotations {
+        Rotations(global: RoPE(positions: positions, frequencies: frequencies, layout: config.ropeLayout),
+                  sliding: slidingFrequencies.map { RoPE(positions: positions, frequencies: $0, layout: config.ropeLayout) })
+    }
+
+    /// How layer `l` scores keys: the architecture's scale and cap, and its window on sliding layers.
+    func scoring(layer l: Int) -> AttentionScoring<T> {
+        AttentionScoring(scale: T(config.attentionScale ?? 1 / Float(config.headDim).squareRoot()),
+                         softCap: config.attentionSoftCap.map { T($0) },
+                         window: config.isSlidingLayer(l) ? config.slidingWindow : nil)
+    }
 
     /// Every layer allocates activations of many megabytes. glibc serves such blocks with fresh mmaps whose pages
     /// the kernel must zero on first touch (a tenth of a training step); keeping freed memory in the heap instead
@@ -85,9 +111,12 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     // MARK: - Forward
 
     /// Block `l` at the given positions: dequantized weights, or (`rowThreads` given) weights read in place.
-    func block(_ l: Int, rope: RoPE<T>, rowThreads: Int? = nil) throws -> TransformerBlock<T> {
-        TransformerBlock(description: blockDescription, config: config,
-                         weights: try weights.block(l, adapters: adaptersFor, rowThreads: rowThreads), rope: rope)
+    func block(_ l: Int, rotations: Rotations, rowThreads: Int? = nil) throws -> TransformerBlock<T> {
+        let sliding = config.isSlidingLayer(l)
+        return TransformerBlock(description: blockDescription, config: config,
+                                weights: try weights.block(l, adapters: adaptersFor, rowThreads: rowThreads),
+                                rope: sliding ? rotations.sliding ?? rotations.global : rotations.global,
+                                scoring: scoring(layer: l))
     }
 
     /// The vocabulary head with its adapters (a tied head reads `token_embd` and takes `output` adapters).
@@ -96,11 +125,25 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
                            adapters: adaptersFor("output"), rowThreads: rowThreads)
     }
 
-    /// Token embeddings [N, C] with the embedding adapters applied.
+    /// Token embeddings [N, C] with the embedding adapters applied, times the architecture's embedding scale.
     func embed(_ tokens: [Int32]) throws -> [T] {
         var x = try weights.embeddings(tokens)
         LinearLoRA.embeddingForward(tokens: tokens, adapters: adaptersFor("token_embd"), x: &x, embedding: config.embedding)
+        if config.embeddingScale != 1 {
+            let s = T(config.embeddingScale)
+            for i in x.indices { x[i] *= s }
+        }
         return x
+    }
+
+    /// Backward of `embed`: accumulates the embedding adapters' gradients from dL/dx [N, C].
+    func embedBackward(tokens: [Int32], dx: [T]) {
+        var d = dx
+        if config.embeddingScale != 1 {
+            let s = T(config.embeddingScale)
+            for i in d.indices { d[i] *= s }
+        }
+        LinearLoRA.embeddingBackward(tokens: tokens, adapters: adaptersFor("token_embd"), dx: d, embedding: config.embedding)
     }
 
     /// What the batched pass keeps for backward: nothing, every block's activations, or only every block's input
@@ -116,14 +159,14 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
             throw ModelError.invalidInput("batch of \(tokens.count) tokens is not \(batch) × \(length)")
         }
         var x = try embed(tokens)
-        let rope = causalRoPE(tokens: n, length: length)
-        let attention = causalAttention(batch: batch, length: length)
+        let rotations = causalRotations(tokens: n, length: length)
         var activations: [BlockActivations<T>] = [], inputs: [[T]] = []
         for l in 0..<config.layers {
             let kept = keep == .activations ? BlockActivations<T>() : nil
             try checkCancelled()
             if keep == .inputs { inputs.append(x) }
-            x = try block(l, rope: rope).forward(x, attention: .causal(attention), keep: kept)
+            x = try block(l, rotations: rotations).forward(x, attention: .causal(causalAttention(batch: batch, length: length, layer: l)),
+                                                           keep: kept)
             if let kept { activations.append(kept) }
         }
         var hf = [T](repeating: 0, count: n * config.embedding)
@@ -133,17 +176,32 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         return (x, rstd, hf, activations, inputs)
     }
 
-    func causalRoPE(tokens n: Int, length: Int) -> RoPE<T> {
-        RoPE<T>(positions: (0..<n).map { Int32($0 % length) }, frequencies: frequencies)
+    func causalRotations(tokens n: Int, length: Int) -> Rotations {
+        rotations(positions: (0..<n).map { Int32($0 % length) })
     }
 
-    func causalAttention(batch: Int, length: Int) -> Attention<T> {
-        Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads, headDim: config.headDim)
+    func causalAttention(batch: Int, length: Int, layer: Int) -> Attention<T> {
+        Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads, headDim: config.headDim,
+                     scoring: scoring(layer: layer))
     }
 
-    /// Logits [rows.count, V] for the rows `rows` of the final hidden states.
-    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>) throws -> [T] {
-        try head().forward(hf + rows.lowerBound * config.embedding, rows: rows.count).y
+    /// Logits [rows.count, V] for the rows `rows` of the final hidden states (soft-capped where the model caps).
+    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>, rowThreads: Int? = nil) throws -> [T] {
+        var logits = try head(rowThreads: rowThreads).forward(hf + rows.lowerBound * config.embedding, rows: rows.count).y
+        capLogits(&logits)
+        return logits
+    }
+
+    /// Final-logit soft-capping (Gemma 2): z ← c·tanh(z/c).
+    func capLogits(_ logits: inout [T]) {
+        guard let c = config.finalSoftCap.map({ T($0) }) else { return }
+        for i in logits.indices { logits[i] = c * T.tanh(logits[i] / c) }
+    }
+
+    /// Its backward: dz ⊙= 1 − (capped/c)², from the capped logits.
+    func capLogitsBackward(_ dLogits: inout [T], capped: [T]) {
+        guard let c = config.finalSoftCap.map({ T($0) }) else { return }
+        for i in dLogits.indices { let t = capped[i] / c; dLogits[i] *= 1 - t * t }
     }
 
     /// Logits [N, V] of every position (for tests and small inputs; perplexity uses `negativeLogLikelihoods`).

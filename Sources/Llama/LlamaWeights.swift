@@ -38,7 +38,7 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
 
     /// A linear weight with its adapters: dequantized, or (`rowThreads` given) read in place from the file.
     func linear(_ base: String, in inF: Int, out outF: Int, tensor: String? = nil, adapters: WeightAdapters<T>,
-                rowThreads: Int?) throws -> LinearWeight<T> {
+                rowThreads: Int?, bias: Bool = false) throws -> LinearWeight<T> {
         let tensorName = tensor ?? base + ".weight"
         let source: LinearWeight<T>.Source
         if let threads = rowThreads {
@@ -49,7 +49,8 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         } else {
             source = .dense(try self.tensor(tensorName))
         }
-        return LinearWeight(name: base, inFeatures: inF, outFeatures: outF, source: source, adapters: adapters)
+        return LinearWeight(name: base, inFeatures: inF, outFeatures: outF, source: source, adapters: adapters,
+                            bias: bias ? try self.tensor(base + ".bias") : nil)
     }
 
     /// The head [vocabulary, embedding], dequantized once: every batch uses all of it.
@@ -64,12 +65,20 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     func block(_ l: Int, adapters: (String) -> WeightAdapters<T>, rowThreads: Int?) throws -> BlockWeights<T> {
         func linear(_ target: LoRATarget) throws -> LinearWeight<T> {
             let name = target.baseName(layer: l), (inF, outF) = config.features(of: target)
-            return try self.linear(name, in: inF, out: outF, adapters: adapters(name), rowThreads: rowThreads)
+            let biased = config.attentionBias && [.attnQ, .attnK, .attnV].contains(target)
+            return try self.linear(name, in: inF, out: outF, adapters: adapters(name), rowThreads: rowThreads, bias: biased)
         }
-        return BlockWeights(
-            attnNorm: try tensor("blk.\(l).attn_norm.weight"), ffnNorm: try tensor("blk.\(l).ffn_norm.weight"),
+        let p = "blk.\(l)."
+        var w = BlockWeights(
+            attnNorm: try tensor(p + "attn_norm.weight"), ffnNorm: try tensor(p + "ffn_norm.weight"),
             q: try linear(.attnQ), k: try linear(.attnK), v: try linear(.attnV), o: try linear(.attnOutput),
             gate: try linear(.ffnGate), up: try linear(.ffnUp), down: try linear(.ffnDown))
+        if config.qkNorm { (w.qNorm, w.kNorm) = (try tensor(p + "attn_q_norm.weight"), try tensor(p + "attn_k_norm.weight")) }
+        if config.postNorms {
+            w.postAttentionNorm = try tensor(p + "post_attention_norm.weight")
+            w.postFeedForwardNorm = try tensor(p + "post_ffw_norm.weight")
+        }
+        return w
     }
 
     /// Embedding rows of `tokens` [N, embedding]; ids out of range are an error naming the id.

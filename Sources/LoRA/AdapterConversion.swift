@@ -11,7 +11,8 @@ public enum AdapterConversion {
     /// To llama.cpp's adapter GGUF. The 2023 finetune's files keep their scale-1 behaviour (alpha = r); their norm
     /// deltas, and (when `tiedHead`) head and embedding pairs that llama.cpp cannot apply to a tied model, are left
     /// out and reported.
-    public static func toGGUF(_ loaded: AdapterLoader.Loaded, tiedHead: Bool = false, to path: String) throws -> Report {
+    public static func toGGUF(_ loaded: AdapterLoader.Loaded, tiedHead: Bool = false, architecture: String? = nil,
+                              to path: String) throws -> Report {
         var leftOut = loaded.normDeltas.map { "\($0.0) (a norm delta)" }
         var kept = loaded.adapter
         if loaded.format == .seed && tiedHead {
@@ -30,6 +31,7 @@ public enum AdapterConversion {
         d.rsLoRA = loaded.rsLoRA
         d.baseModelName = loaded.baseModelName
         d.heads = loaded.heads.map { ($0.heads, $0.kvHeads) }
+        if let arch = architecture ?? loaded.architecture { d.architecture = arch }
         d.extra = [("converted_from", .string(loaded.path))]
         try AdapterFile.write(kept, description: d, to: path)
         return Report(tensors: kept.order.count, leftOut: leftOut)

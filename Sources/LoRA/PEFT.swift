@@ -5,22 +5,32 @@ import Kernels
 /// Hugging Face PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`) ⇄ our LoRA pairs.
 ///
 /// Names: `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` ⇄ `blk.N.attn_q`, embeddings as
-/// `lora_embedding_A/B`, the head as `lm_head`. Rows of Q and K are permuted for RoPE in GGUF relative to Hugging
-/// Face, so B of `attn_q` / `attn_k` is permuted on the way in and un-permuted on the way out.
+/// `lora_embedding_A/B`, the head as `lm_head`. In llama GGUF files the rows of Q and K are permuted for RoPE
+/// relative to Hugging Face, so B of `attn_q` / `attn_k` is permuted on the way in and un-permuted on the way out;
+/// the other architectures (Qwen, Gemma) keep Hugging Face's order.
 public enum PEFT {
     static let layerModules: [(String, String)] = [
         ("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
         ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
     ]
 
-    /// Heads, needed for the Q/K row order.
+    /// Heads, needed for the Q/K row order, and whether the base model's Q/K rows are permuted (llama).
     public struct Heads: Sendable {
         public var heads: Int
         public var kvHeads: Int
-        public init(heads: Int, kvHeads: Int) { self.heads = heads; self.kvHeads = kvHeads }
+        public var permuted: Bool
+        public init(heads: Int, kvHeads: Int, permuted: Bool = true) {
+            self.heads = heads
+            self.kvHeads = kvHeads
+            self.permuted = permuted
+        }
+
+        /// Only llama's converter permutes Q and K.
+        public static func permuted(architecture: String?) -> Bool { architecture == nil || architecture == "llama" }
 
         /// Q/K rows can be reordered only when the heads split them into equal, even-sized heads.
         func check<T>(_ pair: LoRAPair<T>) throws {
+            guard permuted else { return }
             let isQ = pair.name.hasSuffix("attn_q"), isK = pair.name.hasSuffix("attn_k")
             guard isQ || isK else { return }
             let n = isQ ? heads : kvHeads
@@ -161,7 +171,7 @@ public enum PEFT {
             if let list = targetModules as? [String], !list.contains(where: { module == $0 || module.hasSuffix("." + $0) }) {
                 throw LoRAError.mismatch("\(tensorsPath): module '\(module)' is not among target_modules \(list) of adapter_config.json")
             }
-            if name.hasSuffix("attn_q") || name.hasSuffix("attn_k") {
+            if heads.permuted, name.hasSuffix("attn_q") || name.hasSuffix("attn_k") {
                 let n = name.hasSuffix("attn_q") ? heads.heads : heads.kvHeads
                 guard n > 0, outF % n == 0, (outF / n) % 2 == 0 else {
                     throw LoRAError.mismatch("\(tensorsPath): '\(module)' has \(outF) rows, not a whole number of \(n) heads")
@@ -199,7 +209,7 @@ public enum PEFT {
                 alphaPattern[module] = rsLoRA ? p.scale * Float(p.rank).squareRoot() : p.scale * Float(p.rank)
             }
             var b = p.b
-            if name.hasSuffix("attn_q") || name.hasSuffix("attn_k") {
+            if heads.permuted, name.hasSuffix("attn_q") || name.hasSuffix("attn_k") {
                 b = permuteRows(b, rows: p.outFeatures, rank: p.rank, heads: name.hasSuffix("attn_q") ? heads.heads : heads.kvHeads, toGGUF: false)
             }
             if name == "token_embd" {

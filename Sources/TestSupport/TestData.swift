@@ -21,6 +21,17 @@ public enum TestData {
         throw XCTSkip("SmolLM2 model not found at \(path) (scripts/fetch-model.sh fetches it)")
     }
 
+    /// One of the other real models scripts/fetch-model.sh fetches (`qwen2.5`, `gemma3`), by file name in models/.
+    /// Missing, the test fails when `LORAKIT_REQUIRE_MODEL=1` (as in CI) and is skipped otherwise.
+    public static func realModel(_ file: String) throws -> String {
+        let path = packageRoot + "/models/" + file
+        if FileManager.default.fileExists(atPath: path) { return path }
+        if ProcessInfo.processInfo.environment["LORAKIT_REQUIRE_MODEL"] == "1" {
+            XCTFail("model missing at \(path): run scripts/fetch-model.sh all")
+        }
+        throw XCTSkip("model not found at \(path) (scripts/fetch-model.sh all fetches it)")
+    }
+
     /// A file or folder of the test data (`testdata/…`, `data/…`): the repository's own copy, or llama.cpp's tokenizer
     /// oracles fetched into models/vocab, or else `../shared`. What only `../shared` holds (the 2023 finetune's files)
     /// is skipped when missing, with the reason — and fails under CI, where a reference test must not be skipped.

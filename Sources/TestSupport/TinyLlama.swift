@@ -6,8 +6,18 @@ import Darwin
 import GGUF
 import LoRA
 
-/// Writes small random llama-architecture GGUF models for tests, so unit tests need no download.
+/// Writes small random GGUF models for tests, so unit tests need no download: llama, or (with `architecture`)
+/// the tensors and metadata of qwen2, qwen3, gemma2 or gemma3.
 public struct TinyLlama {
+    /// `general.architecture`, also the metadata keys' prefix.
+    public var architecture = "llama"
+    /// The head size (`attention.key_length`); nil: embedding / heads.
+    public var headDimension: Int?
+    /// Gemma: the sliding window, the pattern (every n-th layer global) and the soft caps written to the metadata.
+    public var slidingWindow: Int?
+    public var slidingPattern: Int?
+    public var attentionSoftCap: Float?
+    public var finalSoftCap: Float?
     public var vocabularySize = 64
     public var embeddingLength = 32
     public var headCount = 4
@@ -28,22 +38,31 @@ public struct TinyLlama {
     public init() {}
 
     /// The names and ggml shapes of every tensor, in file order.
+    var headDim: Int { headDimension ?? embeddingLength / headCount }
+
     public var tensorShapes: [(String, [Int])] {
-        let kv = embeddingLength / headCount * kvHeadCount
+        let q = headDim * headCount, kv = headDim * kvHeadCount
         var shapes: [(String, [Int])] = [("token_embd.weight", [embeddingLength, vocabularySize])]
         for i in 0..<blockCount {
             let p = "blk.\(i)."
             shapes += [
                 (p + "attn_norm.weight", [embeddingLength]),
-                (p + "attn_q.weight", [embeddingLength, embeddingLength]),
+                (p + "attn_q.weight", [embeddingLength, q]),
                 (p + "attn_k.weight", [embeddingLength, kv]),
                 (p + "attn_v.weight", [embeddingLength, kv]),
-                (p + "attn_output.weight", [embeddingLength, embeddingLength]),
+                (p + "attn_output.weight", [q, embeddingLength]),
                 (p + "ffn_norm.weight", [embeddingLength]),
                 (p + "ffn_gate.weight", [embeddingLength, feedForwardLength]),
                 (p + "ffn_up.weight", [embeddingLength, feedForwardLength]),
                 (p + "ffn_down.weight", [feedForwardLength, embeddingLength]),
             ]
+            if architecture == "qwen2" { shapes += [(p + "attn_q.bias", [q]), (p + "attn_k.bias", [kv]), (p + "attn_v.bias", [kv])] }
+            if architecture == "qwen3" || architecture == "gemma3" {
+                shapes += [(p + "attn_q_norm.weight", [headDim]), (p + "attn_k_norm.weight", [headDim])]
+            }
+            if architecture.hasPrefix("gemma") {
+                shapes += [(p + "post_attention_norm.weight", [embeddingLength]), (p + "post_ffw_norm.weight", [embeddingLength])]
+            }
         }
         shapes.append(("output_norm.weight", [embeddingLength]))
         if !tied { shapes.append(("output.weight", [embeddingLength, vocabularySize])) }
@@ -52,18 +71,27 @@ public struct TinyLlama {
 
     public var metadata: Metadata {
         var md = Metadata()
-        md.set("general.architecture", .string("llama"))
-        md.set("general.name", .string("tiny-llama-test"))
-        md.set("llama.block_count", .uint32(UInt32(blockCount)))
-        md.set("llama.context_length", .uint32(UInt32(contextLength)))
-        md.set("llama.embedding_length", .uint32(UInt32(embeddingLength)))
-        md.set("llama.feed_forward_length", .uint32(UInt32(feedForwardLength)))
-        md.set("llama.attention.head_count", .uint32(UInt32(headCount)))
-        md.set("llama.attention.head_count_kv", .uint32(UInt32(kvHeadCount)))
-        md.set("llama.rope.freq_base", .float32(ropeFreqBase))
-        md.set("llama.attention.layer_norm_rms_epsilon", .float32(rmsEpsilon))
-        md.set("llama.rope.dimension_count", .uint32(UInt32(embeddingLength / headCount)))
-        md.set("llama.vocab_size", .uint32(UInt32(vocabularySize)))
+        let a = architecture + "."
+        md.set("general.architecture", .string(architecture))
+        md.set("general.name", .string("tiny-\(architecture)-test"))
+        md.set(a + "block_count", .uint32(UInt32(blockCount)))
+        md.set(a + "context_length", .uint32(UInt32(contextLength)))
+        md.set(a + "embedding_length", .uint32(UInt32(embeddingLength)))
+        md.set(a + "feed_forward_length", .uint32(UInt32(feedForwardLength)))
+        md.set(a + "attention.head_count", .uint32(UInt32(headCount)))
+        md.set(a + "attention.head_count_kv", .uint32(UInt32(kvHeadCount)))
+        md.set(a + "rope.freq_base", .float32(ropeFreqBase))
+        md.set(a + "attention.layer_norm_rms_epsilon", .float32(rmsEpsilon))
+        md.set(a + "rope.dimension_count", .uint32(UInt32(headDim)))
+        md.set(a + "vocab_size", .uint32(UInt32(vocabularySize)))
+        if let headDimension {
+            md.set(a + "attention.key_length", .uint32(UInt32(headDimension)))
+            md.set(a + "attention.value_length", .uint32(UInt32(headDimension)))
+        }
+        if let slidingWindow { md.set(a + "attention.sliding_window", .uint32(UInt32(slidingWindow))) }
+        if let slidingPattern { md.set(a + "attention.sliding_window_pattern", .uint32(UInt32(slidingPattern))) }
+        if let attentionSoftCap { md.set(a + "attn_logit_softcapping", .float32(attentionSoftCap)) }
+        if let finalSoftCap { md.set(a + "final_logit_softcapping", .float32(finalSoftCap)) }
         for (k, v) in extraMetadata { md.set(k, v) }
         return md
     }

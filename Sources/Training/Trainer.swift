@@ -156,7 +156,7 @@ public final class Trainer {
 
         // The plan comes before any LoRA memory is allocated (a huge rank is refused, not attempted).
         let checkpoint = try c.checkpointIn.flatMap { FileManager.default.fileExists(atPath: $0) ? try Checkpoint.read(path: $0) : nil }
-        let heads = PEFT.Heads(heads: model.config.heads, kvHeads: model.config.kvHeads)
+        let heads = PEFT.Heads(config: model.config)
         for frozen in c.frozenAdapters {
             let loaded = try AdapterLoader.load(frozen.path, heads: heads)
             try model.attach(loaded.adapter, multiplier: frozen.multiplier, source: frozen.path)
@@ -349,6 +349,7 @@ public final class Trainer {
         d.baseModelName = run.file.metadata["general.name"]?.stringValue
         d.baseModelFingerprint = AdapterFile.fingerprint(of: run.file)
         d.heads = (run.model.config.heads, run.model.config.kvHeads)
+        d.architecture = run.model.config.architecture
         d.extra = [("training.steps", .uint32(UInt32(step))), ("training.data", .string(configuration.trainData)),
                    ("training.context", .uint32(UInt32(configuration.context)))]
         return d

@@ -30,7 +30,7 @@ struct ConvertCommand: ParsableCommand {
 
     func convert() throws {
         let base = try model.map { try LlamaModel<Float>(file: GGUFFile(path: $0)) }
-        let heads = base.map { PEFT.Heads(heads: $0.config.heads, kvHeads: $0.config.kvHeads) }
+        let heads = base.map { PEFT.Heads(config: $0.config) }
         let loaded = try AdapterLoader.load(input, heads: heads)
         try base?.validate(loaded.adapter, source: input)
         let target = to ?? (loaded.format == .gguf ? "peft" : "gguf")
@@ -44,7 +44,8 @@ struct ConvertCommand: ParsableCommand {
             print("converted \(loaded.format.rawValue) (\(report.tensors) tensors) → PEFT directory \(output)")
         } else {
             guard loaded.format != .gguf else { throw CLIError("\(input) is already a llama.cpp adapter; use --to peft") }
-            report = try AdapterConversion.toGGUF(loaded, tiedHead: base?.config.tiedEmbeddings ?? false, to: output)
+            report = try AdapterConversion.toGGUF(loaded, tiedHead: base?.config.tiedEmbeddings ?? false,
+                                                 architecture: base?.config.architecture, to: output)
             print("converted \(loaded.summary)\(loaded.format == .seed ? ", scale 1 as trained" : "") → \(output)")
         }
         if !report.leftOut.isEmpty {

@@ -46,7 +46,7 @@ extension InfoCommand {
     /// the model most).
     func describeAdapter(model path: String) throws {
         let base = try LlamaModel<Float>(file: CLI.open(path))
-        let loaded = try AdapterLoader.load(file, heads: PEFT.Heads(heads: base.config.heads, kvHeads: base.config.kvHeads))
+        let loaded = try AdapterLoader.load(file, heads: PEFT.Heads(config: base.config))
         let adapter = loaded.adapter
         print("adapter      \(file)")
         print("holds        \(loaded.summary)")

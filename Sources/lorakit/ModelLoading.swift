@@ -32,7 +32,7 @@ struct AdapterOptions: ParsableArguments {
     /// Loads every adapter for `model`, checking that it fits.
     func load(for model: LlamaModel<Float>, architecture: String) throws -> [(AdapterLoader.Loaded, Float)] {
         try list.map { path, scale in
-            let loaded = try AdapterLoader.load(path, heads: PEFT.Heads(heads: model.config.heads, kvHeads: model.config.kvHeads))
+            let loaded = try AdapterLoader.load(path, heads: PEFT.Heads(config: model.config))
             if let arch = loaded.architecture, arch != architecture {
                 throw CLIError("\(path): adapter is for architecture '\(arch)', the model is '\(architecture)'")
             }

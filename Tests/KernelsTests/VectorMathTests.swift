@@ -79,21 +79,34 @@ final class VectorMathTests: XCTestCase {
         XCTAssertTrue(total.isNaN)
     }
 
-    func testSwiGLUMatchesReference() {
+    func testGatedActivationsMatchReference() {
+        checkGated(SwiGLU.self)
+        checkGated(GeGLU.self)
+    }
+
+    func checkGated<G: GatedActivation>(_ kind: G.Type) {
         let n = 1000 + 13
         let gate = (0..<n).map { _ in uniform(-12, 12) }, up = (0..<n).map { _ in uniform(-3, 3) }
         let dOut = (0..<n).map { _ in uniform(-1, 1) }
         var fast = [Float](repeating: 0, count: n), reference = fast
-        SwiGLU.forwardFast(gate: gate, up: up, out: &fast, count: n)
-        SwiGLU.forwardReference(gate: gate, up: up, out: &reference, count: n)
-        XCTAssertLessThan(relativeError(fast, reference), 1e-5)
+        G.forwardFast(gate: gate, up: up, out: &fast, count: n)
+        G.forwardReference(gate: gate, up: up, out: &reference, count: n)
+        XCTAssertLessThan(relativeError(fast, reference), 1e-5, "\(G.self)")
         var dgFast = [Float](repeating: 0, count: n), duFast = dgFast, dgReference = dgFast, duReference = dgFast
-        SwiGLU.backwardFast(dOut: dOut, gate: gate, up: up, dGate: &dgFast, dUp: &duFast, count: n)
-        SwiGLU.backwardReference(dOut: dOut, gate: gate, up: up, dGate: &dgReference, dUp: &duReference, count: n)
+        G.backwardFast(dOut: dOut, gate: gate, up: up, dGate: &dgFast, dUp: &duFast, count: n)
+        G.backwardReference(dOut: dOut, gate: gate, up: up, dGate: &dgReference, dUp: &duReference, count: n)
         for i in 0..<n {
-            XCTAssertEqual(dgFast[i], dgReference[i], accuracy: 1e-5 * max(1, abs(dgReference[i])))
-            XCTAssertEqual(duFast[i], duReference[i], accuracy: 1e-5 * max(1, abs(duReference[i])))
+            XCTAssertEqual(dgFast[i], dgReference[i], accuracy: 1e-5 * max(1, abs(dgReference[i])), "\(G.self)")
+            XCTAssertEqual(duFast[i], duReference[i], accuracy: 1e-5 * max(1, abs(duReference[i])), "\(G.self)")
         }
+    }
+
+    /// GELU(tanh) at points transformers' gelu_pytorch_tanh gives (torch 2.13, float64).
+    func testGeGLUValues() {
+        let g: [Double] = [-3, -1, -0.5, 0, 0.5, 1, 3]
+        let expected: [Double] = [-0.0036373920817729943, -0.15880800939172324, -0.15428599017485606, 0,
+                                  0.34571400982514394, 0.8411919906082768, 2.996362607918227]
+        for (x, e) in zip(g, expected) { XCTAssertEqual(GeGLU.value(x), e, accuracy: 1e-12) }
     }
 
     /// The whole attention backward with Float (vector softmax backward) against Double (the reference loops).
@@ -135,8 +148,14 @@ final class VectorMathTests: XCTestCase {
     }
 
     func testRoPEMatchesReference() {
+        for layout in [RoPELayout.adjacentPairs, .halves] { checkRoPE(layout) }
+    }
+
+    func checkRoPE(_ layout: RoPELayout) {
         let half = 32
-        let rope = RoPE<Float>(positions: [0, 1, 7, 300], frequencies: RoPE<Float>.frequencies(headDim: 64, base: 100_000))
+        let rope = RoPE<Float>(positions: [0, 1, 7, 300], frequencies: RoPE<Float>.frequencies(headDim: 64, base: 100_000),
+                               layout: layout)
+        let rotate = layout == .halves ? RoPE<Float>.rotateHalvesReference : RoPE<Float>.rotateReference
         let x = (0..<(4 * 3 * 64)).map { _ in uniform(-2, 2) }
         for inverse in [false, true] {
             var fast = x, reference = x
@@ -146,14 +165,14 @@ final class VectorMathTests: XCTestCase {
                     for t in 0..<4 {
                         for h in 0..<3 {
                             reference.withUnsafeMutableBufferPointer {
-                                RoPE<Float>.rotateReference($0.baseAddress! + (t * 3 + h) * 64, cos: c.baseAddress! + t * half,
-                                                            sin: s.baseAddress! + t * half, half: half, inverse: inverse)
+                                rotate($0.baseAddress! + (t * 3 + h) * 64, c.baseAddress! + t * half,
+                                       s.baseAddress! + t * half, half, inverse)
                             }
                         }
                     }
                 }
             }
-            XCTAssertEqual(fast, reference, "the vector rotation does the same arithmetic")
+            XCTAssertEqual(fast, reference, "the vector rotation does the same arithmetic (\(layout))")
             XCTAssertNotEqual(fast, x)
         }
     }

@@ -60,10 +60,30 @@ final class GradientCheckTests: XCTestCase {
         check("swiglu up", params: &up, analytic: du) { f(gate, $0) }
     }
 
+    func testGeGLU() {
+        let n = 16
+        var gate = random(n, 3), up = random(n), g = random(n)
+        func f(_ a: [Double], _ b: [Double]) -> Double {
+            var out = [Double](repeating: 0, count: n)
+            GeGLU.forward(gate: a, up: b, out: &out, count: n)
+            return zip(out, g).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var dg = [Double](repeating: 0, count: n), du = dg
+        GeGLU.backward(dOut: g, gate: gate, up: up, dGate: &dg, dUp: &du, count: n)
+        check("geglu gate", params: &gate, analytic: dg) { f($0, up) }
+        check("geglu up", params: &up, analytic: du) { f(gate, $0) }
+        _ = g.count; g[0] += 0
+    }
+
     func testRoPE() {
+        for layout in [RoPELayout.adjacentPairs, .halves] { checkRoPE(layout) }
+    }
+
+    func checkRoPE(_ layout: RoPELayout) {
         let tokens = 5, heads = 2, d = 8
         var x = random(tokens * heads * d), g = random(tokens * heads * d)
-        let rope = RoPE<Double>(positions: [0, 1, 2, 7, 30], frequencies: RoPE<Double>.frequencies(headDim: d, base: 10000))
+        let rope = RoPE<Double>(positions: [0, 1, 2, 7, 30], frequencies: RoPE<Double>.frequencies(headDim: d, base: 10000),
+                                layout: layout)
         func f(_ x: [Double]) -> Double {
             var y = x
             y.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: tokens, heads: heads) }
@@ -76,8 +96,14 @@ final class GradientCheckTests: XCTestCase {
     }
 
     func testAttentionWithGroupedKeys() {
+        checkAttention(scoring: nil)
+        // Gemma's scoring: another scale, soft-capped scores, a window of 2 keys.
+        checkAttention(scoring: AttentionScoring(scale: 0.7, softCap: 1.5, window: 2))
+    }
+
+    func checkAttention(scoring: AttentionScoring<Double>?) {
         let batch = 2, L = 4, H = 4, KV = 2, d = 4
-        let att = Attention<Double>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d)
+        let att = Attention<Double>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, scoring: scoring)
         var q = random(batch * L * H * d), k = random(batch * L * KV * d), v = random(batch * L * KV * d)
         let g = random(batch * L * H * d)
         func f(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {
@@ -98,6 +124,14 @@ final class GradientCheckTests: XCTestCase {
         var out2 = out
         att.forward(q: q, k: k2, v: v, out: &out2, probs: &p)
         for i in 0..<(H * d) { XCTAssertEqual(out2[i], out[i], accuracy: 1e-12) }
+        guard let window = scoring?.window else { return }
+        // The window: the last position does not see the keys more than window − 1 positions back.
+        var k3 = k
+        for i in 0..<((L - window) * KV * d) { k3[i] += 1 }
+        var out3 = out
+        att.forward(q: q, k: k3, v: v, out: &out3, probs: &p)
+        for i in ((L - 1) * H * d)..<(L * H * d) { XCTAssertEqual(out3[i], out[i], accuracy: 1e-12) }
+        XCTAssertNotEqual(Array(out3[(H * d)..<(2 * H * d)]), Array(out[(H * d)..<(2 * H * d)]), "position 1 sees key 0")
     }
 
     func testCrossEntropy() {
@@ -118,6 +152,29 @@ final class GradientCheckTests: XCTestCase {
         for tied in [false, true] {
             var tiny = TinyLlama()
             tiny.tied = tied
+            try checkWholeModel(tiny)
+        }
+    }
+
+    /// The same for every other architecture's block: Qwen2's biases, Qwen3's Q/K norms with a head size that is
+    /// not embedding / heads, Gemma 2's GeGLU, post-norms, embedding scale, soft caps and sliding window, Gemma 3's
+    /// Q/K norms and sliding layers with their own RoPE base. Windows of 3 keys over sequences of 6 tokens.
+    func testWholeModelLoRAGradientsEveryArchitecture() throws {
+        for arch in ["qwen2", "qwen3", "gemma2", "gemma3"] {
+            var tiny = TinyLlama()
+            tiny.architecture = arch
+            tiny.tied = arch.hasPrefix("gemma")
+            if arch == "qwen3" || arch == "gemma3" { tiny.headDimension = 6 }
+            if arch.hasPrefix("gemma") { (tiny.slidingWindow, tiny.slidingPattern, tiny.ropeFreqBase) = (3, 2, 1e6) }
+            if arch == "gemma2" { (tiny.attentionSoftCap, tiny.finalSoftCap) = (1.5, 2) }
+            try checkWholeModel(tiny)
+        }
+    }
+
+    func checkWholeModel(_ base: TinyLlama) throws {
+        do {
+            var tiny = base
+            let tied = tiny.tied
             tiny.vocabularySize = 48
             tiny.embeddingLength = 16
             tiny.headCount = 4
@@ -146,11 +203,11 @@ final class GradientCheckTests: XCTestCase {
                     func loss() -> Double { (try! model.loss(tokens: tokens, targets: targets, batch: 2).sum) / 11 }
                     let originalA = pair.a, originalB = pair.b
                     var a = originalA
-                    check("\(name).A tied=\(tied)", params: &a, analytic: pair.gradA, tolerance: 1e-5) { v in
+                    check("\(tiny.architecture) \(name).A tied=\(tied)", params: &a, analytic: pair.gradA, tolerance: 1e-5) { v in
                         pair.a = v; defer { pair.a = originalA }; return loss()
                     }
                     var b = originalB
-                    check("\(name).B tied=\(tied)", params: &b, analytic: pair.gradB, tolerance: 1e-5) { v in
+                    check("\(tiny.architecture) \(name).B tied=\(tied)", params: &b, analytic: pair.gradB, tolerance: 1e-5) { v in
                         pair.b = v; defer { pair.b = originalB }; return loss()
                     }
                 }

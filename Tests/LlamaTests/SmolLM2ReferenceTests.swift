@@ -11,17 +11,11 @@ enum Fixtures {
     static func shared(_ relative: String) throws -> String { try TestData.shared(relative) }
 }
 
-/// The real model against transformers/PEFT float32 references: the compact forms the repository carries
-/// (testdata/reference, made by scripts/make-compact-references.py), and the full files when ../shared has them.
-final class SmolLM2ReferenceTests: XCTestCase {
-    func testLogitsAndLossMatchTransformers() throws {
-        let model = try LlamaModel<Float>(file: GGUFFile(path: try Fixtures.model()))
-        let ref = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-base-logits-compact.gguf"))
-        let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
-        let logits = try model.logits(tokens: ids)
-        let V = model.config.vocabulary
-        XCTAssertEqual(logits.count, ids.count * V)
-        // Whole rows where the reference keeps them; every row's log-sum-exp and target logit.
+/// Comparisons against a compact transformers/PEFT reference file (scripts/make-compact-references.py,
+/// scripts/make-arch-references.py).
+enum ReferenceComparison {
+    /// The largest |ours − reference| over the whole rows the file keeps and every row's log-sum-exp and target logit.
+    static func logitError(_ logits: [Float], ids: [Int32], vocabulary V: Int, reference ref: GGUFFile) throws -> Float {
         let rows = try ref.int32s(of: ref.requireTensor("rows")), expectedRows = try ref.floats(of: ref.requireTensor("logits_rows"))
         var maxDiff: Float = 0
         for (i, row) in rows.enumerated() {
@@ -35,6 +29,57 @@ final class SmolLM2ReferenceTests: XCTestCase {
             maxDiff = max(maxDiff, Float(abs(ours - Double(lse[t]))))
             if t < ids.count - 1 { maxDiff = max(maxDiff, abs(row[row.startIndex + Int(ids[t + 1])] - target[t])) }
         }
+        return maxDiff
+    }
+
+    /// The worst relative error over every gradient's norm (all of `adapter`) and the whole gradients the reference
+    /// (or `full`) keeps, with the name where it occurs and how many whole gradients were compared.
+    static func gradientError(_ adapter: LoRAAdapter<Float>, reference grads: GGUFFile, full: GGUFFile? = nil)
+        throws -> (worst: Double, name: String, compared: Int, names: Int) {
+        guard case let .array(_, nameValues)? = grads.metadata["reference.grad_names"] else {
+            throw ModelError.invalidInput("no reference.grad_names")
+        }
+        let names = nameValues.compactMap(\.stringValue)
+        let norms = try grads.floats(of: grads.requireTensor("grad_norms"))
+        var worst = 0.0, worstName = "", compared = 0
+        for name in adapter.order {
+            let pair = adapter[name]!
+            for (suffix, ours) in [("lora_a", pair.gradA), ("lora_b", pair.gradB)] {
+                let key = "\(name).weight.\(suffix).grad"
+                guard let index = names.firstIndex(of: key) else { throw ModelError.invalidInput("\(key) missing from the reference") }
+                let ourNorm = ours.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                let normError = abs(ourNorm - Double(norms[index])) / max(Double(norms[index]), 1e-30)
+                if normError > worst { worst = normError; worstName = key + " (norm)" }
+                let source = grads.tensor(named: key) != nil ? grads : full
+                guard let source, let tensor = source.tensor(named: key) else { continue }
+                let expected = try source.floats(of: tensor)
+                guard expected.count == ours.count else { throw ModelError.invalidInput("\(key): \(expected.count) values, ours \(ours.count)") }
+                var diff = 0.0, norm = 0.0
+                for i in 0..<ours.count {
+                    diff += Double(ours[i] - expected[i]) * Double(ours[i] - expected[i])
+                    norm += Double(expected[i]) * Double(expected[i])
+                }
+                let rel = (diff / max(norm, 1e-30)).squareRoot()
+                if rel > worst { worst = rel; worstName = key }
+                compared += 1
+            }
+        }
+        return (worst, worstName, compared, names.count)
+    }
+}
+
+/// The real model against transformers/PEFT float32 references: the compact forms the repository carries
+/// (testdata/reference, made by scripts/make-compact-references.py), and the full files when ../shared has them.
+final class SmolLM2ReferenceTests: XCTestCase {
+    func testLogitsAndLossMatchTransformers() throws {
+        let model = try LlamaModel<Float>(file: GGUFFile(path: try Fixtures.model()))
+        let ref = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-base-logits-compact.gguf"))
+        let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
+        let logits = try model.logits(tokens: ids)
+        let V = model.config.vocabulary
+        XCTAssertEqual(logits.count, ids.count * V)
+        // Whole rows where the reference keeps them; every row's log-sum-exp and target logit.
+        let maxDiff = try ReferenceComparison.logitError(logits, ids: ids, vocabulary: V, reference: ref)
         XCTAssertLessThan(maxDiff, 1e-4, "max |logit − reference|")
         if let full = try? GGUFFile(path: TestData.sharedRoot + "/testdata/reference/smollm2-base-logits.gguf") {
             let expected = try full.floats(of: full.requireTensor("logits"))
@@ -59,34 +104,8 @@ final class SmolLM2ReferenceTests: XCTestCase {
         let grads = try GGUFFile(path: try Fixtures.shared("testdata/reference/smollm2-lora-grads-compact.gguf"))
         XCTAssertEqual(sum / Double(count), Double(try grads.metadata.float("reference.loss")), accuracy: 5e-5)
         let full = try? GGUFFile(path: TestData.sharedRoot + "/testdata/reference/smollm2-lora-grads.gguf")
-        guard case let .array(_, nameValues)? = grads.metadata["reference.grad_names"] else { return XCTFail("no grad_names") }
-        let names = nameValues.compactMap(\.stringValue)
-        let norms = try grads.floats(of: grads.requireTensor("grad_norms"))
-        XCTAssertEqual(names.count, 420)
-        var worst = 0.0, worstName = "", compared = 0
-        for name in adapter.order {
-            let pair = adapter[name]!
-            for (suffix, ours) in [("lora_a", pair.gradA), ("lora_b", pair.gradB)] {
-                let key = "\(name).weight.\(suffix).grad"
-                // Every gradient's norm; the whole gradient where the compact file (or the full one) keeps it.
-                let ourNorm = ours.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
-                guard let index = names.firstIndex(of: key) else { return XCTFail("\(key) missing from the reference") }
-                let normError = abs(ourNorm - Double(norms[index])) / max(Double(norms[index]), 1e-30)
-                if normError > worst { worst = normError; worstName = key + " (norm)" }
-                let source = grads.tensor(named: key) != nil ? grads : full
-                guard let source, let tensor = source.tensor(named: key) else { continue }
-                let expected = try source.floats(of: tensor)
-                XCTAssertEqual(expected.count, ours.count, name)
-                var diff = 0.0, norm = 0.0
-                for i in 0..<ours.count {
-                    diff += Double(ours[i] - expected[i]) * Double(ours[i] - expected[i])
-                    norm += Double(expected[i]) * Double(expected[i])
-                }
-                let rel = (diff / max(norm, 1e-30)).squareRoot()
-                if rel > worst { worst = rel; worstName = key }
-                compared += 1
-            }
-        }
+        let (worst, worstName, compared, names) = try ReferenceComparison.gradientError(adapter, reference: grads, full: full)
+        XCTAssertEqual(names, 420)
         XCTAssertGreaterThanOrEqual(compared, 3 * 14, "layers 0, 14 and 29 at least")
         XCTAssertLessThan(worst, 1e-3, "worst relative L2 error at \(worstName)")
     }

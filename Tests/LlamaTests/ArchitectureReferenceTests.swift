@@ -1,0 +1,77 @@
+import Foundation
+import GGUF
+import Kernels
+import Llama
+import LoRA
+import TestSupport
+import Tokenizer
+import XCTest
+
+/// The real Qwen2.5 (qwen2) and Gemma 3 (gemma3) files against transformers + PEFT float32, which load the same GGUF
+/// (testdata/reference/<name>-compact.gguf, made by scripts/make-arch-references.py): logits, loss, every LoRA
+/// gradient of an adapter on all seven linear weights of every layer, and the tokenizer's ids.
+final class ArchitectureReferenceTests: XCTestCase {
+    static let qwen = ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5")
+    static let gemma = ("gemma-3-270m-q4_k_m.gguf", "gemma3")
+
+    func testQwen25MatchesTransformers() throws { try check(Self.qwen) }
+    func testGemma3MatchesTransformers() throws { try check(Self.gemma) }
+
+    /// The adapter the reference used: 0.02·sin(1 + 0.7·i + 0.013·j + 0.3·layer + 1.1·target (+ 0.5 for B)).
+    static func formulaAdapter(config: LlamaConfig, rank: Int, alpha: Float) throws -> LoRAAdapter<Float> {
+        let adapter = LoRAAdapter<Float>()
+        for l in 0..<config.layers {
+            for (t, target) in LoRATarget.defaultTargets.enumerated() {
+                let (inF, outF) = config.features(of: target)
+                func values(_ rows: Int, _ cols: Int, b: Bool) -> [Float] {
+                    var v = [Float](repeating: 0, count: rows * cols)
+                    for i in 0..<rows {
+                        for j in 0..<cols {
+                            v[i * cols + j] = Float(0.02 * sin(1 + 0.7 * Double(i) + 0.013 * Double(j) + 0.3 * Double(l)
+                                                               + 1.1 * Double(t) + (b ? 0.5 : 0)))
+                        }
+                    }
+                    return v
+                }
+                adapter.add(try LoRAPair<Float>(name: target.baseName(layer: l), rank: rank, inFeatures: inF, outFeatures: outF,
+                                                scale: loraScale(alpha: alpha, rank: rank),
+                                                a: values(rank, inF, b: false), b: values(outF, rank, b: true)))
+            }
+        }
+        return adapter
+    }
+
+    func check(_ which: (file: String, name: String)) throws {
+        let file = try GGUFFile(path: try TestData.realModel(which.file))
+        let ref = try GGUFFile(path: try TestData.shared("testdata/reference/\(which.name)-compact.gguf"))
+        let model = try LlamaModel<Float>(file: file)
+        let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
+        let V = model.config.vocabulary
+
+        // Tokenizer: the file's own vocabulary gives transformers' ids for the same text.
+        let tokenizer = try Tokenizer(file: file)
+        let text = try String(contentsOfFile: TestData.shared("data/shakespeare.txt"), encoding: .utf8)
+        let ours = tokenizer.encode(String(text.unicodeScalars.prefix(600)), addSpecial: true)
+        XCTAssertEqual(Array(ours.prefix(ids.count)), ids, "token ids")
+
+        // Logits and loss.
+        let logits = try model.logits(tokens: ids)
+        let maxDiff = try ReferenceComparison.logitError(logits, ids: ids, vocabulary: V, reference: ref)
+        XCTAssertLessThan(maxDiff, 1e-4, "\(which.name): max |logit − transformers|")
+        let targets = Array(ids.dropFirst()) + [-1]
+        let (sum, count) = try model.loss(tokens: ids, targets: targets, batch: 1)
+        XCTAssertEqual(sum / Double(count), try XCTUnwrap(ref.metadata["reference.loss"]?.doubleValue), accuracy: 5e-5)
+
+        // LoRA gradients of every target of every layer.
+        let rank = try ref.metadata.int("reference.lora_rank"), alpha = try ref.metadata.float("reference.lora_alpha")
+        let adapter = try Self.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
+        try model.attach(adapter, trainable: true)
+        let (loraSum, loraCount) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1,
+                                                             lossScale: 1 / Float(ids.count - 1))
+        XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue), accuracy: 5e-5)
+        let (worst, worstName, compared, names) = try ReferenceComparison.gradientError(adapter, reference: ref)
+        XCTAssertEqual(names, model.config.layers * 7 * 2)
+        XCTAssertEqual(compared, 2 * 7 * 2, "the first and last layers whole")
+        XCTAssertLessThan(worst, 1e-3, "\(which.name): worst relative L2 error at \(worstName)")
+    }
+}
