@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, fetches SmolLM2 and llama.cpp's extra tokenizer oracles when missing,
+# Runs every test: installs what is missing, fetches the test models (SmolLM2, Qwen2.5, Gemma 3) and llama.cpp's extra tokenizer oracles when missing,
 # builds once in release mode (the model tests run real forward/backward passes), and runs unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/fetch-model.sh
+scripts/fetch-model.sh all
 scripts/fetch-vocab-oracles.sh
 export LORAKIT_REQUIRE_MODEL=1
 mkdir -p .build

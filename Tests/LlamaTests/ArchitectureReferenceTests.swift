@@ -17,6 +17,23 @@ final class ArchitectureReferenceTests: XCTestCase {
     func testQwen25MatchesTransformers() throws { try check(Self.qwen) }
     func testGemma3MatchesTransformers() throws { try check(Self.gemma) }
 
+    /// Perplexity on the first 20 000 bytes of shakespeare.txt with chunks of 256, scored as llama.cpp scores,
+    /// against transformers float32 on the same GGUF (scripts/perplexity-reference.py: 85.4730 and 42.3360;
+    /// llama.cpp's own llama-perplexity, with its 8-bit activations, gives 85.5191 and 42.6022).
+    func testPerplexityMatchesTransformers() throws {
+        for (which, expected, chunks) in [(Self.qwen, 85.4730, 21), (Self.gemma, 42.3360, 22)] {
+            let file = try GGUFFile(path: try TestData.realModel(which.0))
+            let model = try LlamaModel<Float>(file: file)
+            let tokenizer = try Tokenizer(file: file)
+            let text = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("data/shakespeare.txt"))).prefix(20000)
+            let tokens = tokenizer.encode(bytes: Array(text), addSpecial: true, parseSpecial: false)
+            let scoring = Perplexity(context: 256, batchTokens: 1024, bos: tokenizer.vocabulary.addBOS ? tokenizer.vocabulary.bos : nil)
+            let result = try scoring.evaluate(model: model, tokens: tokens)
+            XCTAssertEqual(result.chunks, chunks, which.1)
+            XCTAssertEqual(result.perplexity, expected, accuracy: expected * 0.001, which.1)
+        }
+    }
+
     /// The adapter the reference used: 0.02·sin(1 + 0.7·i + 0.013·j + 0.3·layer + 1.1·target (+ 0.5 for B)).
     static func formulaAdapter(config: LlamaConfig, rank: Int, alpha: Float) throws -> LoRAAdapter<Float> {
         let adapter = LoRAAdapter<Float>()
@@ -68,7 +85,11 @@ final class ArchitectureReferenceTests: XCTestCase {
         try model.attach(adapter, trainable: true)
         let (loraSum, loraCount) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1,
                                                              lossScale: 1 / Float(ids.count - 1))
-        XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue), accuracy: 5e-5)
+        // Float32 rounding alone moves Qwen2.5's loss by ~7e-5 (its activations reach thousands): transformers in
+        // float32 gives 4.564342 without and 4.568831 with the adapter, in float64 4.564273 and 4.568832. So the
+        // adapted loss is held to 1e-4 there; the base loss above and Gemma's to 5e-5.
+        XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue),
+                       accuracy: which.name == "qwen2.5" ? 1e-4 : 5e-5)
         let (worst, worstName, compared, names) = try ReferenceComparison.gradientError(adapter, reference: ref)
         XCTAssertEqual(names, model.config.layers * 7 * 2)
         XCTAssertEqual(compared, 2 * 7 * 2, "the first and last layers whole")

@@ -46,33 +46,24 @@ final class GradientCheckTests: XCTestCase {
         _ = w.count; w[0] += 0
     }
 
-    func testSwiGLU() {
-        let n = 16
-        var gate = random(n, 3), up = random(n), g = random(n)
-        func f(_ a: [Double], _ b: [Double]) -> Double {
-            var out = [Double](repeating: 0, count: n)
-            SwiGLU.forward(gate: a, up: b, out: &out, count: n)
-            return zip(out, g).reduce(0) { $0 + $1.0 * $1.1 }
-        }
-        var dg = [Double](repeating: 0, count: n), du = dg
-        SwiGLU.backward(dOut: g, gate: gate, up: up, dGate: &dg, dUp: &du, count: n)
-        check("swiglu gate", params: &gate, analytic: dg) { f($0, up) }
-        check("swiglu up", params: &up, analytic: du) { f(gate, $0) }
+    func testGatedActivations() {
+        checkGated(SwiGLU.self)
+        checkGated(GeGLU.self)
     }
 
-    func testGeGLU() {
+    func checkGated<G: GatedActivation>(_ kind: G.Type) {
         let n = 16
-        var gate = random(n, 3), up = random(n), g = random(n)
+        var gate = random(n, 3), up = random(n)
+        let g = random(n)
         func f(_ a: [Double], _ b: [Double]) -> Double {
             var out = [Double](repeating: 0, count: n)
-            GeGLU.forward(gate: a, up: b, out: &out, count: n)
+            G.forward(gate: a, up: b, out: &out, count: n)
             return zip(out, g).reduce(0) { $0 + $1.0 * $1.1 }
         }
         var dg = [Double](repeating: 0, count: n), du = dg
-        GeGLU.backward(dOut: g, gate: gate, up: up, dGate: &dg, dUp: &du, count: n)
-        check("geglu gate", params: &gate, analytic: dg) { f($0, up) }
-        check("geglu up", params: &up, analytic: du) { f(gate, $0) }
-        _ = g.count; g[0] += 0
+        G.backward(dOut: g, gate: gate, up: up, dGate: &dg, dUp: &du, count: n)
+        check("\(G.self) gate", params: &gate, analytic: dg) { f($0, up) }
+        check("\(G.self) up", params: &up, analytic: du) { f(gate, $0) }
     }
 
     func testRoPE() {

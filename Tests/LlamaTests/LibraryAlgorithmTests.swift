@@ -84,6 +84,24 @@ final class LibraryAlgorithmTests: XCTestCase {
     /// The KV-cache step (quantized rows, one token) and the batched pass run the same block: equal logits.
     func testCachedStepsEqualTheBatchedPass() throws {
         let (_, model, _) = try tinyModel(tied: false)
+        try checkCachedSteps(model)
+    }
+
+    /// The same for every architecture's block, with a window of 3 keys on Gemma's sliding layers (7 positions).
+    func testCachedStepsEqualTheBatchedPassEveryArchitecture() throws {
+        for arch in ["qwen2", "qwen3", "gemma2", "gemma3"] {
+            var tiny = TinyLlama()
+            tiny.architecture = arch
+            if arch == "qwen3" || arch == "gemma3" { tiny.headDimension = 6 }
+            if arch.hasPrefix("gemma") { (tiny.slidingWindow, tiny.slidingPattern, tiny.ropeFreqBase, tiny.tied) = (3, 2, 1e6, true) }
+            if arch == "gemma2" { (tiny.attentionSoftCap, tiny.finalSoftCap) = (1.5, 2) }
+            let path = temporaryDirectory() + "/\(arch).gguf"
+            try tiny.write(to: path)
+            try checkCachedSteps(try LlamaModel<Float>(file: GGUFFile(path: path)))
+        }
+    }
+
+    func checkCachedSteps(_ model: LlamaModel<Float>) throws {
         let tokens: [Int32] = [3, 17, 42, 5, 60, 11, 29]
         let all = try model.logits(tokens: tokens)
         let session = InferenceSession(model: model, capacity: 16)
@@ -91,7 +109,9 @@ final class LibraryAlgorithmTests: XCTestCase {
         _ = try session.feed(Array(tokens.prefix(3)))
         for t in 3..<tokens.count {
             let step = try session.feed([tokens[t]])
-            for i in 0..<V { XCTAssertEqual(step[i], all[t * V + i], accuracy: 1e-4, "position \(t)") }
+            for i in 0..<V {
+                XCTAssertEqual(step[i], all[t * V + i], accuracy: 1e-4, "\(model.config.architecture) position \(t)")
+            }
         }
     }
 
