@@ -96,3 +96,57 @@ final class ArchitectureReferenceTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-3, "\(which.name): worst relative L2 error at \(worstName)")
     }
 }
+
+/// Tiny random Qwen3 and Gemma 2 models in llama.cpp's layout against transformers + PEFT in float64, which load the
+/// same GGUF (scripts/make-tiny-references.py): every logit, the loss, and every LoRA gradient.
+final class TinyArchitectureReferenceTests: XCTestCase {
+    func testQwen3MatchesTransformers() throws { try check("qwen3") }
+    func testGemma2MatchesTransformers() throws { try check("gemma2") }
+
+    func check(_ arch: String) throws {
+        let file = try GGUFFile(path: try TestData.shared("testdata/reference/tiny-\(arch).gguf"))
+        let ref = try GGUFFile(path: try TestData.shared("testdata/reference/tiny-\(arch)-reference.gguf"))
+        let model = try LlamaModel<Double>(file: file)
+        XCTAssertEqual(model.config.architecture, arch)
+        let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
+        let expected = try ref.floats(of: ref.requireTensor("logits"))
+        let logits = try model.logits(tokens: ids)
+        XCTAssertEqual(logits.count, expected.count)
+        let worstLogit = zip(logits, expected).map { abs(Float($0) - $1) }.max()!
+        XCTAssertLessThan(worstLogit, 1e-4, "\(arch): max |logit − transformers|")
+        let targets = Array(ids.dropFirst()) + [-1]
+        let (sum, count) = try model.loss(tokens: ids, targets: targets, batch: 1)
+        XCTAssertEqual(sum / Double(count), try XCTUnwrap(ref.metadata["reference.loss"]?.doubleValue), accuracy: 1e-6)
+
+        let rank = try ref.metadata.int("reference.lora_rank"), alpha = try ref.metadata.float("reference.lora_alpha")
+        let single = try ArchitectureReferenceTests.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
+        let adapter = LoRAAdapter<Double>()
+        for name in single.order {
+            let p = single[name]!
+            adapter.add(try LoRAPair<Double>(name: name, rank: p.rank, inFeatures: p.inFeatures, outFeatures: p.outFeatures,
+                                             scale: Double(p.scale), a: p.a.map(Double.init), b: p.b.map(Double.init)))
+        }
+        try model.attach(adapter, trainable: true)
+        let (loraSum, loraCount) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1,
+                                                             lossScale: 1 / Double(ids.count - 1))
+        XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue), accuracy: 1e-6)
+        var worst = 0.0, worstName = ""
+        for name in adapter.order {
+            let pair = adapter[name]!
+            for (suffix, grad) in [("lora_a", pair.gradA), ("lora_b", pair.gradB)] {
+                let key = "\(name).weight.\(suffix).grad"
+                let expected = try ref.floats(of: ref.requireTensor(key))
+                XCTAssertEqual(expected.count, grad.count, key)
+                var diff = 0.0, norm = 0.0
+                for i in 0..<grad.count {
+                    diff += (grad[i] - Double(expected[i])) * (grad[i] - Double(expected[i]))
+                    norm += Double(expected[i]) * Double(expected[i])
+                }
+                let rel = (diff / max(norm, 1e-30)).squareRoot()
+                if rel > worst { (worst, worstName) = (rel, key) }
+            }
+        }
+        XCTAssertEqual(adapter.order.count, model.config.layers * 7)
+        XCTAssertLessThan(worst, 1e-5, "\(arch): worst relative L2 error at \(worstName)")
+    }
+}
