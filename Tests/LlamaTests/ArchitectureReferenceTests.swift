@@ -17,6 +17,23 @@ final class ArchitectureReferenceTests: XCTestCase {
     func testQwen25MatchesTransformers() throws { try check(Self.qwen) }
     func testGemma3MatchesTransformers() throws { try check(Self.gemma) }
 
+    /// llama.cpp's tokenizer test strings: our ids equal llama-tokenize's and transformers' on the real files
+    /// (scripts/make-token-references.py; the two agree on every string).
+    func testTokenizersMatchLlamaCppAndTransformers() throws {
+        for which in [Self.qwen, Self.gemma] {
+            let tokenizer = try Tokenizer(file: GGUFFile(path: try TestData.realModel(which.0)))
+            let data = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("testdata/reference/\(which.1)-tokens.json")))
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            let texts = try XCTUnwrap(json["texts"] as? [String])
+            let expected = try XCTUnwrap(json["llama.cpp"] as? [[Int]])
+            XCTAssertGreaterThan(texts.count, 30)
+            for (text, ids) in zip(texts, expected) {
+                XCTAssertEqual(tokenizer.encode(text, addSpecial: false, parseSpecial: false).map(Int.init), ids,
+                               "\(which.1): \(text.debugDescription)")
+            }
+        }
+    }
+
     /// Perplexity on the first 20 000 bytes of shakespeare.txt with chunks of 256, scored as llama.cpp scores,
     /// against transformers float32 on the same GGUF (scripts/perplexity-reference.py: 85.4730 and 42.3360;
     /// llama.cpp's own llama-perplexity, with its 8-bit activations, gives 85.5191 and 42.6022).
