@@ -56,17 +56,23 @@ public struct ChatTemplate: Sendable, Equatable {
             throw TokenizerError.chatTemplate("unrecognized chat template (supported families: \(Family.allCases.map(\.rawValue).joined(separator: ", ")); choose one with --chat-template)")
         }
         var defaultSystem: String?
-        // A literal default system message, e.g. {{ '<|im_start|>system\nYou are … SmolLM…<|im_end|>\n' }};
-        // the template may spell the newline as a real newline or as the escape \n.
+        // A literal default system message, e.g. {{ '<|im_start|>system\nYou are … SmolLM…<|im_end|>\n' }}: the
+        // first system header followed by plain text (Qwen's template first writes the header alone, then the
+        // literal in the branch without a system message). The newline may be real or the escape \n.
         if family == .chatml {
-            let bytes = Array(template.utf8)
-            for header in ["<|im_start|>system\n", "<|im_start|>system\\n"] {
+            let bytes = Array(template.utf8), close = Array("<|im_end|>".utf8)
+            search: for header in ["<|im_start|>system\n", "<|im_start|>system\\n"] {
                 let h = Array(header.utf8)
-                guard let start = Tokenizer.find(h, in: bytes, 0..<bytes.count),
-                      let end = Tokenizer.find(Array("<|im_end|>".utf8), in: bytes, (start + h.count)..<bytes.count) else { continue }
-                let text = String(decoding: bytes[(start + h.count)..<end], as: UTF8.self)
-                if !text.contains("{") && !text.contains("'") && !text.contains("+") { defaultSystem = text }
-                break
+                var from = 0
+                while let start = Tokenizer.find(h, in: bytes, from..<bytes.count),
+                      let end = Tokenizer.find(close, in: bytes, (start + h.count)..<bytes.count) {
+                    let text = String(decoding: bytes[(start + h.count)..<end], as: UTF8.self)
+                    if !text.contains("{") && !text.contains("'") && !text.contains("+") {
+                        defaultSystem = text
+                        break search
+                    }
+                    from = start + h.count
+                }
             }
         }
         self.init(family: family, defaultSystemMessage: defaultSystem, bosText: bosText, eosText: eosText)

@@ -34,6 +34,43 @@ final class ArchitectureReferenceTests: XCTestCase {
         }
     }
 
+    /// Greedy generation (KV cache, weights read in place for each token) gives transformers' 16 ids for three
+    /// prompts, and Qwen's chat template renders as transformers' apply_chat_template
+    /// (scripts/make-generation-references.py).
+    func testGreedyGenerationAndChatMatchTransformers() throws {
+        for which in [Self.qwen, Self.gemma] {
+            let file = try GGUFFile(path: try TestData.realModel(which.0))
+            let tokenizer = try Tokenizer(file: file)
+            let data = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("testdata/reference/\(which.1)-generation.json")))
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            var sampler = Sampler(seed: 0)
+            sampler.temperature = 0
+            let generator = Generator(session: InferenceSession(model: try LlamaModel<Float>(file: file), capacity: 128, threads: 2),
+                                      tokenizer: tokenizer, sampler: sampler, maxTokens: 16)
+            let generations = try XCTUnwrap(json["generation"] as? [[String: Any]])
+            XCTAssertEqual(generations.count, 3)
+            for g in generations {
+                let prompt = try XCTUnwrap(g["prompt"] as? String), promptIDs = try XCTUnwrap(g["prompt_ids"] as? [Int])
+                XCTAssertEqual(tokenizer.encode(prompt, addSpecial: true).map(Int.init), promptIDs, "\(which.1) prompt ids")
+                generator.reset()
+                let response = try generator.respond(to: promptIDs.map(Int32.init))
+                let expected = try XCTUnwrap(g["ids"] as? [Int])
+                XCTAssertEqual(response.ids.map(Int.init), Array(expected.prefix(response.ids.count)), "\(which.1): \(prompt)")
+                XCTAssertTrue(response.ids.count == 16 || tokenizer.isEndOfGeneration(Int32(expected[response.ids.count])))
+            }
+            let chats = try XCTUnwrap(json["chat"] as? [[String: Any]])
+            guard !chats.isEmpty else { continue }  // Gemma 3 270M (base) has no chat template
+            let template = try tokenizer.chatTemplate(templateText: file.metadata["tokenizer.chat_template"]?.stringValue)
+            for chat in chats {
+                let messages = try XCTUnwrap(chat["messages"] as? [[String: String]]).map {
+                    ChatMessage(ChatMessage.Role(rawValue: $0["role"]!)!, $0["content"]!)
+                }
+                let rendered = try template.render(messages, addGenerationPrompt: chat["add_generation_prompt"] as? Bool ?? false)
+                XCTAssertEqual(rendered.text, chat["text"] as? String, "\(which.1) chat")
+            }
+        }
+    }
+
     /// Perplexity on the first 20 000 bytes of shakespeare.txt with chunks of 256, scored as llama.cpp scores,
     /// against transformers float32 on the same GGUF (scripts/perplexity-reference.py: 85.4730 and 42.3360;
     /// llama.cpp's own llama-perplexity, with its 8-bit activations, gives 85.5191 and 42.6022).
