@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # LoRAKit's training step against PEFT's on the same machine, alternating, with the CPU named:
-#   scripts/bench-vs-peft.sh [THREADS] [ROUNDS] [PYTHON]      (defaults: 1, 2, /tmp/peftenv/bin/python)
-# Both run SmolLM2 Q4_1, 4 × 256 random tokens, LoRA r = 8 on the seven linear weights (lorakit-bench step and
+#   scripts/bench-vs-peft.sh [THREADS] [ROUNDS] [PYTHON] [MODEL]
+#   (defaults: 1, 2, /tmp/peftenv/bin/python, models/SmolLM2-135M-Instruct.Q4_1.gguf; scripts/fetch-model.sh all
+#   fetches Qwen2.5-Coder-0.5B and Gemma 3 270M too)
+# Both run the model on 4 × 256 random tokens, LoRA r = 8 on the seven linear weights (lorakit-bench step and
 # scripts/bench-peft.py); the ratio is of the median tokens/s over the rounds. PEFT needs torch, transformers, peft
 # and gguf in PYTHON (see scripts/bench-peft.py).
 set -euo pipefail
@@ -9,13 +11,13 @@ cd "$(dirname "$0")/.."
 threads=${1:-1}
 rounds=${2:-2}
 python=${3:-/tmp/peftenv/bin/python}
-model=models/SmolLM2-135M-Instruct.Q4_1.gguf
-scripts/fetch-model.sh >/dev/null
+model=${4:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+[ -s "$model" ] || scripts/fetch-model.sh >/dev/null
 swift build -c release --product lorakit-bench $(scripts/swift-flags.sh) 2>&1 | tail -1
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') [$(grep -m1 -o -wE 'avx512f|avx512_bf16|amx_bf16|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')]"
 ours=(); theirs=()
 for round in $(seq "$rounds"); do
-  line=$(.build/release/lorakit-bench step --threads "$threads" --steps 4 | grep "^threads")
+  line=$(.build/release/lorakit-bench step --model "$model" --threads "$threads" --steps 4 | grep "^threads")
   echo "round $round lorakit: $line"
   ours+=("$(echo "$line" | grep -oE '[0-9]+ tokens/s' | cut -d' ' -f1)")
   line=$("$python" scripts/bench-peft.py "$model" --threads "$threads" --steps 6 2>/dev/null | grep "^peft")

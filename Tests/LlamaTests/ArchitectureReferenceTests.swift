@@ -155,6 +155,20 @@ final class ArchitectureReferenceTests: XCTestCase {
 /// same GGUF (scripts/make-tiny-references.py): every logit, the loss, and every LoRA gradient.
 final class TinyArchitectureReferenceTests: XCTestCase {
     func testQwen3MatchesTransformers() throws { try check("qwen3") }
+
+    /// Any other architecture is one line naming it and what is supported.
+    func testOtherArchitecturesAreRefusedInOneLine() throws {
+        var tiny = TinyLlama()
+        tiny.architecture = "phi3"
+        let path = temporaryDirectory() + "/phi3.gguf"
+        try tiny.write(to: path)
+        XCTAssertThrowsError(try LlamaModel<Float>(file: GGUFFile(path: path))) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("architecture 'phi3' is not supported"), message)
+            XCTAssertTrue(message.contains("llama, qwen2, qwen3, gemma2, gemma3"), message)
+            XCTAssertFalse(message.contains("\n"))
+        }
+    }
     func testGemma2MatchesTransformers() throws { try check("gemma2") }
 
     func check(_ arch: String) throws {
