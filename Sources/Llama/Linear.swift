@@ -25,6 +25,28 @@ struct WeightAdapters<T: KernelScalar> {
             if let p = a.adapter[name] { pairs.append((p, p.scale * a.multiplier, a.trainable)) }
         }
     }
+
+    private init(pairs: [(pair: LoRAPair<T>, scale: T, trainable: Bool)]) { self.pairs = pairs }
+
+    /// The same adapters restricted to the outputs `range` (rows of B), as new pairs with zero gradients, for a
+    /// weight applied in chunks of output rows (the vocabulary head); `addGradients` adds a slice's back.
+    func slice(outputs range: Range<Int>) throws -> WeightAdapters<T> {
+        WeightAdapters(pairs: try pairs.map { p in
+            let r = p.pair.rank
+            let sliced = try LoRAPair<T>(name: p.pair.name, rank: r, inFeatures: p.pair.inFeatures, outFeatures: range.count,
+                                         scale: p.pair.scale, a: p.pair.a,
+                                         b: Array(p.pair.b[(range.lowerBound * r)..<(range.upperBound * r)]))
+            return (sliced, p.scale, p.trainable)
+        })
+    }
+
+    func addGradients(of slice: WeightAdapters<T>, outputs range: Range<Int>) {
+        for (whole, part) in zip(pairs, slice.pairs) where whole.trainable {
+            let r = whole.pair.rank
+            for i in whole.pair.gradA.indices { whole.pair.gradA[i] += part.pair.gradA[i] }
+            for i in part.pair.gradB.indices { whole.pair.gradB[range.lowerBound * r + i] += part.pair.gradB[i] }
+        }
+    }
 }
 
 /// One frozen linear weight W [out, in] with the adapters that apply to it.

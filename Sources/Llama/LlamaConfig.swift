@@ -78,6 +78,11 @@ public struct LlamaConfig: Sendable, Equatable {
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
 
+    /// A head whose dequantized float32 copy would exceed this is computed in chunks of `vocabularyChunk` rows
+    /// read from the file instead (`LlamaModel.denseHeadLimit`).
+    public static let denseHeadLimit = 512 << 20
+    public static let vocabularyChunk = 16384
+
     /// Whether layer `l` attends through a sliding window (llama.cpp's pattern: every `pattern`-th layer is global).
     public func isSlidingLayer(_ l: Int) -> Bool {
         guard slidingWindow != nil, let p = slidingPattern else { return false }

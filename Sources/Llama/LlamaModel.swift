@@ -22,6 +22,17 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     public var gradientCheckpointing = false
     /// Rows of logits computed at once in the head (bounds the [rows, vocabulary] buffer).
     public var headChunkRows = 160
+    /// A head whose dequantized copy would exceed this many bytes (large vocabularies of large models: Llama 3 8B's
+    /// is 2.1 GB) is never dequantized whole: it is read in chunks of `vocabularyChunk` rows from the file.
+    public var denseHeadLimit = LlamaConfig.denseHeadLimit
+    public var vocabularyChunk = LlamaConfig.vocabularyChunk
+
+    /// Whether the head is computed chunk by chunk of vocabulary rows (see `denseHeadLimit`).
+    public var headIsChunked: Bool { config.vocabulary * config.embedding * MemoryLayout<T>.size > denseHeadLimit }
+
+    var vocabularyRanges: [Range<Int>] {
+        stride(from: 0, to: config.vocabulary, by: vocabularyChunk).map { $0..<min(config.vocabulary, $0 + vocabularyChunk) }
+    }
     /// Asked between layers; true stops the pass with `ModelError.cancelled` (a signal takes effect within a layer).
     public var isCancelled: () -> Bool = { false }
 
@@ -125,6 +136,13 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
                            adapters: adaptersFor("output"), rowThreads: rowThreads)
     }
 
+    /// The head restricted to the vocabulary rows `range`, dequantized, with its adapters sliced to match (their
+    /// gradients go back through `WeightAdapters.addGradients`).
+    func headSlice(_ range: Range<Int>) throws -> LinearWeight<T> {
+        LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: range.count,
+                     source: .dense(try weights.headRows(range)), adapters: try adaptersFor("output").slice(outputs: range))
+    }
+
     /// Token embeddings [N, C] with the embedding adapters applied, times the architecture's embedding scale.
     func embed(_ tokens: [Int32]) throws -> [T] {
         var x = try weights.embeddings(tokens)
@@ -187,7 +205,19 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
 
     /// Logits [rows.count, V] for the rows `rows` of the final hidden states (soft-capped where the model caps).
     func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>, rowThreads: Int? = nil) throws -> [T] {
-        var logits = try head(rowThreads: rowThreads).forward(hf + rows.lowerBound * config.embedding, rows: rows.count).y
+        let x = hf + rows.lowerBound * config.embedding, m = rows.count, V = config.vocabulary
+        var logits: [T]
+        if rowThreads == nil && headIsChunked {
+            logits = [T](repeating: 0, count: m * V)
+            for range in vocabularyRanges {
+                let part = try headSlice(range).forward(x, rows: m).y
+                for r in 0..<m {
+                    for j in 0..<range.count { logits[r * V + range.lowerBound + j] = part[r * range.count + j] }
+                }
+            }
+        } else {
+            logits = try head(rowThreads: rowThreads).forward(x, rows: m).y
+        }
         capLogits(&logits)
         return logits
     }

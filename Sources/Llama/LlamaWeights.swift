@@ -61,6 +61,17 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         return values
     }
 
+    /// Rows `range` of the head [range.count, embedding], dequantized (a chunk of the vocabulary).
+    func headRows(_ range: Range<Int>) throws -> [T] {
+        let info = try file.requireTensor(headTensorName)
+        var floats = [Float](repeating: 0, count: range.count * config.embedding)
+        floats.withUnsafeMutableBufferPointer {
+            Dequantize.rows(info.type, from: file.data(of: info), rowLength: config.embedding, rows: range, into: $0.baseAddress!)
+        }
+        if T.self == Float.self { return unsafeBitCast(floats, to: [T].self) }
+        return floats.map { T($0) }
+    }
+
     /// Block `l`'s weights, each linear bound to its adapters.
     func block(_ l: Int, adapters: (String) -> WeightAdapters<T>, rowThreads: Int?) throws -> BlockWeights<T> {
         func linear(_ target: LoRATarget) throws -> LinearWeight<T> {

@@ -43,12 +43,15 @@ public struct MemoryPlan: Sendable, Equatable {
         // SwiGLU output and their gradients.
         let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward)
                                 + i.batch * mc.heads * i.context * i.context)
-        let headBytes = mc.vocabulary * mc.embedding * 4
+        // The head stays dequantized, or (large vocabularies) one chunk of it and that chunk's logits at a time.
+        let denseHead = mc.vocabulary * mc.embedding * 4
+        let chunk = LlamaConfig.vocabularyChunk
+        let headBytes = denseHead <= LlamaConfig.denseHeadLimit ? denseHead : 4 * chunk * (mc.embedding + 2 * tokens)
         // Weights are dequantized one layer at a time, or all kept with --cache-weights.
         let dequantizedBytes = i.cacheWeights ? i.parameterCount * 4
                                               : (i.parameterCount - mc.vocabulary * mc.embedding) / mc.layers * 4
         let activations = checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers : layerBytes * mc.layers
-        parts = [("weights (mapped file) + dequantized head and layer", i.fileSize + headBytes + dequantizedBytes),
+        parts = [("weights (mapped file) + dequantized head (or chunk) and layer", i.fileSize + headBytes + dequantizedBytes),
                  ("activations", workingBytes + activations),
                  ("LoRA, gradients, AdamW moments", i.trainableParameters * 16)]
         gradientCheckpointing = checkpointing

@@ -162,7 +162,19 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
-    func checkWholeModel(_ base: TinyLlama) throws {
+    /// A head computed in chunks of vocabulary rows (as for large vocabularies) gives the same loss and the same
+    /// gradients, head adapter included, with and without a final soft cap, tied and untied.
+    func testWholeModelLoRAGradientsWithChunkedHead() throws {
+        for (arch, tied) in [("llama", false), ("llama", true), ("gemma2", true)] {
+            var tiny = TinyLlama()
+            tiny.architecture = arch
+            tiny.tied = tied
+            if arch == "gemma2" { (tiny.slidingWindow, tiny.attentionSoftCap, tiny.finalSoftCap) = (3, 1.5, 2) }
+            try checkWholeModel(tiny, chunkedHead: true)
+        }
+    }
+
+    func checkWholeModel(_ base: TinyLlama, chunkedHead: Bool = false) throws {
         do {
             var tiny = base
             let tied = tiny.tied
@@ -175,6 +187,10 @@ final class GradientCheckTests: XCTestCase {
             try tiny.write(to: path)
             let model = try LlamaModel<Double>(file: GGUFFile(path: path))
             model.headChunkRows = 5  // several chunks
+            if chunkedHead {
+                (model.denseHeadLimit, model.vocabularyChunk) = (0, 7)  // 7 chunks of the 48 rows
+                XCTAssertTrue(model.headIsChunked)
+            }
             let adapter = try LoRAAdapter<Double>.initialized(
                 layers: model.config.layers, shapes: { model.config.features(of: $0) }, targets: LoRATarget.allCases,
                 rank: { $0 == .ffnDown ? 3 : 2 }, alpha: 4, rsLoRA: false, seed: 5)
@@ -182,6 +198,23 @@ final class GradientCheckTests: XCTestCase {
             try model.attach(adapter, trainable: true)
             let tokens: [Int32] = [3, 17, 5, 9, 40, 2, 11, 30, 7, 7, 1, 45]
             let targets: [Int32] = [17, 5, 9, 40, -1, 11, 30, 7, 7, 1, 45, 0]
+            if chunkedHead {
+                // The chunked head's logits and gradients equal the dense head's.
+                let chunked = try model.logits(tokens: tokens, batch: 2)
+                adapter.zeroGradients()
+                _ = try model.forwardBackward(tokens: tokens, targets: targets, batch: 2, lossScale: 1.0 / 11)
+                let chunkedGradients = adapter.order.map { adapter[$0]!.gradA + adapter[$0]!.gradB }
+                model.denseHeadLimit = .max
+                let dense = try model.logits(tokens: tokens, batch: 2)
+                for i in dense.indices { XCTAssertEqual(chunked[i], dense[i], accuracy: 1e-12) }
+                adapter.zeroGradients()
+                _ = try model.forwardBackward(tokens: tokens, targets: targets, batch: 2, lossScale: 1.0 / 11)
+                for (name, g) in zip(adapter.order, chunkedGradients) {
+                    let d = adapter[name]!.gradA + adapter[name]!.gradB
+                    for i in d.indices { XCTAssertEqual(g[i], d[i], accuracy: 1e-12, name) }
+                }
+                model.denseHeadLimit = 0
+            }
             for checkpointing in [false, true] {
                 model.gradientCheckpointing = checkpointing
                 adapter.zeroGradients()

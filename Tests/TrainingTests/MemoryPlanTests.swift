@@ -27,6 +27,18 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertLessThan(checkpointed.total, plan.total)
     }
 
+    /// A vocabulary head larger than 512 MB dequantized (Llama 3 8B: 128 256 × 4096) counts one chunk of it and
+    /// that chunk's logits and gradients, not the whole head.
+    func testLargeHeadsArePlannedByChunk() {
+        var llama3 = smol
+        (llama3.layers, llama3.embedding, llama3.vocabulary, llama3.feedForward) = (32, 4096, 128_256, 14336)
+        let plan = MemoryPlan(MemoryPlan.Inputs(config: llama3, fileSize: 4_900_000_000, parameterCount: 8_030_261_248,
+                                                batch: 1, context: 512, trainableParameters: 20_000_000, cacheWeights: false),
+                              checkpointing: true)
+        let layer = (8_030_261_248 - 128_256 * 4096) / 32 * 4
+        XCTAssertEqual(plan.parts[0].bytes, 4_900_000_000 + 4 * 16384 * (4096 + 2 * 512) + layer)
+    }
+
     func testCheckpointingTurnsOnWhenNeeded() {
         XCTAssertFalse(MemoryPlan.choose(inputs(), checkpointing: nil, limit: 24 << 30).gradientCheckpointing)
         let plan = MemoryPlan(inputs(), checkpointing: false)
