@@ -37,7 +37,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "lorakit-bench",
-            dependencies: ["GGUF", "Tokenizer", "Kernels", "CKernels", "LoRA", "Llama", "Distributed", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["GGUF", "Tokenizer", "Kernels", "CKernels", "LoRA", "Llama", "Training", "Distributed", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "lorakit-example",
