@@ -14,7 +14,17 @@ scripts/fetch-model.sh gemma3 >/dev/null
 swift build -c release --product lorakit-bench $(scripts/swift-flags.sh) 2>&1 | tail -1
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') [$(grep -o -wE 'avx512f|avx512_bf16|amx_bf16|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')], $(nproc) cores"
 if [ "${1:-}" = "--full" ]; then
-  .build/release/lorakit-bench study --full --iterations 60 --questions 40 --validation-rows 40
+  args=(--full --iterations 60 --questions 40 --validation-rows 40); settings=16
 else
-  .build/release/lorakit-bench study --iterations 15 --questions 10 --validation-rows 20
+  args=(--iterations 15 --questions 10 --validation-rows 20); settings=6
 fi
+echo "| model | task | targets | rank | held-out loss (before → after) | exact match | tokens/s | adapter | peak memory | wall |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+# One process per run, so that each run's peak memory is its own.
+for model in models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf; do
+  for task in velmora wikisql; do
+    for ((i = 0; i < settings; i++)); do
+      .build/release/lorakit-bench study --models "$model" --tasks "$task" --only "$i" "${args[@]}"
+    done
+  done
+done

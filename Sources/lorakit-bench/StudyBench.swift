@@ -24,6 +24,8 @@ struct StudyBench: ParsableCommand {
     @Option(help: "Questions of the validation set answered for exact match.") var questions = 20
     @Option(help: "Rows of the validation set the held-out loss is measured on.") var validationRows = 40
     @Option var threads = 2
+    @Option(help: "Run only the setting with this index (0-based, in the order of the table), without the header: one run per process gives each its own peak memory.")
+    var only: Int?
     @Option(help: "Data folder (data/demo and the WikiSQL files).") var data = "data"
 
     static let targetSets: [(String, [LoRATarget])] = [
@@ -39,12 +41,14 @@ struct StudyBench: ParsableCommand {
     }
 
     func run() throws {
-        print("| model | task | targets | rank | held-out loss (before → after) | exact match | tokens/s | adapter | peak memory | wall |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        if only == nil {
+            print("| model | task | targets | rank | held-out loss (before → after) | exact match | tokens/s | adapter | peak memory | wall |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+        }
         for model in models.split(separator: ",").map(String.init) {
             let name = URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent
             for task in tasks.split(separator: ",").map(String.init) {
-                for (label, targets, rank) in settings() {
+                for (index, (label, targets, rank)) in settings().enumerated() where only == nil || only == index {
                     let r = try study(model: model, task: task, targets: targets, rank: rank)
                     print(String(format: "| %@ | %@ | %@ | %d | %.3f → %.3f | %d/%d | %.0f | %.1f MB | %.2f GB | %.0f s |",
                                  name, task, label, rank, r.lossBefore, r.lossAfter, r.matches, r.asked, r.tokensPerSecond,
@@ -140,7 +144,8 @@ struct StudyBench: ParsableCommand {
         return (matches, lines.count)
     }
 
-    /// Linux keeps the process's peak resident memory (VmHWM); writing 5 to clear_refs resets it.
+    /// Linux keeps the process's peak resident memory (VmHWM); writing 5 to clear_refs resets it (to the current
+    /// resident size, which includes memory the heap keeps after an earlier run: hence `--only`).
     func resetPeakMemory() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
 
     func peakMemory() -> Int {
