@@ -4,7 +4,7 @@
 # exact match of the SQL), and prints docs/TUNING.md's table (held-out loss before → after, exact match,
 # tokens/s, adapter size, peak memory, wall time) with the machine named.
 #   scripts/study-targets.sh           the small version: the target sets at rank 8 and all linear weights at ranks 4
-#                                      and 64, 15 steps per run, loss on 20 held-out rows, 10 questions (~15 minutes
+#                                      and 64, 15 steps per run, loss on 20 held-out rows, 10 questions (~45 minutes
 #                                      on 2 cores)
 #   scripts/study-targets.sh --full    every target set at ranks 4, 8, 16 and 64, 60 steps, 40 rows, 40 questions
 set -euo pipefail
