@@ -4,9 +4,11 @@ architectures that have no small real file here. Each model is written the way l
 writes that family (tensor names, Hugging Face row order for Q/K, Gemma's norm weights stored as 1 + w), then
 loaded back by transformers from the GGUF, so transformers (which undoes those conversions) judges the layout.
 
-  testdata/reference/tiny-<arch>.gguf            the model (float32)
+  the model (float32), written to a temporary folder: its weights follow `formula_values`, which the Swift tests
+  recompute (TinyLlama.formulaValues) to write the same model themselves
   testdata/reference/tiny-<arch>-reference.gguf  input_ids [T]; logits [T, V]; reference.loss; reference.lora_loss;
-                                                 every LoRA gradient blk.N.<target>.weight.lora_{a,b}.grad for the
+                                                 every LoRA gradient blk.N.<target>.weight.lora_{a,b}.grad (with
+                                                 grad_names and grad_norms as in make-arch-references.py) for the
                                                  adapter of scripts/make-arch-references.py's init_value (rank 2,
                                                  alpha 4, the seven linear weights)
 
@@ -16,7 +18,7 @@ its soft caps (50, 30).
 
   /tmp/peftenv/bin/python scripts/make-tiny-references.py
 """
-import importlib.util, os
+import importlib.util, os, tempfile
 import numpy as np
 import torch, gguf
 from transformers import AutoModelForCausalLM
@@ -34,7 +36,17 @@ ARCHS = {
 }
 
 
-def write_model(arch, c, path, rng):
+def formula_values(name, shape):
+    """v[k] = amplitude·sin(0.37·k + 0.0007·k² + 0.011·seed + 1), seed = Σ (i + 1)·byteᵢ of the name mod 1000; norms
+    1 + 0.1·sin(…), matrices 1.7/√in·sin(…); `shape` is numpy's ([out, in] for matrices)."""
+    seed = sum((i + 1) * b for i, b in enumerate(name.encode())) % 1000
+    k = np.arange(int(np.prod(shape)), dtype=np.float64)
+    s = np.sin(0.37 * k + 0.0007 * k * k + 0.011 * seed + 1)
+    v = 1 + 0.1 * s if len(shape) == 1 else 1.7 / np.sqrt(shape[-1]) * s
+    return v.astype(np.float32).reshape(shape)
+
+
+def write_model(arch, c, path):
     C, H, KV, d, F, V, L = c["C"], c["H"], c["KV"], c["d"], c["F"], c["V"], c["L"]
     gemma = arch.startswith("gemma")
     w = gguf.GGUFWriter(path, arch)
@@ -51,44 +63,40 @@ def write_model(arch, c, path, rng):
     w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default"); w.add_token_list(tokens)
     w.add_token_types([1] * V); w.add_token_merges([]); w.add_bos_token_id(1); w.add_eos_token_id(2)
 
-    def mat(out_f, in_f, scale=1.0):
-        return (rng.standard_normal((out_f, in_f)) * scale / np.sqrt(in_f)).astype(np.float32)
+    def add(name, *shape):  # Gemma's norms are stored as 1 + w, as its converter writes them; the formula is that
+        w.add_tensor(name, formula_values(name, shape))
 
-    def norm(n):  # Gemma's converter stores 1 + w
-        v = (rng.standard_normal(n) * 0.1).astype(np.float32)
-        return v + 1 if gemma else v + 1
-
-    w.add_tensor("token_embd.weight", (rng.standard_normal((V, C)) * (0.3 if gemma else 1)).astype(np.float32))
+    add("token_embd.weight", V, C)
     for l in range(L):
         p = f"blk.{l}."
-        w.add_tensor(p + "attn_norm.weight", norm(C))
-        w.add_tensor(p + "attn_q.weight", mat(H * d, C, 2.0))
-        w.add_tensor(p + "attn_k.weight", mat(KV * d, C, 2.0))
-        w.add_tensor(p + "attn_v.weight", mat(KV * d, C))
-        w.add_tensor(p + "attn_output.weight", mat(C, H * d))
+        add(p + "attn_norm.weight", C)
+        add(p + "attn_q.weight", H * d, C)
+        add(p + "attn_k.weight", KV * d, C)
+        add(p + "attn_v.weight", KV * d, C)
+        add(p + "attn_output.weight", C, H * d)
         if arch == "qwen3":
-            w.add_tensor(p + "attn_q_norm.weight", norm(d))
-            w.add_tensor(p + "attn_k_norm.weight", norm(d))
+            add(p + "attn_q_norm.weight", d)
+            add(p + "attn_k_norm.weight", d)
         if gemma:
-            w.add_tensor(p + "post_attention_norm.weight", norm(C))
-            w.add_tensor(p + "post_ffw_norm.weight", norm(C))
-        w.add_tensor(p + "ffn_norm.weight", norm(C))
-        w.add_tensor(p + "ffn_gate.weight", mat(F, C))
-        w.add_tensor(p + "ffn_up.weight", mat(F, C))
-        w.add_tensor(p + "ffn_down.weight", mat(C, F))
-    w.add_tensor("output_norm.weight", norm(C))
+            add(p + "post_attention_norm.weight", C)
+            add(p + "post_ffw_norm.weight", C)
+        add(p + "ffn_norm.weight", C)
+        add(p + "ffn_gate.weight", F, C)
+        add(p + "ffn_up.weight", F, C)
+        add(p + "ffn_down.weight", C, F)
+    add("output_norm.weight", C)
     if not gemma:
-        w.add_tensor("output.weight", mat(V, C))
+        add("output.weight", V, C)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 
 
 def main():
     rng = np.random.default_rng(7)
     out_dir = os.path.join(root, "testdata", "reference")
+    scratch = tempfile.mkdtemp()
     for arch, c in ARCHS.items():
-        model_path = os.path.join(out_dir, f"tiny-{arch}.gguf")
-        write_model(arch, c, model_path, rng)
-        model = AutoModelForCausalLM.from_pretrained(out_dir, gguf_file=f"tiny-{arch}.gguf", dtype=torch.float64).eval()
+        write_model(arch, c, os.path.join(scratch, f"tiny-{arch}.gguf"))
+        model = AutoModelForCausalLM.from_pretrained(scratch, gguf_file=f"tiny-{arch}.gguf", dtype=torch.float64).eval()
         ids = torch.tensor([[int(x) for x in rng.integers(3, c["V"], 12)]])
         with torch.no_grad():
             logits = model(ids).logits[0]
@@ -109,17 +117,22 @@ def main():
         names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
                  "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
         w = gguf.GGUFWriter(os.path.join(out_dir, f"tiny-{arch}-reference.gguf"), arch)
-        w.add_string("reference.description", f"transformers + PEFT (float64) on tiny-{arch}.gguf (scripts/make-tiny-references.py)")
+        w.add_string("reference.description", f"transformers + PEFT (float64) on the formula-weight tiny {arch} (scripts/make-tiny-references.py)")
         w.add_float64("reference.loss", loss)
         w.add_float64("reference.lora_loss", out.loss.item())
         w.add_uint32("reference.lora_rank", RANK)
         w.add_float32("reference.lora_alpha", ALPHA)
         w.add_tensor("input_ids", ids[0].numpy().astype(np.int32))
         w.add_tensor("logits", logits.float().numpy())
+        grads = {}
         for (l, name), m in modules.items():
             base = f"blk.{l}.{names[name]}.weight"
-            w.add_tensor(base + ".lora_a.grad", m.lora_A["default"].weight.grad.float().numpy())
-            w.add_tensor(base + ".lora_b.grad", m.lora_B["default"].weight.grad.float().numpy())
+            grads[base + ".lora_a.grad"] = m.lora_A["default"].weight.grad.float().numpy()
+            grads[base + ".lora_b.grad"] = m.lora_B["default"].weight.grad.float().numpy()
+        w.add_array("reference.grad_names", list(grads))
+        w.add_tensor("grad_norms", np.array([np.linalg.norm(g.astype(np.float64)) for g in grads.values()], dtype=np.float32))
+        for n, g in grads.items():
+            w.add_tensor(n, g)
         w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
         print(f"{arch}: loss {loss:.6f}, with LoRA {out.loss.item():.6f}")
 

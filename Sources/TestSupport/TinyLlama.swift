@@ -32,6 +32,8 @@ public struct TinyLlama {
     /// Tied embeddings: no `output.weight`, the head is `token_embd`.
     public var tied = false
     public var seed: UInt64 = 1
+    /// Weights from `formulaValues` instead of the random generator (the tiny transformers references use them).
+    public var formulaWeights = false
     /// Extra metadata (e.g. a tokenizer) added after the hyperparameters.
     public var extraMetadata: [(String, MetadataValue)] = []
 
@@ -102,7 +104,9 @@ public struct TinyLlama {
         var writer = GGUFWriter(metadata: metadata)
         for (name, shape) in tensorShapes {
             let count = shape.reduce(1, *)
-            if shape.count == 1 {
+            if formulaWeights {
+                try writer.addTensor(name: name, dimensions: shape, values: Self.formulaValues(name: name, shape: shape))
+            } else if shape.count == 1 {
                 let values = (0..<count).map { _ in 1 + 0.1 * rng.nextSigned() }
                 try writer.addTensor(name: name, dimensions: shape, values: values)
             } else {
@@ -112,6 +116,19 @@ public struct TinyLlama {
             }
         }
         return writer
+    }
+
+    /// A tensor's values from its name alone, as scripts/make-tiny-references.py computes them:
+    /// v[k] = amplitude · sin(0.37·k + 0.0007·k² + 0.011·seed + 1), seed = Σ (i + 1)·byteᵢ of the name mod 1000;
+    /// norms 1 + 0.1·sin(…), matrices 1.7/√in · sin(…) (ggml shape [in, out], k in row-major [out, in] order).
+    public static func formulaValues(name: String, shape: [Int]) -> [Float] {
+        let seed = Double(name.utf8.enumerated().reduce(0) { $0 + ($1.offset + 1) * Int($1.element) } % 1000)
+        let count = shape.reduce(1, *)
+        return (0..<count).map { k in
+            let x = Double(k)
+            let s = sin(0.37 * x + 0.0007 * x * x + 0.011 * seed + 1)
+            return Float(shape.count == 1 ? 1 + 0.1 * s : 1.7 / Double(shape[0]).squareRoot() * s)
+        }
     }
 
     /// Writes the model to `path`.

@@ -89,23 +89,23 @@ final class ArchitectureReferenceTests: XCTestCase {
     }
 
     /// The adapter the reference used: 0.02·sin(1 + 0.7·i + 0.013·j + 0.3·layer + 1.1·target (+ 0.5 for B)).
-    static func formulaAdapter(config: LlamaConfig, rank: Int, alpha: Float) throws -> LoRAAdapter<Float> {
-        let adapter = LoRAAdapter<Float>()
+    static func formulaAdapter<T: KernelScalar>(config: LlamaConfig, rank: Int, alpha: Float) throws -> LoRAAdapter<T> {
+        let adapter = LoRAAdapter<T>()
         for l in 0..<config.layers {
             for (t, target) in LoRATarget.defaultTargets.enumerated() {
                 let (inF, outF) = config.features(of: target)
-                func values(_ rows: Int, _ cols: Int, b: Bool) -> [Float] {
-                    var v = [Float](repeating: 0, count: rows * cols)
+                func values(_ rows: Int, _ cols: Int, b: Bool) -> [T] {
+                    var v = [T](repeating: 0, count: rows * cols)
                     for i in 0..<rows {
                         for j in 0..<cols {
-                            v[i * cols + j] = Float(0.02 * sin(1 + 0.7 * Double(i) + 0.013 * Double(j) + 0.3 * Double(l)
-                                                               + 1.1 * Double(t) + (b ? 0.5 : 0)))
+                            v[i * cols + j] = T(Float(0.02 * sin(1 + 0.7 * Double(i) + 0.013 * Double(j) + 0.3 * Double(l)
+                                                               + 1.1 * Double(t) + (b ? 0.5 : 0))))
                         }
                     }
                     return v
                 }
-                adapter.add(try LoRAPair<Float>(name: target.baseName(layer: l), rank: rank, inFeatures: inF, outFeatures: outF,
-                                                scale: loraScale(alpha: alpha, rank: rank),
+                adapter.add(try LoRAPair<T>(name: target.baseName(layer: l), rank: rank, inFeatures: inF, outFeatures: outF,
+                                            scale: T(loraScale(alpha: alpha, rank: rank)),
                                                 a: values(rank, inF, b: false), b: values(outF, rank, b: true)))
             }
         }
@@ -135,7 +135,7 @@ final class ArchitectureReferenceTests: XCTestCase {
 
         // LoRA gradients of every target of every layer.
         let rank = try ref.metadata.int("reference.lora_rank"), alpha = try ref.metadata.float("reference.lora_alpha")
-        let adapter = try Self.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
+        let adapter: LoRAAdapter<Float> = try Self.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
         try model.attach(adapter, trainable: true)
         let (loraSum, loraCount) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1,
                                                              lossScale: 1 / Float(ids.count - 1))
@@ -151,8 +151,9 @@ final class ArchitectureReferenceTests: XCTestCase {
     }
 }
 
-/// Tiny random Qwen3 and Gemma 2 models in llama.cpp's layout against transformers + PEFT in float64, which load the
-/// same GGUF (scripts/make-tiny-references.py): every logit, the loss, and every LoRA gradient.
+/// Tiny Qwen3 and Gemma 2 models in llama.cpp's layout against transformers + PEFT in float64, which loaded the same
+/// model written by scripts/make-tiny-references.py (weights from a formula the test recomputes with TinyLlama):
+/// every logit, the loss, and every LoRA gradient.
 final class TinyArchitectureReferenceTests: XCTestCase {
     func testQwen3MatchesTransformers() throws { try check("qwen3") }
 
@@ -172,7 +173,16 @@ final class TinyArchitectureReferenceTests: XCTestCase {
     func testGemma2MatchesTransformers() throws { try check("gemma2") }
 
     func check(_ arch: String) throws {
-        let file = try GGUFFile(path: try TestData.shared("testdata/reference/tiny-\(arch).gguf"))
+        // The model the reference was computed on: weights from the formula both sides share.
+        var tiny = TinyLlama()
+        (tiny.architecture, tiny.formulaWeights, tiny.tied) = (arch, true, arch == "gemma2")
+        (tiny.embeddingLength, tiny.headCount, tiny.kvHeadCount, tiny.headDimension) = (64, 2, 1, arch == "qwen3" ? 128 : 256)
+        (tiny.feedForwardLength, tiny.vocabularySize, tiny.blockCount, tiny.contextLength) = (96, 80, 2, 256)
+        (tiny.rmsEpsilon, tiny.ropeFreqBase) = (1e-6, 10000)
+        if arch == "gemma2" { (tiny.slidingWindow, tiny.attentionSoftCap, tiny.finalSoftCap) = (4, 50, 30) }
+        let path = temporaryDirectory() + "/tiny-\(arch).gguf"
+        try tiny.write(to: path)
+        let file = try GGUFFile(path: path)
         let ref = try GGUFFile(path: try TestData.shared("testdata/reference/tiny-\(arch)-reference.gguf"))
         let model = try LlamaModel<Double>(file: file)
         XCTAssertEqual(model.config.architecture, arch)
@@ -187,33 +197,13 @@ final class TinyArchitectureReferenceTests: XCTestCase {
         XCTAssertEqual(sum / Double(count), try XCTUnwrap(ref.metadata["reference.loss"]?.doubleValue), accuracy: 1e-6)
 
         let rank = try ref.metadata.int("reference.lora_rank"), alpha = try ref.metadata.float("reference.lora_alpha")
-        let single = try ArchitectureReferenceTests.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
-        let adapter = LoRAAdapter<Double>()
-        for name in single.order {
-            let p = single[name]!
-            adapter.add(try LoRAPair<Double>(name: name, rank: p.rank, inFeatures: p.inFeatures, outFeatures: p.outFeatures,
-                                             scale: Double(p.scale), a: p.a.map(Double.init), b: p.b.map(Double.init)))
-        }
+        let adapter: LoRAAdapter<Double> = try ArchitectureReferenceTests.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
         try model.attach(adapter, trainable: true)
         let (loraSum, loraCount) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1,
                                                              lossScale: 1 / Double(ids.count - 1))
         XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue), accuracy: 1e-6)
-        var worst = 0.0, worstName = ""
-        for name in adapter.order {
-            let pair = adapter[name]!
-            for (suffix, grad) in [("lora_a", pair.gradA), ("lora_b", pair.gradB)] {
-                let key = "\(name).weight.\(suffix).grad"
-                let expected = try ref.floats(of: ref.requireTensor(key))
-                XCTAssertEqual(expected.count, grad.count, key)
-                var diff = 0.0, norm = 0.0
-                for i in 0..<grad.count {
-                    diff += (grad[i] - Double(expected[i])) * (grad[i] - Double(expected[i]))
-                    norm += Double(expected[i]) * Double(expected[i])
-                }
-                let rel = (diff / max(norm, 1e-30)).squareRoot()
-                if rel > worst { (worst, worstName) = (rel, key) }
-            }
-        }
+        let (worst, worstName, compared, _) = try ReferenceComparison.gradientError(adapter, reference: ref)
+        XCTAssertEqual(compared, model.config.layers * 7 * 2)
         XCTAssertEqual(adapter.order.count, model.config.layers * 7)
         XCTAssertLessThan(worst, 1e-5, "\(arch): worst relative L2 error at \(worstName)")
     }

@@ -34,7 +34,7 @@ enum ReferenceComparison {
 
     /// The worst relative error over every gradient's norm (all of `adapter`) and the whole gradients the reference
     /// (or `full`) keeps, with the name where it occurs and how many whole gradients were compared.
-    static func gradientError(_ adapter: LoRAAdapter<Float>, reference grads: GGUFFile, full: GGUFFile? = nil)
+    static func gradientError<T: KernelScalar>(_ adapter: LoRAAdapter<T>, reference grads: GGUFFile, full: GGUFFile? = nil)
         throws -> (worst: Double, name: String, compared: Int, names: Int) {
         guard case let .array(_, nameValues)? = grads.metadata["reference.grad_names"] else {
             throw ModelError.invalidInput("no reference.grad_names")
@@ -56,7 +56,8 @@ enum ReferenceComparison {
                 guard expected.count == ours.count else { throw ModelError.invalidInput("\(key): \(expected.count) values, ours \(ours.count)") }
                 var diff = 0.0, norm = 0.0
                 for i in 0..<ours.count {
-                    diff += Double(ours[i] - expected[i]) * Double(ours[i] - expected[i])
+                    let d = Double(ours[i]) - Double(expected[i])
+                    diff += d * d
                     norm += Double(expected[i]) * Double(expected[i])
                 }
                 let rel = (diff / max(norm, 1e-30)).squareRoot()
