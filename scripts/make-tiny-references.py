@@ -90,6 +90,21 @@ def write_model(arch, c, path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 
 
+def write_reference(w, loss, lora_loss, ids, grads):
+    """The losses, the ids and the LoRA gradients (with their names and norms) into the reference file `w`, then
+    closes it."""
+    w.add_float64("reference.loss", loss)
+    w.add_float64("reference.lora_loss", lora_loss)
+    w.add_uint32("reference.lora_rank", RANK)
+    w.add_float32("reference.lora_alpha", ALPHA)
+    w.add_tensor("input_ids", ids[0].numpy().astype(np.int32))
+    w.add_array("reference.grad_names", list(grads))
+    w.add_tensor("grad_norms", np.array([np.linalg.norm(g.astype(np.float64)) for g in grads.values()], dtype=np.float32))
+    for n, g in grads.items():
+        w.add_tensor(n, g)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+
 def main():
     rng = np.random.default_rng(7)
     out_dir = os.path.join(root, "testdata", "reference")
@@ -118,22 +133,13 @@ def main():
                  "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
         w = gguf.GGUFWriter(os.path.join(out_dir, f"tiny-{arch}-reference.gguf"), arch)
         w.add_string("reference.description", f"transformers + PEFT (float64) on the formula-weight tiny {arch} (scripts/make-tiny-references.py)")
-        w.add_float64("reference.loss", loss)
-        w.add_float64("reference.lora_loss", out.loss.item())
-        w.add_uint32("reference.lora_rank", RANK)
-        w.add_float32("reference.lora_alpha", ALPHA)
-        w.add_tensor("input_ids", ids[0].numpy().astype(np.int32))
         w.add_tensor("logits", logits.float().numpy())
         grads = {}
         for (l, name), m in modules.items():
             base = f"blk.{l}.{names[name]}.weight"
             grads[base + ".lora_a.grad"] = m.lora_A["default"].weight.grad.float().numpy()
             grads[base + ".lora_b.grad"] = m.lora_B["default"].weight.grad.float().numpy()
-        w.add_array("reference.grad_names", list(grads))
-        w.add_tensor("grad_norms", np.array([np.linalg.norm(g.astype(np.float64)) for g in grads.values()], dtype=np.float32))
-        for n, g in grads.items():
-            w.add_tensor(n, g)
-        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+        write_reference(w, loss, out.loss.item(), ids, grads)
         print(f"{arch}: loss {loss:.6f}, with LoRA {out.loss.item():.6f}")
 
 

@@ -1,6 +1,8 @@
 /// Rotary position embedding on rows of heads.
 ///
-/// Shapes: x [tokens, heads · headDim]; the table holds cos θ and sin θ [tokens, headDim / 2].
+/// Shapes: x [tokens, heads · headDim]; the table holds m·cos θ and m·sin θ [tokens, rotated / 2], where the first
+/// `rotated` dimensions of each head turn (all of them, or Phi-3's partial rotary share; the rest pass through) and
+/// m is the attention factor of LongRoPE-scaled models (1 otherwise).
 ///   adjacent pairs (llama's GGUF row order for Q and K; the converter permutes the rows for it):
 ///     (x₂ᵢ, x₂ᵢ₊₁) ← (x₂ᵢ cos θᵢ − x₂ᵢ₊₁ sin θᵢ, x₂ᵢ sin θᵢ + x₂ᵢ₊₁ cos θᵢ),  θᵢ = position · frequencyᵢ
 ///   halves (Qwen, Gemma, Phi-3: llama.cpp's "NeoX" order, as the checkpoints store it):
@@ -11,7 +13,10 @@ public struct RoPE<T: KernelScalar> {
     public typealias Layout = RoPELayout
     public let cosines: [T]
     public let sines: [T]
+    /// Half the rotated dimensions of a head.
     public let half: Int
+    /// The distance between heads (≥ 2 · half).
+    public let headDim: Int
     public let layout: Layout
 
     /// Frequencies base^(−2i/d) · scale, divided by per-dimension `factors` (LLaMA 3.1's `rope_freqs`) if given.
@@ -23,27 +28,31 @@ public struct RoPE<T: KernelScalar> {
         }
     }
 
-    /// The cos/sin table for `positions` (computed in Double, once per batch, shared by all layers).
+    /// The cos/sin table for `positions` (computed in Double, once per batch, shared by all layers): one
+    /// frequency per rotated pair; heads `headDim` apart (nil: exactly the rotated dimensions); both scaled by
+    /// `magnitude` (LongRoPE's attention factor).
     @inlinable
-    public init(positions: [Int32], frequencies: [Double], layout: Layout = .adjacentPairs) {
+    public init(positions: [Int32], frequencies: [Double], layout: Layout = .adjacentPairs, headDim: Int? = nil,
+                magnitude: Double = 1) {
         self.layout = layout
         half = frequencies.count
+        self.headDim = headDim ?? 2 * frequencies.count
+        precondition(self.headDim >= 2 * half, "RoPE rotates more dimensions than a head has")
         var c = [T](repeating: 0, count: positions.count * half), s = c
         for (t, p) in positions.enumerated() {
             for i in 0..<half {
                 let angle = Double(p) * frequencies[i]
-                c[t * half + i] = T(LibM.cos(angle))
-                s[t * half + i] = T(LibM.sin(angle))
+                c[t * half + i] = T(magnitude * LibM.cos(angle))
+                s[t * half + i] = T(magnitude * LibM.sin(angle))
             }
         }
         cosines = c
         sines = s
     }
 
-    /// Rotates in place; `inverse` rotates by −θ (the backward of the forward rotation).
+    /// Rotates in place; `inverse` rotates by −θ (with the factor m, the backward of the forward rotation).
     @inlinable
     public func apply(_ x: UnsafeMutablePointer<T>, tokens: Int, heads: Int, inverse: Bool = false) {
-        let headDim = 2 * half
         cosines.withUnsafeBufferPointer { cs in
             sines.withUnsafeBufferPointer { ss in
                 for t in 0..<tokens {

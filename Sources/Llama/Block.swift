@@ -27,7 +27,7 @@ public struct BlockDescription: Sendable, Equatable {
         feedForward = config.feedForwardKind
         qkNorm = config.qkNorm
         postNorms = config.postNorms
-        linears = [.attnQ, .attnK, .attnV, .attnOutput, .ffnGate, .ffnUp, .ffnDown]
+        linears = config.blockTargets
     }
 }
 
@@ -36,7 +36,64 @@ public struct BlockDescription: Sendable, Equatable {
 struct BlockWeights<T: KernelScalar> {
     var attnNorm, ffnNorm: [T]
     var qNorm: [T] = [], kNorm: [T] = [], postAttentionNorm: [T] = [], postFeedForwardNorm: [T] = []
-    var q, k, v, o, gate, up, down: LinearWeight<T>
+    /// Q, K, V and gate, up: each group reads one input.
+    var qkv, gateUp: LinearGroup<T>
+    var o, down: LinearWeight<T>
+}
+
+/// Linear weights that read the same input and whose outputs are used apart: separate tensors (llama's Q, K, V),
+/// or one fused tensor whose output columns are the parts side by side (Phi-3's `attn_qkv`, and `ffn_up` holding
+/// gate then up), adapted by LoRA as the one tensor it is.
+///
+/// Shapes: x [N, in]; parts [N, widthᵢ]; the fused output [N, Σ widths].
+enum LinearGroup<T: KernelScalar> {
+    case separate([LinearWeight<T>])
+    case fused(LinearWeight<T>, widths: [Int])
+
+    /// Each part's output, recording the adapters' x·Aᵀ in `c`.
+    func forward(_ x: [T], rows n: Int, keep c: BlockActivations<T>?) -> [[T]] {
+        func run(_ w: LinearWeight<T>) -> [T] {
+            let (y, saved) = w.forward(x, rows: n)
+            if let c, !saved.isEmpty { c.lora[w.name] = saved }
+            return y
+        }
+        switch self {
+        case let .separate(weights):
+            return weights.map(run)
+        case let .fused(weight, widths):
+            let y = run(weight), total = widths.reduce(0, +)
+            var offset = 0
+            return widths.map { width in
+                defer { offset += width }
+                var part = [T](repeating: 0, count: n * width)
+                for r in 0..<n { for j in 0..<width { part[r * width + j] = y[r * total + offset + j] } }
+                return part
+            }
+        }
+    }
+
+    /// dL/dx into `dx` (added when `accumulate`) from each part's dL/dy; accumulates the trainable adapters'
+    /// gradients.
+    func backward(_ dParts: [[T]], x: [T], rows n: Int, activations c: BlockActivations<T>, into dx: inout [T], accumulate: Bool) {
+        func run(_ w: LinearWeight<T>, _ dy: [T], accumulate: Bool) {
+            dx.withUnsafeMutableBufferPointer { d in
+                LinearLoRA.backward(dy: dy, x: x, n: n, weight: w, saved: c.lora[w.name] ?? [], dx: d.baseAddress!,
+                                    accumulate: accumulate)
+            }
+        }
+        switch self {
+        case let .separate(weights):
+            for (i, (w, dy)) in zip(weights, dParts).enumerated() { run(w, dy, accumulate: accumulate || i > 0) }
+        case let .fused(weight, widths):
+            let total = widths.reduce(0, +)
+            var dy = [T](repeating: 0, count: n * total), offset = 0
+            for (part, width) in zip(dParts, widths) {
+                for r in 0..<n { for j in 0..<width { dy[r * total + offset + j] = part[r * width + j] } }
+                offset += width
+            }
+            run(weight, dy, accumulate: accumulate)
+        }
+    }
 }
 
 /// How a block's attention sees the other positions; the only part of the block that differs between the batched
@@ -70,7 +127,7 @@ final class BlockActivations<T: KernelScalar> {
 ///   x, h1, xMid, h2, out [N, C]; q, attn [N, Q]; k, v [N, K]; gate, up, act [N, F]; rstd1, rstd2 [N];
 ///   probs [batch, H, T, T] (causal mode only); rstdQ [N·H], rstdK [N·KV].
 ///
-///   h1 = norm(x) · attnNorm            q, k, v = h1·Wqᵀ, h1·Wkᵀ, h1·Wvᵀ (+ bias) (+ LoRA)
+///   h1 = norm(x) · attnNorm            q, k, v = h1·Wqᵀ, h1·Wkᵀ, h1·Wvᵀ (+ bias) (+ LoRA)   (fused: h1·Wqkvᵀ split)
 ///   [q, k = headNorm(q)·qNorm, headNorm(k)·kNorm]          RoPE on q, k
 ///   attn = attention(q, k, v)          xMid = x + [postNorm](attn·Woᵀ)
 ///   h2 = norm(xMid) · ffnNorm          act = silu(h2·Wgateᵀ) ⊙ (h2·Wupᵀ)   (GeGLU: gelu_tanh for silu)
@@ -92,8 +149,8 @@ struct TransformerBlock<T: KernelScalar> {
     func forward(_ x: [T], attention: AttentionMode<T>, keep c: BlockActivations<T>? = nil, everything: Bool = false) -> [T] {
         let n = x.count / config.embedding
         let (h1, rstd1) = norm(x, weights.attnNorm, rows: n)
-        let qPre = linear(weights.q, h1, n, c), kPre = linear(weights.k, h1, n, c)
-        let v = linear(weights.v, h1, n, c)
+        let qkv = weights.qkv.forward(h1, rows: n, keep: c)
+        let (qPre, kPre, v) = (qkv[0], qkv[1], qkv[2])
         var (q, rstdQ) = headNorm(qPre, weights.qNorm, heads: config.heads)
         var (k, rstdK) = headNorm(kPre, weights.kNorm, heads: config.kvHeads)
         q.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads) }
@@ -101,7 +158,8 @@ struct TransformerBlock<T: KernelScalar> {
         let (attn, probs) = attend(q, k, v, rows: n, attention)
         let (xMid, oPre, rstdO) = attentionResidual(attn, x, rows: n, c)
         let (h2, rstd2) = norm(xMid, weights.ffnNorm, rows: n)
-        let gate = linear(weights.gate, h2, n, c), up = linear(weights.up, h2, n, c)
+        let gateUp = weights.gateUp.forward(h2, rows: n, keep: c)
+        let (gate, up) = (gateUp[0], gateUp[1])
         let act = activate(gate, up)
         let downPre = linear(weights.down, act, n, c)
         var (out, rstdDown) = postNorm(downPre, weights.postFeedForwardNorm, rows: n)
@@ -221,8 +279,7 @@ struct TransformerBlock<T: KernelScalar> {
         }
         (c.gate, c.up, dAct) = ([], [], [])
         var dh2 = [T](repeating: 0, count: n * C)
-        linearBackward(weights.gate, dGate, c.h2, n, c, into: &dh2, accumulate: false)
-        linearBackward(weights.up, dUp, c.h2, n, c, into: &dh2, accumulate: true)
+        weights.gateUp.backward([dGate, dUp], x: c.h2, rows: n, activations: c, into: &dh2, accumulate: false)
         (c.h2, dGate, dUp) = ([], [], [])
         var dxMid = dOut
         RMSNorm.backward(dy: dh2, x: c.xMid, weight: weights.ffnNorm, rstd: c.rstd2, dx: &dxMid, rows: n, cols: C)
@@ -244,9 +301,7 @@ struct TransformerBlock<T: KernelScalar> {
         dk = optionalNormBackward(dk, present: description.qkNorm, x: c.kPre, weight: weights.kNorm, rstd: c.rstdK, cols: d)
         (c.qPre, c.kPre, c.rstdQ, c.rstdK) = ([], [], [], [])
         var dh1 = [T](repeating: 0, count: n * C)
-        linearBackward(weights.q, dq, c.h1, n, c, into: &dh1, accumulate: false)
-        linearBackward(weights.k, dk, c.h1, n, c, into: &dh1, accumulate: true)
-        linearBackward(weights.v, dv, c.h1, n, c, into: &dh1, accumulate: true)
+        weights.qkv.backward([dq, dk, dv], x: c.h1, rows: n, activations: c, into: &dh1, accumulate: false)
         var dx = dxMid
         RMSNorm.backward(dy: dh1, x: c.xIn, weight: weights.attnNorm, rstd: c.rstd1, dx: &dx, rows: n, cols: C)
         return dx

@@ -18,6 +18,7 @@ public final class InferenceSession: @unchecked Sendable {
         self.model = model
         self.capacity = capacity
         self.threads = threads
+        model.runContext = capacity
         cache = KVCache(config: model.config, capacity: capacity)
     }
 

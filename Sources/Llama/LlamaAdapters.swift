@@ -5,7 +5,7 @@ extension LlamaModel {
     /// The (in, out) features a LoRA pair on base tensor `name` must have, or nil when the model has no such
     /// adaptable weight.
     public func expectedFeatures(of name: String) -> (in: Int, out: Int)? {
-        for target in LoRATarget.allCases {
+        for target in LoRATarget.allCases where config.features(of: target) != nil {
             if target.isPerLayer {
                 for l in 0..<config.layers where target.baseName(layer: l) == name { return config.features(of: target) }
             } else if target.rawValue == name {
@@ -48,6 +48,7 @@ extension LlamaModel {
 extension PEFT.Heads {
     /// The head counts and Q/K row order of a model (llama's GGUF rows are permuted, the others are not).
     public init(config: LlamaConfig) {
-        self.init(heads: config.heads, kvHeads: config.kvHeads, permuted: config.ropeLayout == .adjacentPairs)
+        self.init(heads: config.heads, kvHeads: config.kvHeads, permuted: config.ropeLayout == .adjacentPairs,
+                  fusedGateUp: config.fusedGateUp)
     }
 }

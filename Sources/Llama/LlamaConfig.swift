@@ -15,7 +15,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .unsupportedArchitecture(path, found):
-            return "\(path): architecture '\(found)' is not supported (supported: \(LlamaConfig.supportedArchitectures.joined(separator: ", ")): Llama 1/2/3.x, Mistral, SmolLM, TinyLlama, Qwen2/2.5, Qwen3, Gemma 2/3)"
+            return "\(path): architecture '\(found)' is not supported (supported: \(LlamaConfig.supportedArchitectures.joined(separator: ", ")): Llama 1/2/3.x, Mistral, SmolLM, TinyLlama, Qwen2/2.5, Qwen3, Gemma 2/3, Phi-3/3.5/4-mini)"
         case let .badShape(path, tensor, found, expected):
             return "\(path): tensor '\(tensor)' has shape \(found), expected \(expected)"
         case let .badValue(path, key, reason):
@@ -31,9 +31,9 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
 }
 
 /// Hyperparameters of a model, read from GGUF metadata: llama and the families built from the same block
-/// (Qwen2/2.5, Qwen3, Gemma 2/3), which differ in the few points below.
+/// (Qwen2/2.5, Qwen3, Gemma 2/3, Phi-3), which differ in the few points below.
 public struct LlamaConfig: Sendable, Equatable {
-    public static let supportedArchitectures = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"]
+    public static let supportedArchitectures = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 
     /// `general.architecture`.
     public var architecture: String = "llama"
@@ -74,6 +74,17 @@ public struct LlamaConfig: Sendable, Equatable {
     public var slidingPattern: Int?
     /// RoPE base of the sliding-window layers (Gemma 3: 10 000 while global layers use `ropeBase`).
     public var slidingRopeBase: Float?
+    /// Dimensions of each head that RoPE turns (`rope.dimension_count`): all, or Phi-4-mini's partial share.
+    public var ropeDimensions: Int
+    /// LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini): the context the model was trained at; runs longer than it use
+    /// `rope_factors_long`, others `rope_factors_short` (llama.cpp's rule). Cos and sin are scaled by
+    /// `ropeAttentionFactor`.
+    public var ropeOriginalContext: Int?
+    public var ropeAttentionFactor: Float = 1
+    /// One `attn_qkv` tensor holds Q, K and V (rows in that order) and `ffn_up` holds gate then up (Phi-3); LoRA
+    /// adapts the fused tensors, as llama.cpp and PEFT (`qkv_proj`, `gate_up_proj`) name them.
+    public var fusedQKV = false
+    public var fusedGateUp = false
 
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
@@ -103,6 +114,7 @@ public struct LlamaConfig: Sendable, Equatable {
         self.ropeBase = ropeBase
         self.ropeScale = ropeScale
         self.tiedEmbeddings = tiedEmbeddings
+        ropeDimensions = headDim
     }
 
     /// Reads and checks the configuration of `file`, including every tensor's shape.
@@ -144,9 +156,10 @@ public struct LlamaConfig: Sendable, Equatable {
             throw ModelError.badValue(path: path, key: prefix + "attention.value_length",
                                       reason: "\(valueDim) differs from the key length \(headDim) (not supported)")
         }
-        if let ropeDimensions = try md.intIfPresent(prefix + "rope.dimension_count"), ropeDimensions != headDim {
+        ropeDimensions = try md.intIfPresent(prefix + "rope.dimension_count") ?? headDim
+        guard ropeDimensions > 0, ropeDimensions % 2 == 0, ropeDimensions <= headDim else {
             throw ModelError.badValue(path: path, key: prefix + "rope.dimension_count",
-                                      reason: "\(ropeDimensions) differs from the head size \(headDim) (partial RoPE is not supported)")
+                                      reason: "\(ropeDimensions) must be even and at most the head size \(headDim)")
         }
         func finitePositive(_ key: String, default value: Float, allowZero: Bool = false) throws -> Float {
             guard let v = try md.floatIfPresent(key) else { return value }
@@ -170,6 +183,13 @@ public struct LlamaConfig: Sendable, Equatable {
             if f != 0 { scale = f }
         }
         ropeScale = scale
+        if let original = try md.intIfPresent(prefix + "rope.scaling.original_context_length") {
+            guard original > 0, original < 1 << 30 else {
+                throw ModelError.badValue(path: path, key: prefix + "rope.scaling.original_context_length", reason: "\(original) is out of range")
+            }
+            ropeOriginalContext = original
+        }
+        ropeAttentionFactor = try finitePositive(prefix + "rope.scaling.attn_factor", default: 1)
         guard let embd = file.tensor(named: "token_embd.weight") else { throw GGUFError.missingTensor(path: path, tensor: "token_embd.weight") }
         guard embd.dimensions.count == 2, embd.dimensions[0] == embedding else {
             throw ModelError.badShape(path: path, tensor: embd.name, found: embd.dimensions, expected: [embedding, -1])
@@ -216,15 +236,20 @@ public struct LlamaConfig: Sendable, Equatable {
             }
             let finalCap = try finitePositive(prefix + "final_logit_softcapping", default: arch == "gemma2" ? 30 : 0, allowZero: true)
             finalSoftCap = finalCap == 0 ? nil : finalCap
+        case "phi3":
+            // llama.cpp runs Phi-3 without its sliding window (llama.cpp PR 13676), and so do we.
+            ropeLayout = .halves
+            fusedQKV = file.tensor(named: "blk.0.attn_qkv.weight") != nil
+            fusedGateUp = true
         default:
             break
         }
-        if arch == "llama" || arch == "qwen3" || arch == "gemma2" || arch == "gemma3" {
+        if arch == "llama" || arch == "qwen3" || arch == "gemma2" || arch == "gemma3" || (arch == "phi3" && !fusedQKV) {
             attentionBias = file.tensor(named: "blk.0.attn_q.bias") != nil
         }
 
-        // Each block has at least 9 tensors: a count beyond what the file holds is a lie (and would take long to check).
-        guard layers * 9 <= file.tensors.count else {
+        // Each block has at least 9 tensors (7 when fused): a count beyond what the file holds is a lie (and would take long to check).
+        guard layers * (fusedQKV ? 6 : 9) <= file.tensors.count else {
             throw ModelError.badValue(path: path, key: prefix + "block_count",
                                       reason: "\(layers) blocks, but the file holds only \(file.tensors.count) tensors")
         }
@@ -241,11 +266,12 @@ public struct LlamaConfig: Sendable, Equatable {
         if !tiedEmbeddings { shapes.append(("output.weight", [embedding, vocabulary])) }
         for i in 0..<layers {
             let p = "blk.\(i)."
-            shapes += [(p + "attn_norm.weight", [embedding]), (p + "attn_q.weight", [embedding, qDim]),
-                       (p + "attn_k.weight", [embedding, kvDim]), (p + "attn_v.weight", [embedding, kvDim]),
-                       (p + "attn_output.weight", [qDim, embedding]), (p + "ffn_norm.weight", [embedding]),
-                       (p + "ffn_gate.weight", [embedding, feedForward]), (p + "ffn_up.weight", [embedding, feedForward]),
-                       (p + "ffn_down.weight", [feedForward, embedding])]
+            shapes.append((p + "attn_norm.weight", [embedding]))
+            for target in blockTargets {
+                let (inF, outF) = features(of: target)!
+                shapes.append((target.baseName(layer: i) + ".weight", [inF, outF]))
+            }
+            shapes.append((p + "ffn_norm.weight", [embedding]))
             if attentionBias {
                 shapes += [(p + "attn_q.bias", [qDim]), (p + "attn_k.bias", [kvDim]), (p + "attn_v.bias", [kvDim])]
             }
@@ -267,16 +293,38 @@ public struct LlamaConfig: Sendable, Equatable {
         }
     }
 
-    /// (in, out) features of a LoRA target's base weight.
-    public func features(of target: LoRATarget) -> (in: Int, out: Int) {
+    /// The linear weights of each block, in the order the forward pass uses them.
+    public var blockTargets: [LoRATarget] {
+        (fusedQKV ? [.attnQKV] : [.attnQ, .attnK, .attnV]) + [.attnOutput] + (fusedGateUp ? [.ffnUp] : [.ffnGate, .ffnUp]) + [.ffnDown]
+    }
+
+    /// (in, out) features of a LoRA target's base weight; nil when the model has no such weight (Phi-3 has no
+    /// separate Q, K, V or gate).
+    public func features(of target: LoRATarget) -> (in: Int, out: Int)? {
         switch target {
-        case .attnQ: return (embedding, qDim)
-        case .attnK, .attnV: return (embedding, kvDim)
+        case .attnQ: return fusedQKV ? nil : (embedding, qDim)
+        case .attnK, .attnV: return fusedQKV ? nil : (embedding, kvDim)
+        case .attnQKV: return fusedQKV ? (embedding, qDim + 2 * kvDim) : nil
         case .attnOutput: return (qDim, embedding)
-        case .ffnGate, .ffnUp: return (embedding, feedForward)
+        case .ffnGate: return fusedGateUp ? nil : (embedding, feedForward)
+        case .ffnUp: return (embedding, fusedGateUp ? 2 * feedForward : feedForward)
         case .ffnDown: return (feedForward, embedding)
         case .output: return (embedding, vocabulary)
         case .tokenEmbedding: return (vocabulary, embedding)
         }
+    }
+
+    /// The targets of this model that a request names: on fused models any of Q, K, V means `attn_qkv` and gate
+    /// or up means the fused `ffn_up` (the weights LoRA can adapt there); on the others `attn_qkv` means Q, K, V.
+    public func resolve(_ requested: [LoRATarget]) -> [LoRATarget] {
+        var out: [LoRATarget] = []
+        func add(_ t: LoRATarget) { if !out.contains(t) { out.append(t) } }
+        for t in requested {
+            if fusedQKV, [.attnQ, .attnK, .attnV].contains(t) { add(.attnQKV) }
+            else if !fusedQKV, t == .attnQKV { [.attnQ, .attnK, .attnV].forEach(add) }
+            else if fusedGateUp, t == .ffnGate { add(.ffnUp) }
+            else { add(t) }
+        }
+        return out
     }
 }

@@ -16,6 +16,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     private(set) var frequencies: [Double]
     private(set) var slidingFrequencies: [Double]?
     private var ropeFactors: [Float]?
+    private var longContextFactors: [Float]?, shortContextFactors: [Float]?
     /// Adapters applied at run time (the trainable one included).
     public var adapters: [AppliedAdapter<T>] = []
     /// Keep only each layer's input in forward and recompute the layer in backward.
@@ -43,26 +44,41 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         let config = try LlamaConfig(file: file)
         self.config = config
         weights = try LlamaWeights(file: file, config: config, cacheAll: cacheWeights)
-        var factors: [Float]?
-        if let t = file.tensor(named: "rope_freqs.weight") {
+        func factors(_ name: String) throws -> [Float]? {
+            guard let t = file.tensor(named: name) else { return nil }
             let f = try file.floats(of: t)
-            guard f.count == config.headDim / 2 else {
-                throw ModelError.badShape(path: file.path, tensor: t.name, found: t.dimensions, expected: [config.headDim / 2])
+            guard f.count == config.ropeDimensions / 2 else {
+                throw ModelError.badShape(path: file.path, tensor: t.name, found: t.dimensions, expected: [config.ropeDimensions / 2])
             }
             guard f.allSatisfy({ $0.isFinite && $0 > 0 }) else {
                 throw ModelError.badValue(path: file.path, key: t.name, reason: "RoPE frequency factors must be finite and positive")
             }
-            factors = f
+            return f
         }
-        ropeFactors = factors
+        ropeFactors = try factors("rope_freqs.weight")
+        longContextFactors = try factors("rope_factors_long.weight")
+        shortContextFactors = try factors("rope_factors_short.weight")
         frequencies = []
         computeFrequencies()
     }
 
+    /// The context this model runs at (training rows, perplexity chunks, a generation's capacity), as llama.cpp's
+    /// `n_ctx`: above the original context of a LongRoPE model it selects the long factors.
+    public var runContext: Int? {
+        didSet { if oldValue != runContext { computeFrequencies() } }
+    }
+
+    /// Per-dimension divisors of the frequencies: Llama 3.1's `rope_freqs`, or LongRoPE's long or short factors.
+    var activeRopeFactors: [Float]? {
+        if let ropeFactors { return ropeFactors }
+        let long = (runContext ?? 0) > (config.ropeOriginalContext ?? config.contextLength)
+        return (long ? longContextFactors : shortContextFactors) ?? shortContextFactors
+    }
+
     private func computeFrequencies() {
-        frequencies = RoPE<T>.frequencies(headDim: config.headDim, base: Double(config.ropeBase),
-                                           scale: 1 / Double(config.ropeScale), factors: ropeFactors)
-        slidingFrequencies = config.slidingRopeBase.map { RoPE<T>.frequencies(headDim: config.headDim, base: Double($0)) }
+        frequencies = RoPE<T>.frequencies(headDim: config.ropeDimensions, base: Double(config.ropeBase),
+                                           scale: 1 / Double(config.ropeScale), factors: activeRopeFactors)
+        slidingFrequencies = config.slidingRopeBase.map { RoPE<T>.frequencies(headDim: config.ropeDimensions, base: Double($0)) }
     }
 
     /// Checks that `tokenizer` (usually the model file's own) gives only ids the model has embeddings for.
@@ -95,8 +111,9 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     }
 
     func rotations(positions: [Int32]) -> Rotations {
-        Rotations(global: RoPE(positions: positions, frequencies: frequencies, layout: config.ropeLayout),
-                  sliding: slidingFrequencies.map { RoPE(positions: positions, frequencies: $0, layout: config.ropeLayout) })
+        let (layout, d, m) = (config.ropeLayout, config.headDim, Double(config.ropeAttentionFactor))
+        return Rotations(global: RoPE(positions: positions, frequencies: frequencies, layout: layout, headDim: d, magnitude: m),
+                         sliding: slidingFrequencies.map { RoPE(positions: positions, frequencies: $0, layout: layout, headDim: d, magnitude: m) })
     }
 
     /// How layer `l` scores keys: the architecture's scale and cap, and its window on sliding layers.

@@ -75,15 +75,20 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     /// Block `l`'s weights, each linear bound to its adapters.
     func block(_ l: Int, adapters: (String) -> WeightAdapters<T>, rowThreads: Int?) throws -> BlockWeights<T> {
         func linear(_ target: LoRATarget) throws -> LinearWeight<T> {
-            let name = target.baseName(layer: l), (inF, outF) = config.features(of: target)
+            let name = target.baseName(layer: l), (inF, outF) = config.features(of: target)!
             let biased = config.attentionBias && [.attnQ, .attnK, .attnV].contains(target)
             return try self.linear(name, in: inF, out: outF, adapters: adapters(name), rowThreads: rowThreads, bias: biased)
         }
         let p = "blk.\(l)."
+        let qkv: LinearGroup<T> = config.fusedQKV
+            ? .fused(try linear(.attnQKV), widths: [config.qDim, config.kvDim, config.kvDim])
+            : .separate([try linear(.attnQ), try linear(.attnK), try linear(.attnV)])
+        let gateUp: LinearGroup<T> = config.fusedGateUp
+            ? .fused(try linear(.ffnUp), widths: [config.feedForward, config.feedForward])
+            : .separate([try linear(.ffnGate), try linear(.ffnUp)])
         var w = BlockWeights(
             attnNorm: try tensor(p + "attn_norm.weight"), ffnNorm: try tensor(p + "ffn_norm.weight"),
-            q: try linear(.attnQ), k: try linear(.attnK), v: try linear(.attnV), o: try linear(.attnOutput),
-            gate: try linear(.ffnGate), up: try linear(.ffnUp), down: try linear(.ffnDown))
+            qkv: qkv, gateUp: gateUp, o: try linear(.attnOutput), down: try linear(.ffnDown))
         if config.qkNorm { (w.qNorm, w.kNorm) = (try tensor(p + "attn_q_norm.weight"), try tensor(p + "attn_k_norm.weight")) }
         if config.postNorms {
             w.postAttentionNorm = try tensor(p + "post_attention_norm.weight")

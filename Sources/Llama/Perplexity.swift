@@ -50,6 +50,7 @@ public struct Perplexity {
         guard count > 0 else {
             throw ModelError.invalidInput("\(tokens.count) tokens is less than one chunk of \(context) (use a smaller context)")
         }
+        model.runContext = context
         let perPass = max(1, batchTokens / context), perChunk = scoredPositions.count
         var nll = 0.0, nll2 = 0.0, scored = 0
         let start = Date()

@@ -60,8 +60,9 @@ public enum AdapterLoader {
             var recorded: PEFT.Heads?
             if let h = try info.metadata.intIfPresent("lorakit.attention.head_count"),
                let kv = try info.metadata.intIfPresent("lorakit.attention.head_count_kv") {
-                recorded = PEFT.Heads(heads: h, kvHeads: kv,
-                                      permuted: PEFT.Heads.permuted(architecture: info.architecture.isEmpty ? nil : info.architecture))
+                let architecture = info.architecture.isEmpty ? nil : info.architecture
+                recorded = PEFT.Heads(heads: h, kvHeads: kv, permuted: PEFT.Heads.permuted(architecture: architecture),
+                                      fusedGateUp: PEFT.Heads.fusedGateUp(architecture: architecture))
             }
             return Loaded(path: path, format: .gguf, adapter: adapter, alpha: info.alpha,
                           rsLoRA: try info.metadata.boolIfPresent("lorakit.rslora") ?? false,

@@ -1,10 +1,12 @@
 /// The weights LoRA can adapt, by their GGUF base names.
 public enum LoRATarget: String, CaseIterable, Sendable, Codable {
     case attnQ = "attn_q", attnK = "attn_k", attnV = "attn_v", attnOutput = "attn_output"
+    /// Q, K and V in one tensor (Phi-3).
+    case attnQKV = "attn_qkv"
     case ffnGate = "ffn_gate", ffnUp = "ffn_up", ffnDown = "ffn_down"
     case output = "output", tokenEmbedding = "token_embd"
 
-    /// The seven linear weights of every layer: the default targets.
+    /// The seven linear weights of every layer: the default targets (on fused models, the weights holding them).
     public static let defaultTargets: [LoRATarget] = [.attnQ, .attnK, .attnV, .attnOutput, .ffnGate, .ffnUp, .ffnDown]
 
     public var isPerLayer: Bool { self != .output && self != .tokenEmbedding }
@@ -16,8 +18,9 @@ public enum LoRATarget: String, CaseIterable, Sendable, Codable {
         case "k", "wk", "k_proj", "attn_k": self = .attnK
         case "v", "wv", "v_proj", "attn_v": self = .attnV
         case "o", "wo", "o_proj", "attn_output": self = .attnOutput
+        case "qkv", "qkv_proj", "attn_qkv": self = .attnQKV
         case "gate", "w1", "gate_proj", "ffn_gate": self = .ffnGate
-        case "up", "w3", "up_proj", "ffn_up": self = .ffnUp
+        case "up", "w3", "up_proj", "ffn_up", "gate_up_proj": self = .ffnUp
         case "down", "w2", "down_proj", "ffn_down": self = .ffnDown
         case "output", "lm_head", "head": self = .output
         case "embed", "embedding", "tok_embd", "token_embd", "embed_tokens": self = .tokenEmbedding

@@ -12,21 +12,28 @@ public enum PEFT {
     static let layerModules: [(String, String)] = [
         ("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
         ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
+        // Phi-3's fused weights.
+        ("attn_qkv", "self_attn.qkv_proj"), ("ffn_up", "mlp.gate_up_proj"),
     ]
 
-    /// Heads, needed for the Q/K row order, and whether the base model's Q/K rows are permuted (llama).
+    /// What of the base model's layout the Hugging Face names and row order depend on: the heads and whether
+    /// its Q/K rows are permuted (llama), and whether `ffn_up` is Phi-3's fused gate+up (`gate_up_proj`).
     public struct Heads: Sendable {
         public var heads: Int
         public var kvHeads: Int
         public var permuted: Bool
-        public init(heads: Int, kvHeads: Int, permuted: Bool = true) {
+        public var fusedGateUp: Bool
+        public init(heads: Int, kvHeads: Int, permuted: Bool = true, fusedGateUp: Bool = false) {
             self.heads = heads
             self.kvHeads = kvHeads
             self.permuted = permuted
+            self.fusedGateUp = fusedGateUp
         }
 
         /// Only llama's converter permutes Q and K.
         public static func permuted(architecture: String?) -> Bool { architecture == nil || architecture == "llama" }
+        /// Only Phi-3 fuses gate and up.
+        public static func fusedGateUp(architecture: String?) -> Bool { architecture == "phi3" }
 
         /// Q/K rows can be reordered only when the heads split them into equal, even-sized heads.
         func check<T>(_ pair: LoRAPair<T>) throws {
@@ -71,13 +78,13 @@ public enum PEFT {
         return "blk.\(layer).\(target)"
     }
 
-    static func hfModule(_ name: String) -> String? {
+    static func hfModule(_ name: String, fusedGateUp: Bool = false) -> String? {
         if name == "token_embd" { return "model.embed_tokens" }
         if name == "output" { return "lm_head" }
         let parts = name.split(separator: ".")
         guard parts.count == 3, parts[0] == "blk", let layer = Int(parts[1]),
               let sub = layerModules.first(where: { $0.0 == parts[2] })?.1 else { return nil }
-        return "model.layers.\(layer).\(sub)"
+        return "model.layers.\(layer).\(fusedGateUp && parts[2] == "ffn_up" ? "mlp.gate_up_proj" : sub)"
     }
 
     /// PEFT's pattern rule: a key matches a module name when the name ends with it at a dot boundary.
@@ -201,7 +208,7 @@ public enum PEFT {
         var tensors: [(name: String, shape: [Int], values: [Float])] = []
         for name in adapter.order {
             let p = adapter[name]!
-            guard let module = hfModule(name) else { throw LoRAError.unsupported("'\(name)' has no PEFT module name") }
+            guard let module = hfModule(name, fusedGateUp: heads.fusedGateUp) else { throw LoRAError.unsupported("'\(name)' has no PEFT module name") }
             targets.insert(String(module.split(separator: ".").last!))
             if p.rank != r { rankPattern[module] = p.rank }
             let expected = loraScale(alpha: alpha, rank: p.rank, rsLoRA: rsLoRA)

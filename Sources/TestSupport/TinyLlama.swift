@@ -7,7 +7,7 @@ import GGUF
 import LoRA
 
 /// Writes small random GGUF models for tests, so unit tests need no download: llama, or (with `architecture`)
-/// the tensors and metadata of qwen2, qwen3, gemma2 or gemma3.
+/// the tensors and metadata of qwen2, qwen3, gemma2, gemma3 or phi3 (fused `attn_qkv` and gate+up `ffn_up`).
 public struct TinyLlama {
     /// `general.architecture`, also the metadata keys' prefix.
     public var architecture = "llama"
@@ -36,6 +36,10 @@ public struct TinyLlama {
     public var formulaWeights = false
     /// Extra metadata (e.g. a tokenizer) added after the hyperparameters.
     public var extraMetadata: [(String, MetadataValue)] = []
+    /// Dimensions of each head RoPE turns (`rope.dimension_count`); nil: the whole head.
+    public var ropeDimensionCount: Int?
+    /// Extra F32 tensors (e.g. RoPE factors), written after the others.
+    public var extraTensors: [(name: String, dimensions: [Int], values: [Float])] = []
 
     public init() {}
 
@@ -47,6 +51,17 @@ public struct TinyLlama {
         var shapes: [(String, [Int])] = [("token_embd.weight", [embeddingLength, vocabularySize])]
         for i in 0..<blockCount {
             let p = "blk.\(i)."
+            if architecture == "phi3" {  // fused, in the converter's order
+                shapes += [
+                    (p + "attn_norm.weight", [embeddingLength]),
+                    (p + "attn_qkv.weight", [embeddingLength, q + 2 * kv]),
+                    (p + "attn_output.weight", [q, embeddingLength]),
+                    (p + "ffn_norm.weight", [embeddingLength]),
+                    (p + "ffn_up.weight", [embeddingLength, 2 * feedForwardLength]),
+                    (p + "ffn_down.weight", [feedForwardLength, embeddingLength]),
+                ]
+                continue
+            }
             shapes += [
                 (p + "attn_norm.weight", [embeddingLength]),
                 (p + "attn_q.weight", [embeddingLength, q]),
@@ -84,7 +99,7 @@ public struct TinyLlama {
         md.set(a + "attention.head_count_kv", .uint32(UInt32(kvHeadCount)))
         md.set(a + "rope.freq_base", .float32(ropeFreqBase))
         md.set(a + "attention.layer_norm_rms_epsilon", .float32(rmsEpsilon))
-        md.set(a + "rope.dimension_count", .uint32(UInt32(headDim)))
+        md.set(a + "rope.dimension_count", .uint32(UInt32(ropeDimensionCount ?? headDim)))
         md.set(a + "vocab_size", .uint32(UInt32(vocabularySize)))
         if let headDimension {
             md.set(a + "attention.key_length", .uint32(UInt32(headDimension)))
@@ -115,6 +130,7 @@ public struct TinyLlama {
                 try writer.addTensor(name: name, dimensions: shape, values: values, type: weightType)
             }
         }
+        for t in extraTensors { try writer.addTensor(name: t.name, dimensions: t.dimensions, values: t.values) }
         return writer
     }
 
@@ -133,6 +149,19 @@ public struct TinyLlama {
 
     /// Writes the model to `path`.
     public func write(to path: String) throws { try writer().write(to: path) }
+}
+
+extension TinyLlama {
+    /// Phi-4-mini-style RoPE: the first `rotatedDimensions` of each head turn, with LongRoPE's short and long
+    /// factors (different, so that choosing the wrong one shows) and attention factor 1.2 beyond `originalContext`.
+    public mutating func addLongRoPE(rotatedDimensions: Int, originalContext: Int) {
+        ropeDimensionCount = rotatedDimensions
+        let half = rotatedDimensions / 2
+        extraTensors += [("rope_factors_long.weight", [half], (0..<half).map { 2 + Float($0) }),
+                         ("rope_factors_short.weight", [half], (0..<half).map { 1.1 + 0.2 * Float($0) })]
+        extraMetadata += [("\(architecture).rope.scaling.original_context_length", .uint32(UInt32(originalContext))),
+                          ("\(architecture).rope.scaling.attn_factor", .float32(1.2))]
+    }
 }
 
 /// The project's SplitMix64 generator, with a signed draw for test data.

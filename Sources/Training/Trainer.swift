@@ -137,6 +137,7 @@ public final class Trainer {
         let model = try LlamaModel<Float>(file: file, cacheWeights: c.cacheWeights)
         model.override(rmsEpsilon: c.overrides.rmsEpsilon, ropeBase: c.overrides.ropeBase,
                        ropeScale: c.overrides.ropeScale.map { 1 / $0 })
+        model.runContext = c.context
         let tokenizer = try Tokenizer(file: file)
         try model.check(tokenizer: tokenizer)
         let data = try Trainer.data(c, file: file, tokenizer: tokenizer)
@@ -170,8 +171,9 @@ public final class Trainer {
             }
             return loaded
         }
-        let trainable = continued?.adapter.parameterCount ?? c.targets.reduce(0) { sum, target in
-            let (inF, outF) = model.config.features(of: target), r = c.ranks[target] ?? c.rank
+        let targets = c.adaptedTargets(model.config)
+        let trainable = continued?.adapter.parameterCount ?? targets.reduce(0) { sum, target in
+            let (inF, outF) = model.config.features(of: target)!, r = c.rank(of: target, in: model.config)
             return sum + r * (inF + outF) * (target.isPerLayer ? model.config.layers : 1)
         }
         let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
@@ -182,7 +184,7 @@ public final class Trainer {
         model.gradientCheckpointing = memory.gradientCheckpointing
         let startStep = checkpoint?.iteration ?? 0
         let plan = TrainingPlan(
-            trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * ranks * c.context,
+            targets: targets, trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * ranks * c.context,
             steps: max(0, c.iterations - startStep), startStep: startStep, samples: trainStream.sampleCount,
             validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing,
             memory: memory.parts.map { ($0.name, $0.bytes) }, ranks: ranks,
@@ -340,7 +342,8 @@ public final class Trainer {
         return try LoRAAdapter<Float>.initialized(
             layers: model.config.layers,
             shapes: { model.config.features(of: $0) },
-            targets: c.targets, rank: { c.ranks[$0] ?? c.rank }, alpha: c.alpha, rsLoRA: c.rsLoRA, seed: c.seed)
+            targets: c.adaptedTargets(model.config), rank: { c.rank(of: $0, in: model.config) }, alpha: c.alpha,
+            rsLoRA: c.rsLoRA, seed: c.seed)
     }
 
     func description(_ run: Run, step: Int) -> AdapterFile.Description {

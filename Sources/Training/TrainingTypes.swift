@@ -26,6 +26,19 @@ public struct TrainingConfiguration: Sendable {
     public var rank = 8
     public var ranks: [LoRATarget: Int] = [:]
     public var alpha: Float = 16
+
+    /// The weights of `model` these options adapt (on Phi-3, Q/K/V and gate/up are fused tensors).
+    public func adaptedTargets(_ model: LlamaConfig) -> [LoRATarget] {
+        model.resolve(targets).filter { model.features(of: $0) != nil }
+    }
+
+    /// The rank of `target`: its own --rank-… option, on a fused tensor the largest one given to its parts, else
+    /// --lora-r.
+    public func rank(of target: LoRATarget, in model: LlamaConfig) -> Int {
+        if let r = ranks[target] { return r }
+        let parts: [LoRATarget] = target == .attnQKV ? [.attnQ, .attnK, .attnV] : target == .ffnUp && model.fusedGateUp ? [.ffnGate] : []
+        return parts.compactMap { ranks[$0] }.max() ?? rank
+    }
     public var rsLoRA = false
 
     public var adam = AdamWOptions()
@@ -94,6 +107,8 @@ public enum TrainingEvent: Sendable {
 }
 
 public struct TrainingPlan: Sendable {
+    /// The model's weights being adapted.
+    public var targets: [LoRATarget] = []
     public var trainableParameters: Int
     public var tokensPerStep: Int
     public var steps: Int

@@ -23,7 +23,7 @@ struct StepBench: ParsableCommand {
         let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
         llama.gradientCheckpointing = checkpointing
         let adapter = try LoRAAdapter<Float>.initialized(layers: llama.config.layers, shapes: { llama.config.features(of: $0) },
-                                                         targets: LoRATarget.defaultTargets, rank: { _ in rank }, alpha: 16,
+                                                         targets: llama.config.resolve(LoRATarget.defaultTargets), rank: { _ in rank }, alpha: 16,
                                                          rsLoRA: false, seed: 1)
         try llama.attach(adapter, trainable: true)
         let n = batch * ctx

@@ -30,7 +30,7 @@ struct TrainingReport {
         defer { fflush(stdout) }  // progress must reach a pipe (tee, a log) as it happens
         switch event {
         case let .plan(p):
-            print("plan: \(p.trainableParameters) trainable parameters (rank \(config.rank), alpha \(config.alpha), \(config.targets.map(\.rawValue).joined(separator: ",")))")
+            print("plan: \(p.trainableParameters) trainable parameters (rank \(config.rank), alpha \(config.alpha), \(p.targets.map(\.rawValue).joined(separator: ",")))")
             print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")\(p.ranks > 1 ? " × \(p.ranks) ranks" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")")
             print("      memory: " + p.memory.map { "\($0.0) \(TrainingReport.mb($0.1))" }.joined(separator: ", ")
                   + "; gradient checkpointing \(p.gradientCheckpointing ? "on" : "off")")

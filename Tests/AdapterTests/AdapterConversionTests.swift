@@ -150,3 +150,53 @@ extension AdapterFixtures {
         return out
     }
 }
+
+/// Phi-3's fused weights: LoRA on `attn_qkv` and the gate+up `ffn_up`, named as PEFT names them on Phi3ForCausalLM
+/// (`self_attn.qkv_proj`, `mlp.gate_up_proj`), round trip bit-exact, and requests for Q/K/V or gate/up resolve to them.
+final class FusedAdapterTests: XCTestCase {
+    func testPhi3AdaptersUseTheFusedModuleNames() throws {
+        var tiny = TinyLlama()
+        tiny.architecture = "phi3"
+        let path = temporaryDirectory() + "/phi3.gguf"
+        try tiny.write(to: path)
+        let model = try LlamaModel<Float>(file: GGUFFile(path: path))
+        XCTAssertEqual(model.config.blockTargets, [.attnQKV, .attnOutput, .ffnUp, .ffnDown])
+        XCTAssertEqual(model.config.resolve([.attnQ, .attnV]), [.attnQKV])
+        XCTAssertEqual(model.config.resolve(LoRATarget.defaultTargets), [.attnQKV, .attnOutput, .ffnUp, .ffnDown])
+        XCTAssertNil(model.config.features(of: .ffnGate))
+        XCTAssertEqual(model.config.features(of: .ffnUp)!.out, 2 * tiny.feedForwardLength)
+        let adapter = try LoRAAdapter<Float>.initialized(layers: model.config.layers, shapes: { model.config.features(of: $0) },
+                                                         targets: model.config.blockTargets, rank: { _ in 2 }, alpha: 4,
+                                                         rsLoRA: false, seed: 3)
+        for name in adapter.order {  // B ≠ 0, so that the adapter changes the logits
+            let pair = adapter[name]!
+            pair.b = (0..<pair.b.count).map { Float(sin(Double($0) * 0.7)) * 0.3 }
+        }
+        try model.attach(adapter)
+        let heads = PEFT.Heads(config: model.config)
+        let dir = temporaryDirectory() + "/peft"
+        try PEFT.write(adapter, alpha: 4, rsLoRA: false, baseModel: nil, heads: heads, to: dir)
+        let bytes = Array(FileManager.default.contents(atPath: dir + "/adapter_model.safetensors")!)
+        let names = Set(try SafeTensors.parse(bytes, path: "peft").tensors.map(\.name))
+        XCTAssertTrue(names.contains("base_model.model.model.layers.1.self_attn.qkv_proj.lora_A.weight"), "\(names.sorted())")
+        XCTAssertTrue(names.contains("base_model.model.model.layers.0.mlp.gate_up_proj.lora_B.weight"), "\(names.sorted())")
+        XCTAssertFalse(names.contains { $0.contains("up_proj") && !$0.contains("gate_up_proj") })
+        let config = String(decoding: FileManager.default.contents(atPath: dir + "/adapter_config.json")!, as: UTF8.self)
+        XCTAssertTrue(config.contains("\"gate_up_proj\"") && config.contains("\"qkv_proj\""), config)
+        let (back, _, _, _) = try PEFT.read(directory: dir, heads: heads)
+        XCTAssertEqual(back.order.sorted(), adapter.order.sorted())
+        for name in adapter.order {
+            XCTAssertEqual(back[name]!.a, adapter[name]!.a, name)
+            XCTAssertEqual(back[name]!.b, adapter[name]!.b, name)
+        }
+        // Merged into the base, the fused adapter gives the logits of the adapter applied at run time.
+        let tokens: [Int32] = [3, 17, 42, 5, 60, 11]
+        let applied = try model.logits(tokens: tokens)
+        let merged = temporaryDirectory() + "/merged.gguf"
+        _ = try Merger(outputType: .f32).merge(model: model, inputs: [.init(adapter: adapter)], to: merged)
+        let plain = try LlamaModel<Float>(file: GGUFFile(path: merged)).logits(tokens: tokens)
+        let base = try LlamaModel<Float>(file: GGUFFile(path: path)).logits(tokens: tokens)
+        XCTAssertGreaterThan(zip(applied, base).map { abs($0 - $1) }.max()!, 0.01, "the adapter must change the logits")
+        for (a, b) in zip(applied, plain) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+    }
+}

@@ -92,8 +92,8 @@ final class ArchitectureReferenceTests: XCTestCase {
     static func formulaAdapter<T: KernelScalar>(config: LlamaConfig, rank: Int, alpha: Float) throws -> LoRAAdapter<T> {
         let adapter = LoRAAdapter<T>()
         for l in 0..<config.layers {
-            for (t, target) in LoRATarget.defaultTargets.enumerated() {
-                let (inF, outF) = config.features(of: target)
+            for (t, target) in config.blockTargets.enumerated() {
+                let (inF, outF) = config.features(of: target)!
                 func values(_ rows: Int, _ cols: Int, b: Bool) -> [T] {
                     var v = [T](repeating: 0, count: rows * cols)
                     for i in 0..<rows {
@@ -163,13 +163,13 @@ final class TinyArchitectureReferenceTests: XCTestCase {
     /// Any other architecture is one line naming it and what is supported.
     func testOtherArchitecturesAreRefusedInOneLine() throws {
         var tiny = TinyLlama()
-        tiny.architecture = "phi3"
-        let path = temporaryDirectory() + "/phi3.gguf"
+        tiny.architecture = "phi2"
+        let path = temporaryDirectory() + "/phi2.gguf"
         try tiny.write(to: path)
         XCTAssertThrowsError(try LlamaModel<Float>(file: GGUFFile(path: path))) { error in
             let message = "\(error)"
-            XCTAssertTrue(message.contains("architecture 'phi3' is not supported"), message)
-            XCTAssertTrue(message.contains("llama, qwen2, qwen3, gemma2, gemma3"), message)
+            XCTAssertTrue(message.contains("architecture 'phi2' is not supported"), message)
+            XCTAssertTrue(message.contains("llama, qwen2, qwen3, gemma2, gemma3, phi3"), message)
             XCTAssertFalse(message.contains("\n"))
         }
     }
@@ -195,19 +195,89 @@ final class TinyArchitectureReferenceTests: XCTestCase {
         XCTAssertEqual(logits.count, expected.count)
         let worstLogit = zip(logits, expected).map { abs(Float($0) - $1) }.max()!
         XCTAssertLessThan(worstLogit, 1e-4, "\(arch): max |logit − transformers|")
+        try Self.checkLossAndGradients(model, ids: ids, reference: ref, name: arch)
+    }
+
+    /// The loss, then with the formula adapter on every linear weight the LoRA loss and every LoRA gradient, against
+    /// a float64 reference.
+    static func checkLossAndGradients(_ model: LlamaModel<Double>, ids: [Int32], reference ref: GGUFFile, name: String) throws {
         let targets = Array(ids.dropFirst()) + [-1]
         let (sum, count) = try model.loss(tokens: ids, targets: targets, batch: 1)
-        XCTAssertEqual(sum / Double(count), try XCTUnwrap(ref.metadata["reference.loss"]?.doubleValue), accuracy: 1e-6)
+        XCTAssertEqual(sum / Double(count), try XCTUnwrap(ref.metadata["reference.loss"]?.doubleValue), accuracy: 1e-6, name)
 
         let rank = try ref.metadata.int("reference.lora_rank"), alpha = try ref.metadata.float("reference.lora_alpha")
         let adapter: LoRAAdapter<Double> = try ArchitectureReferenceTests.formulaAdapter(config: model.config, rank: rank, alpha: alpha)
         try model.attach(adapter, trainable: true)
         let (loraSum, loraCount) = try model.forwardBackward(tokens: ids, targets: targets, batch: 1,
                                                              lossScale: 1 / Double(ids.count - 1))
-        XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue), accuracy: 1e-6)
+        XCTAssertEqual(loraSum / Double(loraCount), try XCTUnwrap(ref.metadata["reference.lora_loss"]?.doubleValue), accuracy: 1e-6, name)
         let (worst, worstName, compared, _) = try ReferenceComparison.gradientError(adapter, reference: ref)
-        XCTAssertEqual(compared, model.config.layers * 7 * 2)
-        XCTAssertEqual(adapter.order.count, model.config.layers * 7)
-        XCTAssertLessThan(worst, 1e-5, "\(arch): worst relative L2 error at \(worstName)")
+        XCTAssertEqual(adapter.order.count, model.config.layers * model.config.blockTargets.count)
+        XCTAssertEqual(compared, adapter.order.count * 2)
+        XCTAssertLessThan(worst, 1e-5, "\(name): worst relative L2 error at \(worstName)")
+    }
+}
+
+/// Tiny Phi-3 (fused QKV and gate+up), Phi-4-mini-style Phi-3 (partial rotary, LongRoPE, tied head) and
+/// Llama-3.2-style (llama3 `rope_freqs`) models that llama.cpp's convert_hf_to_gguf.py converted, against
+/// transformers + PEFT float64 on the checkpoints (scripts/make-converted-references.py). The test writes the same
+/// file: formula weights, the converter's RoPE factors and metadata, both checked against what the converter wrote.
+final class ConvertedArchitectureReferenceTests: XCTestCase {
+    func testPhi3MatchesTransformers() throws { try check("phi3") }
+    func testPhi3LongRoPEPartialRotaryMatchesTransformers() throws { try check("phi3-long") }
+    func testLlama32RopeFrequenciesMatchTransformers() throws { try check("llama32") }
+
+    /// The model the converter wrote, rebuilt from the reference file's record of it.
+    static func model(_ name: String, reference ref: GGUFFile) throws -> String {
+        let arch = name.hasPrefix("phi3") ? "phi3" : "llama"
+        func key(_ k: String) throws -> Int { Int(try XCTUnwrap(ref.metadata["converted.\(arch).\(k)"]?.doubleValue)) }
+        var tiny = TinyLlama()
+        (tiny.architecture, tiny.formulaWeights) = (arch, true)
+        (tiny.embeddingLength, tiny.headCount, tiny.kvHeadCount) = (try key("embedding_length"), try key("attention.head_count"), try key("attention.head_count_kv"))
+        (tiny.feedForwardLength, tiny.blockCount, tiny.contextLength) = (try key("feed_forward_length"), try key("block_count"), try key("context_length"))
+        (tiny.vocabularySize, tiny.rmsEpsilon) = (80, 1e-5)
+        tiny.ropeFreqBase = Float(try XCTUnwrap(ref.metadata["converted.\(arch).rope.freq_base"]?.doubleValue))
+        tiny.ropeDimensionCount = try key("rope.dimension_count")
+        if ref.metadata["converted.\(arch).attention.key_length"] != nil { tiny.headDimension = try key("attention.key_length") }
+        let names = try ref.metadata.stringArray("converted.tensor_names")
+        tiny.tied = !names.contains("output.weight")
+        for extra in ["rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"] {
+            if let t = ref.tensor(named: "converted." + extra) {
+                tiny.extraTensors.append((extra, t.dimensions, try ref.floats(of: t)))
+            }
+        }
+        for k in ["rope.scaling.original_context_length", "attention.sliding_window"] where ref.metadata["converted.\(arch).\(k)"] != nil {
+            tiny.extraMetadata.append(("\(arch).\(k)", .uint32(UInt32(try key(k)))))
+        }
+        if let f = ref.metadata["converted.\(arch).rope.scaling.attn_factor"]?.doubleValue {
+            tiny.extraMetadata.append(("\(arch).rope.scaling.attn_factor", .float32(Float(f))))
+        }
+        // What the converter wrote is what we write: every key it wrote and every tensor name.
+        let written = tiny.metadata
+        for (k, value) in ref.metadata.entries where k.hasPrefix("converted.\(arch).") {
+            let ours = try XCTUnwrap(written[String(k.dropFirst("converted.".count))]?.doubleValue, "\(name): \(k) not written")
+            XCTAssertEqual(ours, try XCTUnwrap(value.doubleValue), accuracy: 1e-6 * max(1, abs(ours)), "\(name): \(k)")
+        }
+        XCTAssertEqual(Set(tiny.tensorShapes.map(\.0) + tiny.extraTensors.map(\.name)), Set(names), "\(name): tensor names")
+        let path = temporaryDirectory() + "/tiny-\(name).gguf"
+        try tiny.write(to: path)
+        return path
+    }
+
+    func check(_ name: String) throws {
+        let ref = try GGUFFile(path: try TestData.shared("testdata/reference/tiny-\(name)-reference.gguf"))
+        let model = try LlamaModel<Double>(file: GGUFFile(path: try Self.model(name, reference: ref)))
+        let ids = try ref.int32s(of: ref.requireTensor("input_ids"))
+        // transformers picks LongRoPE's factors by the sequence's length, llama.cpp by the context: run at the length.
+        for (tokens, tensor) in [(ids, "logits"), (Array(ids.prefix(6)), "logits_short")] {
+            model.runContext = tokens.count
+            let expected = try ref.floats(of: ref.requireTensor(tensor))
+            let logits = try model.logits(tokens: tokens)
+            XCTAssertEqual(logits.count, expected.count)
+            let worst = zip(logits, expected).map { abs(Float($0) - $1) }.max()!
+            XCTAssertLessThan(worst, 1e-4, "\(name): max |\(tensor) − transformers|")
+        }
+        model.runContext = ids.count
+        try TinyArchitectureReferenceTests.checkLossAndGradients(model, ids: ids, reference: ref, name: name)
     }
 }

@@ -149,11 +149,13 @@ final class GradientCheckTests: XCTestCase {
 
     /// The same for every other architecture's block: Qwen2's biases, Qwen3's Q/K norms with a head size that is
     /// not embedding / heads, Gemma 2's GeGLU, post-norms, embedding scale, soft caps and sliding window, Gemma 3's
-    /// Q/K norms and sliding layers with their own RoPE base. Windows of 3 keys over sequences of 6 tokens.
+    /// Q/K norms and sliding layers with their own RoPE base, Phi-3's fused QKV and gate+up with partial rotary and
+    /// LongRoPE's long factors and attention factor. Windows of 3 keys over sequences of 6 tokens.
     func testWholeModelLoRAGradientsEveryArchitecture() throws {
-        for arch in ["qwen2", "qwen3", "gemma2", "gemma3"] {
+        for arch in ["qwen2", "qwen3", "gemma2", "gemma3", "phi3"] {
             var tiny = TinyLlama()
             tiny.architecture = arch
+            if arch == "phi3" { tiny.addLongRoPE(rotatedDimensions: 2, originalContext: 4) }
             tiny.tied = arch.hasPrefix("gemma")
             if arch == "qwen3" || arch == "gemma3" { tiny.headDimension = 6 }
             if arch.hasPrefix("gemma") { (tiny.slidingWindow, tiny.slidingPattern, tiny.ropeFreqBase) = (3, 2, 1e6) }
@@ -187,6 +189,7 @@ final class GradientCheckTests: XCTestCase {
             try tiny.write(to: path)
             let model = try LlamaModel<Double>(file: GGUFFile(path: path))
             model.headChunkRows = 5  // several chunks
+            model.runContext = 8  // beyond a LongRoPE model's original context: the long factors
             if chunkedHead {
                 (model.denseHeadLimit, model.vocabularyChunk) = (0, 7)  // 7 chunks of the 48 rows
                 XCTAssertTrue(model.headIsChunked)

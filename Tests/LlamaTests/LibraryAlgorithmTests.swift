@@ -89,9 +89,10 @@ final class LibraryAlgorithmTests: XCTestCase {
 
     /// The same for every architecture's block, with a window of 3 keys on Gemma's sliding layers (7 positions).
     func testCachedStepsEqualTheBatchedPassEveryArchitecture() throws {
-        for arch in ["qwen2", "qwen3", "gemma2", "gemma3"] {
+        for arch in ["qwen2", "qwen3", "gemma2", "gemma3", "phi3"] {
             var tiny = TinyLlama()
             tiny.architecture = arch
+            if arch == "phi3" { tiny.addLongRoPE(rotatedDimensions: 4, originalContext: 4) }
             if arch == "qwen3" || arch == "gemma3" { tiny.headDimension = 6 }
             if arch.hasPrefix("gemma") { (tiny.slidingWindow, tiny.slidingPattern, tiny.ropeFreqBase, tiny.tied) = (3, 2, 1e6, true) }
             if arch == "gemma2" { (tiny.attentionSoftCap, tiny.finalSoftCap) = (1.5, 2) }
@@ -103,6 +104,7 @@ final class LibraryAlgorithmTests: XCTestCase {
 
     func checkCachedSteps(_ model: LlamaModel<Float>) throws {
         let tokens: [Int32] = [3, 17, 42, 5, 60, 11, 29]
+        model.runContext = 16  // the session's capacity (LongRoPE's factors depend on it)
         let all = try model.logits(tokens: tokens)
         let session = InferenceSession(model: model, capacity: 16)
         let V = model.config.vocabulary
