@@ -58,6 +58,28 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(adapter[adapter.order[0]]!.b.contains { $0 != 0 }, "B moved away from zero")
     }
 
+    /// On Phi-3 the default targets are the fused weights, and per-weight ranks given for their parts apply to them.
+    func testPhi3TrainsTheFusedWeights() throws {
+        var tiny = TinyLlama()
+        tiny.architecture = "phi3"
+        tiny.addTinyTokenizer()
+        try tiny.write(to: modelPath)
+        var c = config("phi3.gguf", iterations: 8)
+        c.ranks[.attnK] = 3
+        var losses: [Double] = [], plan: TrainingPlan?
+        _ = try Trainer(configuration: c).run { event in
+            if case let .step(s) = event { losses.append(s.loss) }
+            if case let .plan(p) = event { plan = p }
+            return true
+        }
+        XCTAssertEqual(plan?.targets, [.attnQKV, .attnOutput, .ffnUp, .ffnDown])
+        XCTAssertLessThan(losses.suffix(2).reduce(0, +), losses.prefix(2).reduce(0, +))
+        let (adapter, _) = try AdapterFile.read(path: dir + "/phi3.gguf", as: Float.self)
+        XCTAssertEqual(adapter.order.count, 8)
+        XCTAssertEqual(adapter["blk.0.attn_qkv"]?.rank, 3)
+        XCTAssertEqual(adapter["blk.1.ffn_up"]?.outFeatures, 2 * tiny.feedForwardLength)
+    }
+
     func testDeterminism() throws {
         _ = try Trainer(configuration: config("d1.gguf", iterations: 4)).run { _ in true }
         _ = try Trainer(configuration: config("d2.gguf", iterations: 4)).run { _ in true }
