@@ -96,3 +96,75 @@ public enum CrossEntropy {
         return loss
     }
 }
+
+/// The same softmax for rows whose logits arrive in chunks of vocabulary columns (a head too large to compute at
+/// once): running statistics per row, then the softmax of each chunk from the finished statistics.
+///
+/// Shapes: z [rows, c] (one chunk); maximum, sum, rescale [rows]; maximum and sum start at −∞ and 0.
+///   m′ = max(m, maxⱼ zⱼ),  rescale = e^(m − m′),  s′ = s·rescale + Σⱼ e^(zⱼ − m′);  log Σ e^z = m + log s at the end
+///   with `exponentiate`, zⱼ ← e^(zⱼ − m′) (what a single pass accumulates, rescaled as the maximum grows)
+///   softmax chunk: zⱼ ← scale · e^(zⱼ − m) / s
+/// Float rows use the vector exponentials of `rowFast`; `…Reference` are the plain loops (and what Double uses).
+extension CrossEntropy {
+    @inlinable
+    public static func accumulateChunk<T: KernelScalar>(_ z: UnsafeMutablePointer<T>, rows: Int, columns c: Int,
+                                                         maximum: UnsafeMutablePointer<Double>, sum: UnsafeMutablePointer<Double>,
+                                                         exponentiate: Bool = false, rescale: UnsafeMutablePointer<Double>? = nil) {
+        Parallel.forEachRange(rows, minimumPerThread: 4) { range in
+            for r in range {
+                let row = z + r * c
+                let factor: Double
+                if T.self == Float.self {
+                    let m = max(maximum[r], Double(VectorMath.maximum(row.asFloat, count: c)))
+                    factor = LibM.exp(maximum[r] - m)
+                    sum[r] = sum[r] * factor + VectorMath.sumOfExponentials(row.asFloat, count: c, minus: Float(m),
+                                                                             storingTo: exponentiate ? row.asMutableFloat : nil)
+                    maximum[r] = m
+                } else {
+                    factor = accumulateRowReference(row, columns: c, maximum: &maximum[r], sum: &sum[r], exponentiate: exponentiate)
+                }
+                rescale?[r] = factor
+            }
+        }
+    }
+
+    /// Returns the factor e^(m − m′) of the earlier terms.
+    @inlinable @discardableResult
+    public static func accumulateRowReference<T: KernelScalar>(_ row: UnsafeMutablePointer<T>, columns c: Int,
+                                                                maximum: inout Double, sum: inout Double,
+                                                                exponentiate: Bool = false) -> Double {
+        var m = maximum
+        for j in 0..<c { m = max(m, Double(row[j])) }
+        let factor = LibM.exp(maximum - m)
+        var s = sum * factor
+        for j in 0..<c {
+            let e = LibM.exp(Double(row[j]) - m)
+            s += e
+            if exponentiate { row[j] = T(e) }
+        }
+        (maximum, sum) = (m, s)
+        return factor
+    }
+
+    @inlinable
+    public static func softmaxChunk<T: KernelScalar>(_ z: UnsafeMutablePointer<T>, rows: Int, columns c: Int,
+                                                     maximum: UnsafePointer<Double>, sum: UnsafePointer<Double>, scale: T) {
+        Parallel.forEachRange(rows, minimumPerThread: 4) { range in
+            for r in range {
+                let row = z + r * c
+                if T.self == Float.self {
+                    _ = VectorMath.exponentiate(row.asMutableFloat, count: c, minus: Float(maximum[r]))
+                    VectorMath.scale(row.asMutableFloat, count: c, by: Float(Double(scale) / sum[r]))
+                } else {
+                    softmaxRowReference(row, columns: c, maximum: maximum[r], sum: sum[r], scale: scale)
+                }
+            }
+        }
+    }
+
+    @inlinable
+    public static func softmaxRowReference<T: KernelScalar>(_ row: UnsafeMutablePointer<T>, columns c: Int,
+                                                             maximum: Double, sum: Double, scale: T) {
+        for j in 0..<c { row[j] = T(LibM.exp(Double(row[j]) - maximum) / sum) * scale }
+    }
+}

@@ -28,14 +28,18 @@ struct WeightAdapters<T: KernelScalar> {
 
     private init(pairs: [(pair: LoRAPair<T>, scale: T, trainable: Bool)]) { self.pairs = pairs }
 
-    /// The same adapters restricted to the outputs `range` (rows of B), as new pairs with zero gradients, for a
-    /// weight applied in chunks of output rows (the vocabulary head); `addGradients` adds a slice's back.
-    func slice(outputs range: Range<Int>) throws -> WeightAdapters<T> {
+    /// Whether backward must accumulate gradients into any of them.
+    var hasTrainable: Bool { pairs.contains { $0.trainable } }
+
+    /// The same adapters restricted to the outputs `rows` (rows of B, in that order), as new pairs with zero
+    /// gradients, for a weight applied in chunks of output rows (the vocabulary head); `addGradients` adds a
+    /// contiguous slice's back.
+    func slice<Rows: Collection<Int>>(outputs rows: Rows) throws -> WeightAdapters<T> {
         WeightAdapters(pairs: try pairs.map { p in
             let r = p.pair.rank
-            let sliced = try LoRAPair<T>(name: p.pair.name, rank: r, inFeatures: p.pair.inFeatures, outFeatures: range.count,
+            let sliced = try LoRAPair<T>(name: p.pair.name, rank: r, inFeatures: p.pair.inFeatures, outFeatures: rows.count,
                                          scale: p.pair.scale, a: p.pair.a,
-                                         b: Array(p.pair.b[(range.lowerBound * r)..<(range.upperBound * r)]))
+                                         b: rows.flatMap { p.pair.b[($0 * r)..<(($0 + 1) * r)] })
             return (sliced, p.scale, p.trainable)
         })
     }

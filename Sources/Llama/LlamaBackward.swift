@@ -72,12 +72,18 @@ extension LlamaModel {
         return (total, dhf, scoredRows.count)
     }
 
-    /// The same for a head too large to dequantize whole, in two passes over chunks of vocabulary rows (each chunk
-    /// dequantized once per pass, every scored row at once): the first finds each row's log-sum-exp and target
-    /// logit, the second forms dlogits = lossScale·(softmax − onehot) chunk by chunk and runs the head's backward
-    /// (LoRA gradients included) on it.
+    /// The same for a head too large to dequantize whole, chunk by chunk of vocabulary rows (each chunk dequantized
+    /// once, every scored row at once).
     ///
-    /// Shapes: H, dH [R, C] (the R scored rows); per chunk of c vocabulary rows: z, dz [R, c]; lse, target [R].
+    /// Without trainable head adapters, one pass, like flash attention: dH = s·(Σ_v e^(z_v − m)·W_v)/Σ e^(z − m)
+    /// − s·W_target, where the first sum is accumulated chunk by chunk as the head's backward of the chunk's
+    /// e^(z − m), rescaled by e^(m − m′) whenever a row's running maximum m grows, and the target term is one
+    /// backward through the gathered target rows. With trainable head adapters, whose B rows need each chunk's
+    /// exact dlogits, two passes: the first finds each row's log-sum-exp, the second forms dlogits = s·(softmax −
+    /// onehot) chunk by chunk and runs the head's backward (LoRA gradients included) on it.
+    ///
+    /// Shapes: H, dH, acc [R, C] (the R scored rows); per chunk of c vocabulary rows: z, dz [R, c]; maximum, sum,
+    /// rescale, target [R] (`CrossEntropy.accumulateChunk`); the target rows' dz [R, u] (u distinct targets).
     func chunkedHeadBackward(hf: [T], targets: [Int32], lossScale: T) throws -> (loss: Double, dhf: [T], scored: Int) {
         let n = targets.count, C = config.embedding, V = config.vocabulary
         let scoredRows = (0..<n).filter { targets[$0] >= 0 && Int(targets[$0]) < V }
@@ -87,42 +93,72 @@ extension LlamaModel {
         var h = [T](repeating: 0, count: R * C)
         for (i, r) in scoredRows.enumerated() { for c in 0..<C { h[i * C + c] = hf[r * C + c] } }
         let rowTargets = scoredRows.map { Int(targets[$0]) }
-        // Pass 1: running maximum and sum of exponentials per row, and the target's logit.
         var maximum = [Double](repeating: -.infinity, count: R), sum = [Double](repeating: 0, count: R)
-        var targetLogit = [Double](repeating: 0, count: R)
-        for range in vocabularyRanges {
-            var z = try headSlice(range).forward(h, rows: R).y
-            capLogits(&z)
-            let c = range.count
-            for r in 0..<R {
-                var m = maximum[r]
-                for j in 0..<c { m = max(m, Double(z[r * c + j])) }
-                var s = sum[r] * Foundation.exp(maximum[r] - m)
-                for j in 0..<c { s += Foundation.exp(Double(z[r * c + j]) - m) }
-                (maximum[r], sum[r]) = (m, s)
-                if range.contains(rowTargets[r]) { targetLogit[r] = Double(z[r * c + rowTargets[r] - range.lowerBound]) }
-            }
+        var targetLogit = [T](repeating: 0, count: R)
+        func recordTargets(_ z: [T], _ range: Range<Int>) {
+            for r in 0..<R where range.contains(rowTargets[r]) { targetLogit[r] = z[r * range.count + rowTargets[r] - range.lowerBound] }
         }
-        let lse = (0..<R).map { maximum[$0] + Foundation.log(sum[$0]) }
-        let total = (0..<R).reduce(0.0) { $0 + lse[$1] - targetLogit[$1] }
-        // Pass 2: dlogits chunk by chunk, through the head's backward.
         var dh = [T](repeating: 0, count: R * C)
-        let adapters = adaptersFor("output")
-        for (index, range) in vocabularyRanges.enumerated() {
-            let slice = try headSlice(range), c = range.count
-            var (z, saved) = slice.forward(h, rows: R)
-            capLogits(&z)
-            let capped = config.finalSoftCap == nil ? [] : z
+        let onePass = !adaptersFor("output").hasTrainable
+        if onePass {
+            var rescale = [Double](repeating: 0, count: R)
+            for range in vocabularyRanges {
+                let slice = try headSlice(range), c = range.count
+                var (z, saved) = slice.forward(h, rows: R)
+                capLogits(&z)
+                recordTargets(z, range)
+                let capped = config.finalSoftCap == nil ? [] : z
+                CrossEntropy.accumulateChunk(&z, rows: R, columns: c, maximum: &maximum, sum: &sum, exponentiate: true, rescale: &rescale)
+                capLogitsBackward(&z, capped: capped)
+                for r in 0..<R where rescale[r] != 1 {
+                    let f = T(rescale[r])
+                    for j in 0..<C { dh[r * C + j] *= f }
+                }
+                dh.withUnsafeMutableBufferPointer { d in
+                    LinearLoRA.backward(dy: z, x: h, n: R, weight: slice, saved: saved, dx: d.baseAddress!, accumulate: true)
+                }
+            }
             for r in 0..<R {
-                for j in 0..<c { z[r * c + j] = T(Foundation.exp(Double(z[r * c + j]) - lse[r])) * lossScale }
-                if range.contains(rowTargets[r]) { z[r * c + rowTargets[r] - range.lowerBound] -= lossScale }
+                let f = lossScale / T(sum[r])
+                for j in 0..<C { dh[r * C + j] *= f }
             }
-            capLogitsBackward(&z, capped: capped)
+            // − s·W_target (through the cap's derivative at the target), one product over the distinct targets.
+            let distinct = Array(Set(rowTargets)).sorted()
+            let column = Dictionary(uniqueKeysWithValues: distinct.enumerated().map { ($1, $0) })
+            let gathered = try headSlice(rows: distinct), u = distinct.count
+            var dz = [T](repeating: 0, count: R * u), capped = dz
+            for r in 0..<R {
+                dz[r * u + column[rowTargets[r]]!] = -lossScale
+                capped[r * u + column[rowTargets[r]]!] = targetLogit[r]
+            }
+            capLogitsBackward(&dz, capped: config.finalSoftCap == nil ? [] : capped)
+            let saved = gathered.forward(h, rows: R).saved
             dh.withUnsafeMutableBufferPointer { d in
-                LinearLoRA.backward(dy: z, x: h, n: R, weight: slice, saved: saved, dx: d.baseAddress!, accumulate: index > 0)
+                LinearLoRA.backward(dy: dz, x: h, n: R, weight: gathered, saved: saved, dx: d.baseAddress!, accumulate: true)
             }
-            adapters.addGradients(of: slice.adapters, outputs: range)
+        } else {
+            for range in vocabularyRanges {
+                var z = try headSlice(range).forward(h, rows: R).y
+                capLogits(&z)
+                recordTargets(z, range)
+                CrossEntropy.accumulateChunk(&z, rows: R, columns: range.count, maximum: &maximum, sum: &sum)
+            }
+            let adapters = adaptersFor("output")
+            for (index, range) in vocabularyRanges.enumerated() {
+                let slice = try headSlice(range), c = range.count
+                var (z, saved) = slice.forward(h, rows: R)
+                capLogits(&z)
+                let capped = config.finalSoftCap == nil ? [] : z
+                CrossEntropy.softmaxChunk(&z, rows: R, columns: c, maximum: maximum, sum: sum, scale: lossScale)
+                for r in 0..<R where range.contains(rowTargets[r]) { z[r * c + rowTargets[r] - range.lowerBound] -= lossScale }
+                capLogitsBackward(&z, capped: capped)
+                dh.withUnsafeMutableBufferPointer { d in
+                    LinearLoRA.backward(dy: z, x: h, n: R, weight: slice, saved: saved, dx: d.baseAddress!, accumulate: index > 0)
+                }
+                adapters.addGradients(of: slice.adapters, outputs: range)
+            }
         }
+        let total = (0..<R).reduce(0.0) { $0 + maximum[$1] + Foundation.log(sum[$1]) - Double(targetLogit[$1]) }
         for (i, r) in scoredRows.enumerated() { for c in 0..<C { dhf[r * C + c] = dh[i * C + c] } }
         return (total, dhf, R)
     }

@@ -157,7 +157,14 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// gradients go back through `WeightAdapters.addGradients`).
     func headSlice(_ range: Range<Int>) throws -> LinearWeight<T> {
         LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: range.count,
-                     source: .dense(try weights.headRows(range)), adapters: try adaptersFor("output").slice(outputs: range))
+                     source: .dense(try weights.headRows([range])), adapters: try adaptersFor("output").slice(outputs: range))
+    }
+
+    /// The head restricted to the vocabulary rows `rows`, in that order.
+    func headSlice(rows: [Int]) throws -> LinearWeight<T> {
+        LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: rows.count,
+                     source: .dense(try weights.headRows(rows.map { $0..<($0 + 1) })),
+                     adapters: try adaptersFor("output").slice(outputs: rows))
     }
 
     /// Token embeddings [N, C] with the embedding adapters applied, times the architecture's embedding scale.

@@ -61,12 +61,18 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         return values
     }
 
-    /// Rows `range` of the head [range.count, embedding], dequantized (a chunk of the vocabulary).
-    func headRows(_ range: Range<Int>) throws -> [T] {
+    /// Rows `ranges` of the head, one after the other [Σ count, embedding], dequantized (a chunk of the vocabulary,
+    /// or single rows).
+    func headRows(_ ranges: [Range<Int>]) throws -> [T] {
         let info = try file.requireTensor(headTensorName)
-        var floats = [Float](repeating: 0, count: range.count * config.embedding)
-        floats.withUnsafeMutableBufferPointer {
-            Dequantize.rows(info.type, from: file.data(of: info), rowLength: config.embedding, rows: range, into: $0.baseAddress!)
+        let C = config.embedding
+        var floats = [Float](repeating: 0, count: ranges.reduce(0) { $0 + $1.count } * C)
+        floats.withUnsafeMutableBufferPointer { out in
+            var offset = 0
+            for range in ranges {
+                Dequantize.rows(info.type, from: file.data(of: info), rowLength: C, rows: range, into: out.baseAddress! + offset)
+                offset += range.count * C
+            }
         }
         if T.self == Float.self { return unsafeBitCast(floats, to: [T].self) }
         return floats.map { T($0) }

@@ -147,6 +147,65 @@ final class VectorMathTests: XCTestCase {
         }
     }
 
+    /// The chunked statistics and softmax (a head computed in vocabulary chunks) give, with vector exponentials,
+    /// the reference loops' values and the whole-row cross-entropy's loss and gradient.
+    func testChunkedSoftmaxMatchesReferenceAndWholeRows() {
+        let vocab = 1000, rows = 12, chunk = 300, scale: Float = 0.25
+        let logits = (0..<(rows * vocab)).map { _ in uniform(-20, 20) }
+        let targets = (0..<rows).map { Int32(($0 * 37) % vocab) }
+        var whole = logits
+        let wholeLoss = CrossEntropy.forwardBackward(logits: &whole, targets: targets, rows: rows, vocab: vocab,
+                                                     gradientScale: scale, gradient: true)
+        let chunks = stride(from: 0, to: vocab, by: chunk).map { $0..<min(vocab, $0 + chunk) }
+        func part(_ range: Range<Int>) -> [Float] { (0..<rows).flatMap { r in logits[(r * vocab + range.lowerBound)..<(r * vocab + range.upperBound)] } }
+        var maximum = [Double](repeating: -.infinity, count: rows), sum = [Double](repeating: 0, count: rows)
+        var refMaximum = maximum, refSum = sum
+        for range in chunks {
+            var z = part(range), exponentials = z, reference = z
+            var rescale = [Double](repeating: 0, count: rows), refRescale = rescale
+            var (m, s) = (maximum, sum)
+            CrossEntropy.accumulateChunk(&z, rows: rows, columns: range.count, maximum: &maximum, sum: &sum)
+            XCTAssertEqual(z, part(range), "without `exponentiate` the chunk stays as it was")
+            CrossEntropy.accumulateChunk(&exponentials, rows: rows, columns: range.count, maximum: &m, sum: &s,
+                                         exponentiate: true, rescale: &rescale)
+            reference.withUnsafeMutableBufferPointer { zp in
+                for r in 0..<rows {
+                    refRescale[r] = CrossEntropy.accumulateRowReference(zp.baseAddress! + r * range.count, columns: range.count,
+                                                                        maximum: &refMaximum[r], sum: &refSum[r], exponentiate: true)
+                }
+            }
+            XCTAssertEqual(m, maximum)
+            for r in 0..<rows {
+                XCTAssertEqual(s[r], sum[r], accuracy: 1e-12 * sum[r])
+                XCTAssertEqual(rescale[r], refRescale[r], accuracy: 1e-12)
+            }
+            for i in z.indices { XCTAssertEqual(exponentials[i], reference[i], accuracy: 1e-5 * max(reference[i], 1e-30)) }  // z − m rounded to Float
+        }
+        for r in 0..<rows {
+            XCTAssertEqual(maximum[r], refMaximum[r])
+            XCTAssertEqual(sum[r], refSum[r], accuracy: 1e-6 * refSum[r])
+        }
+        let loss = (0..<rows).reduce(0.0) { $0 + maximum[$1] + log(sum[$1]) - Double(logits[$1 * vocab + Int(targets[$1])]) }
+        XCTAssertEqual(loss, wholeLoss, accuracy: 1e-5 * wholeLoss)
+        for range in chunks {
+            var z = part(range), reference = z
+            CrossEntropy.softmaxChunk(&z, rows: rows, columns: range.count, maximum: maximum, sum: sum, scale: scale)
+            reference.withUnsafeMutableBufferPointer { zp in
+                for r in 0..<rows {
+                    CrossEntropy.softmaxRowReference(zp.baseAddress! + r * range.count, columns: range.count,
+                                                     maximum: maximum[r], sum: sum[r], scale: scale)
+                }
+            }
+            for r in 0..<rows {
+                for j in 0..<range.count {
+                    let onehot: Float = range.lowerBound + j == Int(targets[r]) ? scale : 0
+                    XCTAssertEqual(z[r * range.count + j], reference[r * range.count + j], accuracy: 1e-7)
+                    XCTAssertEqual(z[r * range.count + j] - onehot, whole[r * vocab + range.lowerBound + j], accuracy: 1e-7)
+                }
+            }
+        }
+    }
+
     func testRoPEMatchesReference() {
         for layout in [RoPELayout.adjacentPairs, .halves] { checkRoPE(layout) }
     }

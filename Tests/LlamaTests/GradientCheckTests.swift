@@ -165,7 +165,8 @@ final class GradientCheckTests: XCTestCase {
     }
 
     /// A head computed in chunks of vocabulary rows (as for large vocabularies) gives the same loss and the same
-    /// gradients, head adapter included, with and without a final soft cap, tied and untied.
+    /// gradients, with and without a final soft cap, tied and untied: with a trainable head adapter (two passes)
+    /// and with a frozen one (one pass).
     func testWholeModelLoRAGradientsWithChunkedHead() throws {
         for (arch, tied) in [("llama", false), ("llama", true), ("gemma2", true)] {
             var tiny = TinyLlama()
@@ -173,10 +174,11 @@ final class GradientCheckTests: XCTestCase {
             tiny.tied = tied
             if arch == "gemma2" { (tiny.slidingWindow, tiny.attentionSoftCap, tiny.finalSoftCap) = (3, 1.5, 2) }
             try checkWholeModel(tiny, chunkedHead: true)
+            try checkWholeModel(tiny, chunkedHead: true, frozenHead: true)
         }
     }
 
-    func checkWholeModel(_ base: TinyLlama, chunkedHead: Bool = false) throws {
+    func checkWholeModel(_ base: TinyLlama, chunkedHead: Bool = false, frozenHead: Bool = false) throws {
         do {
             var tiny = base
             let tied = tiny.tied
@@ -195,9 +197,16 @@ final class GradientCheckTests: XCTestCase {
                 XCTAssertTrue(model.headIsChunked)
             }
             let adapter = try LoRAAdapter<Double>.initialized(
-                layers: model.config.layers, shapes: { model.config.features(of: $0) }, targets: LoRATarget.allCases,
+                layers: model.config.layers, shapes: { model.config.features(of: $0) },
+                targets: LoRATarget.allCases.filter { !frozenHead || $0 != .output },
                 rank: { $0 == .ffnDown ? 3 : 2 }, alpha: 4, rsLoRA: false, seed: 5)
             for name in adapter.order { adapter[name]!.b = random(adapter[name]!.b.count, 0.3) }  // B ≠ 0 so A gets gradient
+            if frozenHead {
+                let head = try LoRAAdapter<Double>.initialized(layers: model.config.layers, shapes: { model.config.features(of: $0) },
+                                                               targets: [.output], rank: { _ in 2 }, alpha: 4, rsLoRA: false, seed: 9)
+                head["output"]!.b = random(head["output"]!.b.count, 0.3)
+                try model.attach(head, multiplier: 0.7)
+            }
             try model.attach(adapter, trainable: true)
             let tokens: [Int32] = [3, 17, 5, 9, 40, 2, 11, 30, 7, 7, 1, 45]
             let targets: [Int32] = [17, 5, 9, 40, -1, 11, 30, 7, 7, 1, 45, 0]
