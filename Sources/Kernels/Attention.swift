@@ -32,7 +32,8 @@ public struct AttentionScoring<T: KernelScalar>: Sendable {
 /// Causal multi-head attention with grouped key/value heads, per sequence of a batch.
 ///
 /// Shapes (N = batch · T tokens, rows of each sequence contiguous):
-///   q, dq, out, dOut [N, H·d]; k, v, dk, dv [N, KV·d]; probs [batch, H, T, T] (saved for backward).
+///   q, dq, out, dOut [N, H·d]; k, v, dk, dv [N, KV·d]; saved for backward: the probabilities P [batch, H, T, T],
+///   or with `tile` (TiledAttention.swift) only each row's log-sum-exp [batch, H, T].
 ///   Query head h reads key/value head h / (H / KV).
 ///   S = q·kᵀ·scale (then soft-capped, see `AttentionScoring`), causal (and windowed), P = softmax(S), out = P·v
 public struct Attention<T: KernelScalar> {
@@ -42,29 +43,44 @@ public struct Attention<T: KernelScalar> {
     public let kvHeads: Int
     public let headDim: Int
     public let scoring: AttentionScoring<T>
+    /// Queries and keys per tile of the tiled path; nil: the plain path, which keeps P.
+    public var tile: Int?
 
     @inlinable
-    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, scoring: AttentionScoring<T>? = nil) {
+    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, scoring: AttentionScoring<T>? = nil,
+                tile: Int? = nil) {
         self.batch = batch
         self.length = length
         self.heads = heads
         self.kvHeads = kvHeads
         self.headDim = headDim
         self.scoring = scoring ?? .standard(headDim: headDim)
+        self.tile = tile
     }
 
     @usableFromInline var qStride: Int { heads * headDim }
     @usableFromInline var kvStride: Int { kvHeads * headDim }
     @usableFromInline var scale: T { scoring.scale }
-    public var probsCount: Int { batch * heads * length * length }
+    /// Values forward saves for backward: P, or (tiled) the log-sum-exp of each row.
+    public var savedCount: Int { batch * heads * length * (tile == nil ? length : 1) }
 
     @usableFromInline func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
 
     @inlinable
     public func forward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
-                        out: UnsafeMutablePointer<T>, probs: UnsafeMutablePointer<T>) {
-        probabilities(q: q, k: k, probs: probs)
-        output(probs: probs, v: v, out: out)
+                        out: UnsafeMutablePointer<T>, saved: UnsafeMutablePointer<T>) {
+        if let tile { return tiledForward(q: q, k: k, v: v, out: out, lse: saved, tile: tile) }
+        probabilities(q: q, k: k, probs: saved)
+        output(probs: saved, v: v, out: out)
+    }
+
+    /// Writes dq and accumulates into dk, dv (which the caller zeroes), from what forward saved and its output.
+    @inlinable
+    public func backward(dOut: UnsafePointer<T>, q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
+                         out: UnsafePointer<T>, saved: UnsafePointer<T>, dq: UnsafeMutablePointer<T>,
+                         dk: UnsafeMutablePointer<T>, dv: UnsafeMutablePointer<T>) {
+        if let tile { return tiledBackward(dOut: dOut, q: q, k: k, v: v, out: out, lse: saved, dq: dq, dk: dk, dv: dv, tile: tile) }
+        backward(dOut: dOut, q: q, k: k, v: v, probs: saved, dq: dq, dk: dk, dv: dv)
     }
 
     /// P = softmax(S) with the causal (and window) mask.
@@ -164,7 +180,7 @@ public struct Attention<T: KernelScalar> {
         (dP + visible).update(repeating: 0, count: count - visible)
     }
 
-    /// Writes dq and accumulates into dk, dv (which the caller zeroes).
+    /// The plain path's backward: writes dq and accumulates into dk, dv (which the caller zeroes).
     ///   dP = dOut·vᵀ, dv += Pᵀ·dOut, dS = P ⊙ (dP − rowsum(dP ⊙ P)), with a soft cap dS ⊙= 1 − (S/cap)²,
     ///   dq = dS·k·scale, dk += dSᵀ·q·scale
     @inlinable

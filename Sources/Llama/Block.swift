@@ -125,7 +125,8 @@ final class BlockActivations<T: KernelScalar> {
 ///
 /// Shapes (N tokens, C embedding, Q = H·d query width, K = KV·d key/value width, F feed-forward):
 ///   x, h1, xMid, h2, out [N, C]; q, attn [N, Q]; k, v [N, K]; gate, up, act [N, F]; rstd1, rstd2 [N];
-///   probs [batch, H, T, T] (causal mode only); rstdQ [N·H], rstdK [N·KV].
+///   probs [batch, H, T, T] (causal mode only; the tiled attention's log-sum-exp [batch, H, T] instead);
+///   rstdQ [N·H], rstdK [N·KV].
 ///
 ///   h1 = norm(x) · attnNorm            q, k, v = h1·Wqᵀ, h1·Wkᵀ, h1·Wvᵀ (+ bias) (+ LoRA)   (fused: h1·Wqkvᵀ split)
 ///   [q, k = headNorm(q)·qNorm, headNorm(k)·kNorm]          RoPE on q, k
@@ -225,8 +226,8 @@ struct TransformerBlock<T: KernelScalar> {
         var attn = [T](repeating: 0, count: n * config.qDim)
         switch mode {
         case let .causal(attention):
-            var probs = [T](repeating: 0, count: attention.probsCount)
-            attention.forward(q: q, k: k, v: v, out: &attn, probs: &probs)
+            var probs = [T](repeating: 0, count: attention.savedCount)
+            attention.forward(q: q, k: k, v: v, out: &attn, saved: &probs)
             return (attn, probs)
         case let .cached(cache, layer):
             cache.append(layer: layer, keys: k, values: v, count: n)
@@ -289,11 +290,10 @@ struct TransformerBlock<T: KernelScalar> {
         (c.oPre, c.rstdO) = ([], [])
         var dAttn = [T](repeating: 0, count: n * config.qDim)
         linearBackward(weights.o, dO, c.attn, n, c, into: &dAttn, accumulate: false)
-        c.attn = []
         var dq = [T](repeating: 0, count: n * config.qDim)
         var dk = [T](repeating: 0, count: n * config.kvDim), dv = dk
-        attention.backward(dOut: dAttn, q: c.q, k: c.k, v: c.v, probs: c.probs, dq: &dq, dk: &dk, dv: &dv)
-        (c.probs, dAttn) = ([], [])
+        attention.backward(dOut: dAttn, q: c.q, k: c.k, v: c.v, out: c.attn, saved: c.probs, dq: &dq, dk: &dk, dv: &dv)
+        (c.probs, c.attn, dAttn) = ([], [], [])
         dq.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.heads, inverse: true) }
         dk.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: n, heads: config.kvHeads, inverse: true) }
         let d = config.headDim

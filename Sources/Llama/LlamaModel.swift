@@ -27,6 +27,9 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// is 2.1 GB) is never dequantized whole: it is read in chunks of `vocabularyChunk` rows from the file.
     public var denseHeadLimit = LlamaConfig.denseHeadLimit
     public var vocabularyChunk = LlamaConfig.vocabularyChunk
+    /// Queries and keys per tile of the batched passes' attention (training, perplexity, prompts); 0: the plain
+    /// path, which keeps the [T, T] probabilities (the reference the tiles are tested against).
+    public var attentionTile = Attention<T>.defaultTile
 
     /// Whether the head is computed chunk by chunk of vocabulary rows (see `denseHeadLimit`).
     public var headIsChunked: Bool { config.vocabulary * config.embedding * MemoryLayout<T>.size > denseHeadLimit }
@@ -222,10 +225,14 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         rotations(positions: (0..<n).map { Int32($0 % length) })
     }
 
+    /// The batched pass's attention of layer `layer`: tiled, unless `attentionTile` is 0.
     func causalAttention(batch: Int, length: Int, layer: Int) -> Attention<T> {
         Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads, headDim: config.headDim,
-                     scoring: scoring(layer: layer))
+                     scoring: scoring(layer: layer), tile: attentionTile(batch: batch, length: length))
     }
+
+    /// The tile of the batched pass's attention over `batch` rows of `length` tokens; nil: the plain path.
+    public func attentionTile(batch: Int, length: Int) -> Int? { attentionTile > 0 ? attentionTile : nil }
 
     /// Logits [rows.count, V] for the rows `rows` of the final hidden states (soft-capped where the model caps).
     func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>, rowThreads: Int? = nil) throws -> [T] {

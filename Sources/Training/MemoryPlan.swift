@@ -39,10 +39,9 @@ public struct MemoryPlan: Sendable, Equatable {
     public init(_ i: Inputs, checkpointing: Bool) {
         let mc = i.config, tokens = i.batch * i.context
         let layerBytes = MemoryPlan.keptPerLayer(i)
-        // The layer in flight also holds its normalized inputs, residual, attention output and probabilities,
-        // SwiGLU output and their gradients.
-        let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward)
-                                + i.batch * mc.heads * i.context * i.context)
+        // The layer in flight also holds its normalized inputs, residual, attention output and what the tiled
+        // attention saves (one value per row and head), the gated activation and their gradients.
+        let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward) + i.batch * mc.heads * i.context)
         // The head stays dequantized, or (large vocabularies) one chunk of it and that chunk's logits at a time.
         let denseHead = mc.vocabulary * mc.embedding * 4
         let chunk = LlamaConfig.vocabularyChunk

@@ -17,11 +17,13 @@ struct StepBench: ParsableCommand {
     @Option var steps = 3
     @Flag(name: .customLong("checkpointing")) var checkpointing = false
     @Flag(name: .customLong("cache-weights")) var cacheWeights = false
+    @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
 
     func run() throws {
         let file = try GGUFFile(path: model)
         let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
         llama.gradientCheckpointing = checkpointing
+        llama.attentionTile = attentionTile
         let adapter = try LoRAAdapter<Float>.initialized(layers: llama.config.layers, shapes: { llama.config.features(of: $0) },
                                                          targets: llama.config.resolve(LoRATarget.defaultTargets), rank: { _ in rank }, alpha: 16,
                                                          rsLoRA: false, seed: 1)
@@ -30,7 +32,7 @@ struct StepBench: ParsableCommand {
         var rng = SplitMix(seed: 3)
         let tokens = (0..<n).map { _ in Int32(rng.next() % UInt64(llama.config.vocabulary)) }
         let targets = Array(tokens.dropFirst()) + [0]
-        print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
+        print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), attention \(llama.attentionTile(batch: batch, length: ctx).map { "tiled (\($0))" } ?? "plain"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
         for t in threads.split(separator: ",").compactMap({ Int($0) }) {
             BLAS.setThreads(t)
             _ = try llama.forwardBackward(tokens: tokens, targets: targets, batch: batch, lossScale: 1 / Float(n))  // warm-up

@@ -116,18 +116,47 @@ final class VectorMathTests: XCTestCase {
         let n = 2 * 37
         let q = (0..<(n * 32)).map { _ in uniform(-1, 1) }, k = (0..<(n * 16)).map { _ in uniform(-1, 1) }
         let v = (0..<(n * 16)).map { _ in uniform(-1, 1) }, dOut = (0..<(n * 32)).map { _ in uniform(-1, 1) }
-        var out = [Float](repeating: 0, count: n * 32), probs = [Float](repeating: 0, count: attention.probsCount)
-        attention.forward(q: q, k: k, v: v, out: &out, probs: &probs)
+        var out = [Float](repeating: 0, count: n * 32), probs = [Float](repeating: 0, count: attention.savedCount)
+        attention.forward(q: q, k: k, v: v, out: &out, saved: &probs)
         var dq = [Float](repeating: 0, count: n * 32), dk = [Float](repeating: 0, count: n * 16), dv = dk
         attention.backward(dOut: dOut, q: q, k: k, v: v, probs: probs, dq: &dq, dk: &dk, dv: &dv)
 
         func d(_ x: [Float]) -> [Double] { x.map(Double.init) }
-        var outD = [Double](repeating: 0, count: n * 32), probsD = [Double](repeating: 0, count: reference.probsCount)
-        reference.forward(q: d(q), k: d(k), v: d(v), out: &outD, probs: &probsD)
+        var outD = [Double](repeating: 0, count: n * 32), probsD = [Double](repeating: 0, count: reference.savedCount)
+        reference.forward(q: d(q), k: d(k), v: d(v), out: &outD, saved: &probsD)
         var dqD = [Double](repeating: 0, count: n * 32), dkD = [Double](repeating: 0, count: n * 16), dvD = dkD
         reference.backward(dOut: d(dOut), q: d(q), k: d(k), v: d(v), probs: probsD, dq: &dqD, dk: &dkD, dv: &dvD)
         for (f, r) in [(out, outD), (dq, dqD), (dk, dkD), (dv, dvD)] {
             for i in 0..<f.count { XCTAssertEqual(Double(f[i]), r[i], accuracy: 1e-5) }
+        }
+    }
+
+    /// The tiled (flash-style) attention equals the plain one, forward and backward, within 1e-5 relative: lengths
+    /// that are and are not multiples of the tile, grouped keys, and Gemma's scale, soft cap and window.
+    func testTiledAttentionEqualsPlain() {
+        let H = 4, KV = 2, d = 16
+        for (L, tile) in [(1, 4), (5, 4), (37, 8), (64, 16), (130, 32)] {
+            for scoring in [nil, AttentionScoring<Float>(scale: 0.3, softCap: 2, window: 9)] {
+                let batch = 2, n = batch * L
+                let q = (0..<(n * H * d)).map { _ in uniform(-1, 1) }, k = (0..<(n * KV * d)).map { _ in uniform(-1, 1) }
+                let v = (0..<(n * KV * d)).map { _ in uniform(-1, 1) }, dOut = (0..<(n * H * d)).map { _ in uniform(-1, 1) }
+                var results: [[[Float]]] = []
+                for t in [nil, tile] {
+                    let attention = Attention<Float>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, scoring: scoring, tile: t)
+                    var out = [Float](repeating: 0, count: n * H * d), saved = [Float](repeating: 0, count: attention.savedCount)
+                    attention.forward(q: q, k: k, v: v, out: &out, saved: &saved)
+                    var dq = [Float](repeating: 9, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+                    attention.backward(dOut: dOut, q: q, k: k, v: v, out: out, saved: saved, dq: &dq, dk: &dk, dv: &dv)
+                    results.append([out, dq, dk, dv])
+                }
+                XCTAssertLessThan(Attention<Float>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, tile: tile).savedCount,
+                                  batch * H * L * L + (L == 1 ? 1 : 0), "the tiled path keeps one value per row")
+                for (name, (plain, tiled)) in zip(["out", "dq", "dk", "dv"], zip(results[0], results[1])) {
+                    let scale = max(plain.map(abs).max()!, 0.1)  // one position: dq, dk are 0, the tiles give rounding (~1e-7)
+                    let worst = zip(plain, tiled).map { abs($0 - $1) }.max()!
+                    XCTAssertLessThan(worst, 1e-5 * scale, "\(name), L \(L), tile \(tile), capped \(scoring != nil)")
+                }
+            }
         }
     }
 

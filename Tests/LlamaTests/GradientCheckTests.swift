@@ -87,25 +87,28 @@ final class GradientCheckTests: XCTestCase {
     }
 
     func testAttentionWithGroupedKeys() {
-        checkAttention(scoring: nil)
-        // Gemma's scoring: another scale, soft-capped scores, a window of 2 keys.
-        checkAttention(scoring: AttentionScoring(scale: 0.7, softCap: 1.5, window: 2))
+        // Plain, and tiled in tiles of 2 and 3 over 5 positions (a partial last tile).
+        for tile in [nil, 2, 3] {
+            checkAttention(scoring: nil, tile: tile)
+            // Gemma's scoring: another scale, soft-capped scores, a window of 2 keys.
+            checkAttention(scoring: AttentionScoring(scale: 0.7, softCap: 1.5, window: 2), tile: tile)
+        }
     }
 
-    func checkAttention(scoring: AttentionScoring<Double>?) {
-        let batch = 2, L = 4, H = 4, KV = 2, d = 4
-        let att = Attention<Double>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, scoring: scoring)
+    func checkAttention(scoring: AttentionScoring<Double>?, tile: Int?) {
+        let batch = 2, L = 5, H = 4, KV = 2, d = 4
+        let att = Attention<Double>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, scoring: scoring, tile: tile)
         var q = random(batch * L * H * d), k = random(batch * L * KV * d), v = random(batch * L * KV * d)
         let g = random(batch * L * H * d)
         func f(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {
-            var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.probsCount)
-            att.forward(q: q, k: k, v: v, out: &out, probs: &p)
+            var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.savedCount)
+            att.forward(q: q, k: k, v: v, out: &out, saved: &p)
             return zip(out, g).reduce(0) { $0 + $1.0 * $1.1 }
         }
-        var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.probsCount)
-        att.forward(q: q, k: k, v: v, out: &out, probs: &p)
+        var out = [Double](repeating: 0, count: q.count), p = [Double](repeating: 0, count: att.savedCount)
+        att.forward(q: q, k: k, v: v, out: &out, saved: &p)
         var dq = [Double](repeating: 0, count: q.count), dk = [Double](repeating: 0, count: k.count), dv = dk
-        att.backward(dOut: g, q: q, k: k, v: v, probs: p, dq: &dq, dk: &dk, dv: &dv)
+        att.backward(dOut: g, q: q, k: k, v: v, out: out, saved: p, dq: &dq, dk: &dk, dv: &dv)
         check("attention q", params: &q, analytic: dq) { f($0, k, v) }
         check("attention k", params: &k, analytic: dk) { f(q, $0, v) }
         check("attention v", params: &v, analytic: dv) { f(q, k, $0) }
@@ -113,14 +116,14 @@ final class GradientCheckTests: XCTestCase {
         var k2 = k
         for i in (KV * d)..<(L * KV * d) { k2[i] += 1 }
         var out2 = out
-        att.forward(q: q, k: k2, v: v, out: &out2, probs: &p)
+        att.forward(q: q, k: k2, v: v, out: &out2, saved: &p)
         for i in 0..<(H * d) { XCTAssertEqual(out2[i], out[i], accuracy: 1e-12) }
         guard let window = scoring?.window else { return }
         // The window: the last position does not see the keys more than window − 1 positions back.
         var k3 = k
         for i in 0..<((L - window) * KV * d) { k3[i] += 1 }
         var out3 = out
-        att.forward(q: q, k: k3, v: v, out: &out3, probs: &p)
+        att.forward(q: q, k: k3, v: v, out: &out3, saved: &p)
         for i in ((L - 1) * H * d)..<(L * H * d) { XCTAssertEqual(out3[i], out[i], accuracy: 1e-12) }
         XCTAssertNotEqual(Array(out3[(H * d)..<(2 * H * d)]), Array(out[(H * d)..<(2 * H * d)]), "position 1 sees key 0")
     }
@@ -138,12 +141,14 @@ final class GradientCheckTests: XCTestCase {
         check("cross-entropy", params: &logits, analytic: grad, loss: f)
     }
 
-    /// The whole tiny model's LoRA gradients (every target, GQA, tied and untied heads) against finite differences.
+    /// The whole tiny model's LoRA gradients (every target, GQA, tied and untied heads) against finite differences;
+    /// untied, also with tiles of 4 over rows of 6 and with the plain attention (the default is one tile).
     func testWholeModelLoRAGradients() throws {
         for tied in [false, true] {
             var tiny = TinyLlama()
             tiny.tied = tied
             try checkWholeModel(tiny)
+            if !tied { for tile in [4, 0] { try checkWholeModel(tiny, attentionTile: tile) } }
         }
     }
 
@@ -160,7 +165,7 @@ final class GradientCheckTests: XCTestCase {
             if arch == "qwen3" || arch == "gemma3" { tiny.headDimension = 6 }
             if arch.hasPrefix("gemma") { (tiny.slidingWindow, tiny.slidingPattern, tiny.ropeFreqBase) = (3, 2, 1e6) }
             if arch == "gemma2" { (tiny.attentionSoftCap, tiny.finalSoftCap) = (1.5, 2) }
-            try checkWholeModel(tiny)
+            try checkWholeModel(tiny, attentionTile: arch == "gemma2" ? 4 : Attention<Double>.defaultTile)  // Gemma 2: tiles with caps and windows
         }
     }
 
@@ -178,7 +183,8 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
-    func checkWholeModel(_ base: TinyLlama, chunkedHead: Bool = false, frozenHead: Bool = false) throws {
+    func checkWholeModel(_ base: TinyLlama, chunkedHead: Bool = false, frozenHead: Bool = false,
+                         attentionTile: Int = Attention<Double>.defaultTile) throws {
         do {
             var tiny = base
             let tied = tiny.tied
@@ -192,6 +198,7 @@ final class GradientCheckTests: XCTestCase {
             let model = try LlamaModel<Double>(file: GGUFFile(path: path))
             model.headChunkRows = 5  // several chunks
             model.runContext = 8  // beyond a LongRoPE model's original context: the long factors
+            model.attentionTile = attentionTile
             if chunkedHead {
                 (model.denseHeadLimit, model.vocabularyChunk) = (0, 7)  // 7 chunks of the 48 rows
                 XCTAssertTrue(model.headIsChunked)
@@ -239,11 +246,11 @@ final class GradientCheckTests: XCTestCase {
                     func loss() -> Double { (try! model.loss(tokens: tokens, targets: targets, batch: 2).sum) / 11 }
                     let originalA = pair.a, originalB = pair.b
                     var a = originalA
-                    check("\(tiny.architecture) \(name).A tied=\(tied)", params: &a, analytic: pair.gradA, tolerance: 1e-5) { v in
+                    check("\(tiny.architecture) \(name).A tied=\(tied) tile=\(attentionTile)", params: &a, analytic: pair.gradA, tolerance: 1e-5) { v in
                         pair.a = v; defer { pair.a = originalA }; return loss()
                     }
                     var b = originalB
-                    check("\(tiny.architecture) \(name).B tied=\(tied)", params: &b, analytic: pair.gradB, tolerance: 1e-5) { v in
+                    check("\(tiny.architecture) \(name).B tied=\(tied) tile=\(attentionTile)", params: &b, analytic: pair.gradB, tolerance: 1e-5) { v in
                         pair.b = v; defer { pair.b = originalB }; return loss()
                     }
                 }

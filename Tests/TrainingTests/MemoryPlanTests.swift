@@ -17,7 +17,7 @@ final class MemoryPlanTests: XCTestCase {
         let plan = MemoryPlan(inputs(), checkpointing: false)
         let tokens = 4 * 256
         let kept = 4 * tokens * (576 + 576 + 2 * 192 + 2 * 1536)
-        let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 4 * 9 * 256 * 256)
+        let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 4 * 9 * 256)  // the tiled attention's row statistics
         XCTAssertEqual(plan.parts[1].bytes, working + 30 * kept)
         XCTAssertEqual(plan.parts[2].bytes, 4_884_480 * 16, "A, B, their gradients and two moments in float32")
         XCTAssertEqual(plan.parts[0].bytes, 100_000_000 + 49152 * 576 * 4 + (134_515_008 - 49152 * 576) / 30 * 4)
@@ -25,6 +25,14 @@ final class MemoryPlanTests: XCTestCase {
         let checkpointed = MemoryPlan(inputs(), checkpointing: true)
         XCTAssertEqual(checkpointed.parts[1].bytes, working + kept + 4 * tokens * 576 * 30)
         XCTAssertLessThan(checkpointed.total, plan.total)
+    }
+
+    /// Long rows cost the attention one value per row and head, not the [T, T] probabilities.
+    func testLongRowsArePlannedWithTiledAttention() {
+        let plan = MemoryPlan(inputs(batch: 1, context: 4096), checkpointing: true)
+        let tokens = 4096, kept = 4 * tokens * (576 + 576 + 2 * 192 + 2 * 1536)
+        let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 9 * 4096)
+        XCTAssertEqual(plan.parts[1].bytes, working + kept + 4 * tokens * 576 * 30)
     }
 
     /// A vocabulary head larger than 512 MB dequantized (Llama 3 8B: 128 256 × 4096) counts one chunk of it and
