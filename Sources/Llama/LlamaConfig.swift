@@ -93,6 +93,8 @@ public struct LlamaConfig: Sendable, Equatable {
     /// read from the file instead (`LlamaModel.denseHeadLimit`).
     public static let denseHeadLimit = 512 << 20
     public static let vocabularyChunk = 16384
+    /// Rows of logits a dense head computes at once (`LlamaModel.headChunkRows`).
+    public static let headRows = 160
 
     /// Whether layer `l` attends through a sliding window (llama.cpp's pattern: every `pattern`-th layer is global).
     public func isSlidingLayer(_ l: Int) -> Bool {

@@ -22,7 +22,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// Keep only each layer's input in forward and recompute the layer in backward.
     public var gradientCheckpointing = false
     /// Rows of logits computed at once in the head (bounds the [rows, vocabulary] buffer).
-    public var headChunkRows = 160
+    public var headChunkRows = LlamaConfig.headRows
     /// A head whose dequantized copy would exceed this many bytes (large vocabularies of large models: Llama 3 8B's
     /// is 2.1 GB) is never dequantized whole: it is read in chunks of `vocabularyChunk` rows from the file.
     public var denseHeadLimit = LlamaConfig.denseHeadLimit

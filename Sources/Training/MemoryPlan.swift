@@ -35,6 +35,11 @@ public struct MemoryPlan: Sendable, Equatable {
             && a.parts.map(\.bytes) == b.parts.map(\.bytes)
     }
 
+    /// What a training process holds besides the parts above, whatever the model: the Swift runtime, the tokenizer,
+    /// the tokenized data and OpenBLAS's per-thread buffers (measured: SmolLM2 runs peaked 48–70 MB above the other
+    /// parts).
+    public static let runtimeBytes = 48 << 20
+
     /// The plan with or without gradient checkpointing.
     public init(_ i: Inputs, checkpointing: Bool) {
         let mc = i.config, tokens = i.batch * i.context
@@ -45,14 +50,20 @@ public struct MemoryPlan: Sendable, Equatable {
         // The head stays dequantized, or (large vocabularies) one chunk of it and that chunk's logits at a time.
         let denseHead = mc.vocabulary * mc.embedding * 4
         let chunk = LlamaConfig.vocabularyChunk
-        let headBytes = denseHead <= LlamaConfig.denseHeadLimit ? denseHead : 4 * chunk * (mc.embedding + 2 * tokens)
+        // A chunk holds its weights and the chunk's logits for every row (twice with a final soft cap, which keeps the
+        // capped logits for its backward).
+        let logitCopies = mc.finalSoftCap == nil ? 1 : 2
+        let headBytes = denseHead <= LlamaConfig.denseHeadLimit
+            ? denseHead + 4 * logitCopies * min(tokens, LlamaConfig.headRows) * mc.vocabulary
+            : 4 * chunk * (mc.embedding + logitCopies * tokens)
         // Weights are dequantized one layer at a time, or all kept with --cache-weights.
         let dequantizedBytes = i.cacheWeights ? i.parameterCount * 4
                                               : (i.parameterCount - mc.vocabulary * mc.embedding) / mc.layers * 4
         let activations = checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers : layerBytes * mc.layers
         parts = [("weights (mapped file) + dequantized head (or chunk) and layer", i.fileSize + headBytes + dequantizedBytes),
                  ("activations", workingBytes + activations),
-                 ("LoRA, gradients, AdamW moments", i.trainableParameters * 16)]
+                 ("LoRA, gradients, AdamW moments", i.trainableParameters * 16),
+                 ("runtime, tokenizer, data, BLAS buffers", MemoryPlan.runtimeBytes)]
         gradientCheckpointing = checkpointing
     }
 

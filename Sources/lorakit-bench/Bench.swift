@@ -10,7 +10,8 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorakit-bench",
         abstract: "Measure LoRAKit's speed on this machine.",
-        subcommands: [TokenizeBench.self, StepBench.self, MatVecBench.self, DequantizeBench.self, AllreduceBench.self, StudyBench.self]
+        subcommands: [TokenizeBench.self, StepBench.self, MatVecBench.self, DequantizeBench.self, AllreduceBench.self, StudyBench.self,
+                      MakeModelBench.self]
     )
 }
 

@@ -4,8 +4,10 @@ import GGUF
 import Kernels
 import Llama
 import LoRA
+import Training
 
-/// One forward + backward of a LoRA training step, as the model issue defines the benchmark.
+/// A LoRA training step (forward, backward, AdamW update) on random tokens, as the model issue defines the
+/// benchmark, with the memory plan beside the measured peak.
 struct StepBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "step", abstract: "Seconds per forward+backward step, tokens/s, GEMM share, peak memory.")
 
@@ -15,6 +17,7 @@ struct StepBench: ParsableCommand {
     @Option var rank = 8
     @Option(help: "Thread counts to measure, comma-separated.") var threads = "1,2"
     @Option var steps = 3
+    @Option(help: "Untimed steps first (0 times the first step, page faults of the mapped file included).") var warmup = 1
     @Flag(name: .customLong("checkpointing")) var checkpointing = false
     @Flag(name: .customLong("cache-weights")) var cacheWeights = false
     @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
@@ -33,16 +36,33 @@ struct StepBench: ParsableCommand {
         let tokens = (0..<n).map { _ in Int32(rng.next() % UInt64(llama.config.vocabulary)) }
         let targets = Array(tokens.dropFirst()) + [0]
         print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), attention \(llama.attentionTile(batch: batch, length: ctx).map { "tiled (\($0))" } ?? "plain"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
+        let plan = MemoryPlan(MemoryPlan.Inputs(config: llama.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
+                                                batch: batch, context: ctx, trainableParameters: adapter.parameterCount,
+                                                cacheWeights: cacheWeights), checkpointing: checkpointing)
+        print(String(format: "memory plan %.0f MB (%@)", Double(plan.total) / 1048576,
+                     plan.parts.map { String(format: "%@ %.0f MB", $0.name, Double($0.bytes) / 1048576) }.joined(separator: ", ")))
+        // A whole training step: forward, backward and the AdamW update (whose moments the plan counts).
+        var moments = adapter.order.map { (AdamMoments(count: adapter[$0]!.a.count), AdamMoments(count: adapter[$0]!.b.count)) }
+        var step = 0
+        func trainingStep() throws {
+            adapter.zeroGradients()
+            _ = try llama.forwardBackward(tokens: tokens, targets: targets, batch: batch, lossScale: 1 / Float(n))
+            step += 1
+            for (i, name) in adapter.order.enumerated() {
+                let pair = adapter[name]!
+                AdamW.update(params: &pair.a, grads: pair.gradA, moments: &moments[i].0, options: AdamWOptions(), step: step,
+                             schedule: 1, clipFactor: 1, decays: true)
+                AdamW.update(params: &pair.b, grads: pair.gradB, moments: &moments[i].1, options: AdamWOptions(), step: step,
+                             schedule: 1, clipFactor: 1, decays: true)
+            }
+        }
         for t in threads.split(separator: ",").compactMap({ Int($0) }) {
             BLAS.setThreads(t)
-            _ = try llama.forwardBackward(tokens: tokens, targets: targets, batch: batch, lossScale: 1 / Float(n))  // warm-up
+            for _ in 0..<warmup { try trainingStep() }
             BLAS.measureGEMM = true
             BLAS.gemmNanoseconds = 0
             let start = DispatchTime.now().uptimeNanoseconds
-            for _ in 0..<steps {
-                adapter.zeroGradients()
-                _ = try llama.forwardBackward(tokens: tokens, targets: targets, batch: batch, lossScale: 1 / Float(n))
-            }
+            for _ in 0..<steps { try trainingStep() }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(steps)
             BLAS.measureGEMM = false
             let gemm = Double(BLAS.gemmNanoseconds) / 1e9 / Double(steps)

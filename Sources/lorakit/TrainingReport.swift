@@ -12,6 +12,8 @@ struct TrainingReport {
     var metrics: [String] = []
     var trainLoss: [(Int, Double)] = []
     var validationLoss: [(Int, Double)] = []
+    /// The plan's total, printed beside the measured peak when the run finishes.
+    var plannedBytes: Int?
 
     init(metricsPath: String?, plotPath: String?, config: TrainingConfiguration) {
         self.metricsPath = metricsPath
@@ -20,6 +22,13 @@ struct TrainingReport {
     }
 
     static func mb(_ bytes: Int) -> String { String(format: "%.0f MB", Double(bytes) / 1_048_576) }
+
+    /// This process's peak resident memory (the mapped model's pages it touched included).
+    static func peakResidentBytes() -> Int {
+        var usage = rusage()
+        getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+        return Int(usage.ru_maxrss) * 1024
+    }
 
     static func duration(_ s: Double) -> String {
         let t = Int(s.rounded())
@@ -30,6 +39,7 @@ struct TrainingReport {
         defer { fflush(stdout) }  // progress must reach a pipe (tee, a log) as it happens
         switch event {
         case let .plan(p):
+            plannedBytes = p.memory.reduce(0) { $0 + $1.1 }
             print("plan: \(p.trainableParameters) trainable parameters (rank \(config.rank), alpha \(config.alpha), \(p.targets.map(\.rawValue).joined(separator: ",")))")
             print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")\(p.ranks > 1 ? " × \(p.ranks) ranks" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")")
             print("      memory: " + p.memory.map { "\($0.0) \(TrainingReport.mb($0.1))" }.joined(separator: ", ")
@@ -64,6 +74,8 @@ struct TrainingReport {
             print("finished: \(summary.steps) steps" + (summary.finalLoss.map { String(format: ", last loss %.4f", $0) } ?? "")
                   + (summary.bestValidationLoss.map { String(format: ", best validation loss %.4f", $0) } ?? "")
                   + (summary.stoppedEarly.map { " (stopped: \($0))" } ?? ""))
+            print("peak memory \(TrainingReport.mb(TrainingReport.peakResidentBytes()))"
+                  + (plannedBytes.map { " (memory plan \(TrainingReport.mb($0)))" } ?? ""))
         }
     }
 

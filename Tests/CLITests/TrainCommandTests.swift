@@ -49,6 +49,25 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertFalse(out.contains("[<|im_start|>user"), out)
     }
 
+    /// The memory plan printed before training predicts the peak memory the run reports at the end within 15 %.
+    func testMemoryPlanPredictsThePeak() throws {
+        _ = try TestData.smolLM2()
+        let dir = NSTemporaryDirectory() + "/lorakit-peak-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for checkpointing in [false, true] {
+            let (status, out, err) = try LoRAKitBinary.run([
+                "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"), "--ctx", "256",
+                "--batch", "4", "--iters", "2", "--lora-out", dir + "/a.gguf", "-t", "2", "--save-every", "0"]
+                + (checkpointing ? ["--use-checkpointing"] : []))
+            XCTAssertEqual(status, 0, err)
+            let line = try XCTUnwrap(out.split(separator: "\n").first { $0.hasPrefix("peak memory ") }, out)
+            let numbers = line.split(separator: " ").compactMap { Double($0) }
+            XCTAssertEqual(numbers.count, 2, String(line))
+            let (peak, plan) = (numbers[0], numbers[1])
+            XCTAssertLessThan(abs(plan - peak) / peak, 0.15, "checkpointing \(checkpointing): \(line)")
+        }
+    }
+
     /// --dry-run trains a few real steps, projects the whole run's time and writes nothing.
     func testDryRunMeasuresAndWritesNothing() throws {
         _ = try TestData.smolLM2()

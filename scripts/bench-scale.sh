@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The scale benchmark: random-weight models in the shapes of Llama 3.2 1B, Qwen2.5 1.5B and Llama 3.1 8B (written by
+# `lorakit-bench make-model`), one training step per row (forward, backward, AdamW; rank 16 on the seven linear
+# weights, batch 1), each row in its own process so that its peak RSS is its own, printed beside the memory plan.
+#
+#   scripts/bench-scale.sh [ROWS...]      ROW = shape:type:ctx:threads:checkpointing, e.g. llama-3.2-1b:q4_k:512:2:on
+#   (no rows: the default table below; models are written to $SCALE_DIR, default /tmp/lorakit-scale, ~6 GB for all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE_DIR=${SCALE_DIR:-/tmp/lorakit-scale}
+ROWS=("$@")
+if [ ${#ROWS[@]} -eq 0 ]; then
+    ROWS=(llama-3.2-1b:q4_k:512:2:off llama-3.2-1b:q4_k:512:2:on llama-3.2-1b:q4_k:2048:2:on
+          llama-3.2-1b:q4_k:4096:2:on llama-3.1-8b:q4_k:512:2:on)
+fi
+swift build -c release $(scripts/swift-flags.sh) --product lorakit-bench >&2
+bench=.build/release/lorakit-bench
+mkdir -p "$SCALE_DIR"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, flags: $(grep -m1 -o -w 'avx512[a-z_0-9]*\|avx2\|fma\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+for row in "${ROWS[@]}"; do
+    IFS=: read -r shape type ctx threads checkpointing <<<"$row"
+    model="$SCALE_DIR/$shape-$type.gguf"
+    [ -f "$model" ] || "$bench" make-model --shape "$shape" --type "$type" -o "$model" >&2
+    flag=""
+    [ "$checkpointing" = on ] && flag=--checkpointing
+    echo "== $shape $type, 1 × $ctx tokens, $threads threads, checkpointing $checkpointing"
+    "$bench" step -m "$model" --batch 1 --ctx "$ctx" --rank 16 --threads "$threads" --steps 1 --warmup 0 $flag | tail -2
+done
