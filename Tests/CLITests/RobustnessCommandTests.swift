@@ -148,7 +148,7 @@ final class RobustnessCommandTests: XCTestCase {
         for (key, value, expected) in [("llama.rope.freq_base", MetadataValue.float32(.nan), "llama.rope.freq_base"),
                                        ("llama.rope.freq_base", .float32(0), "llama.rope.freq_base"),
                                        ("llama.attention.layer_norm_rms_epsilon", .float32(-1), "layer_norm_rms_epsilon"),
-                                       ("llama.rope.dimension_count", .uint32(6), "rope.dimension_count"),
+                                       ("llama.rope.dimension_count", .uint32(10), "rope.dimension_count"),  // more than the head's 8
                                        ("llama.block_count", .uint32(1), "llama.block_count"),
                                        ("tokenizer.ggml.merges", .array(.string, [.string("AB")]), "tokenizer.ggml.merges")] {
             var tiny = TinyLlama()
