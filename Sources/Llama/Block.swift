@@ -216,9 +216,7 @@ struct TransformerBlock<T: KernelScalar> {
 
     /// y = x·Wᵀ + LoRA, recording the adapters' x·Aᵀ in `c` for backward.
     func linear(_ w: LinearWeight<T>, _ x: [T], _ n: Int, _ c: BlockActivations<T>?) -> [T] {
-        let (y, saved) = w.forward(x, rows: n)
-        if let c, !saved.isEmpty { c.lora[w.name] = saved }
-        return y
+        LinearGroup.separate([w]).forward(x, rows: n, keep: c)[0]
     }
 
     /// Attention output [N, Q] and, in causal mode, the probabilities; cached mode first appends k, v to the cache.
@@ -309,9 +307,6 @@ struct TransformerBlock<T: KernelScalar> {
 
     func linearBackward(_ w: LinearWeight<T>, _ dy: [T], _ x: [T], _ n: Int, _ c: BlockActivations<T>,
                         into dx: inout [T], accumulate: Bool) {
-        dx.withUnsafeMutableBufferPointer { d in
-            LinearLoRA.backward(dy: dy, x: x, n: n, weight: w, saved: c.lora[w.name] ?? [], dx: d.baseAddress!,
-                                accumulate: accumulate)
-        }
+        LinearGroup.separate([w]).backward([dy], x: x, rows: n, activations: c, into: &dx, accumulate: accumulate)
     }
 }

@@ -132,7 +132,7 @@ extension LlamaModel {
                 capped[r * u + column[rowTargets[r]]!] = targetLogit[r]
             }
             capLogitsBackward(&dz, capped: config.finalSoftCap == nil ? [] : capped)
-            let saved = gathered.forward(h, rows: R).saved
+            let saved = gathered.adapters.isEmpty ? [] : gathered.forward(h, rows: R).saved  // the adapters' x·Aᵀ only
             dh.withUnsafeMutableBufferPointer { d in
                 LinearLoRA.backward(dy: dz, x: h, n: R, weight: gathered, saved: saved, dx: d.baseAddress!, accumulate: true)
             }
