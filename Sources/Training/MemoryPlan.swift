@@ -1,3 +1,4 @@
+import Foundation
 import Llama
 
 /// What a training run will hold in memory, by part, before it starts: a pure function of the model's shape, the
@@ -53,15 +54,23 @@ public struct MemoryPlan: Sendable, Equatable {
         // A chunk holds its weights and the chunk's logits for every row (twice with a final soft cap, which keeps the
         // capped logits for its backward).
         let logitCopies = mc.finalSoftCap == nil ? 1 : 2
-        let headBytes = denseHead <= LlamaConfig.denseHeadLimit
-            ? denseHead + 4 * logitCopies * min(tokens, LlamaConfig.headRows) * mc.vocabulary
-            : 4 * chunk * (mc.embedding + logitCopies * tokens)
-        // Weights are dequantized one layer at a time, or all kept with --cache-weights.
-        let dequantizedBytes = i.cacheWeights ? i.parameterCount * 4
-                                              : (i.parameterCount - mc.vocabulary * mc.embedding) / mc.layers * 4
-        let activations = checkpointing ? layerBytes + 4 * tokens * mc.embedding * mc.layers : layerBytes * mc.layers
-        parts = [("weights (mapped file) + dequantized head (or chunk) and layer", i.fileSize + headBytes + dequantizedBytes),
-                 ("activations", workingBytes + activations),
+        let headIsDense = denseHead <= LlamaConfig.denseHeadLimit
+        let headPhase = headIsDense ? 4 * logitCopies * min(tokens, LlamaConfig.headRows) * mc.vocabulary
+                                    : 4 * chunk * (mc.embedding + logitCopies * tokens)
+        // Block weights are dequantized one layer at a time, or all kept with --cache-weights (the head and the
+        // embedding are read apart from them).
+        let blockParameters = i.parameterCount - mc.vocabulary * mc.embedding * (mc.tiedEmbeddings ? 1 : 2)
+        let dequantizedBytes = 4 * (i.cacheWeights ? blockParameters : blockParameters / mc.layers)
+        // The head's scratch and a layer's (its working buffers, and with checkpointing its rebuilt activations) are
+        // never held at once: the head runs between the last layer's forward and the first layer's backward, and
+        // the heap reuses one's memory for the other, so the peak holds the larger of the two.
+        let layerPhase = workingBytes + (checkpointing ? layerBytes : 0) + (i.cacheWeights ? 0 : dequantizedBytes)
+        let kept = checkpointing ? 4 * tokens * mc.embedding * mc.layers : layerBytes * mc.layers
+        let layerOrHead = max(layerPhase, headPhase)
+        parts = [("weights (mapped file)" + (headIsDense ? " + dequantized head" : "") + (i.cacheWeights ? " + every dequantized weight" : ""),
+                  i.fileSize + (headIsDense ? denseHead : 0) + (i.cacheWeights ? dequantizedBytes : 0)),
+                 ("activations kept for backward", kept),
+                 (layerPhase >= headPhase ? "layer in flight (dequantized weights, buffers)" : "head in flight (vocabulary chunk, logits)", layerOrHead),
                  ("LoRA, gradients, AdamW moments", i.trainableParameters * 16),
                  ("runtime, tokenizer, data, BLAS buffers", MemoryPlan.runtimeBytes)]
         gradientCheckpointing = checkpointing
@@ -101,5 +110,37 @@ public struct MemoryPlan: Sendable, Equatable {
             if MemoryPlan(trial, checkpointing: true).total <= limit { return (true, 1, trial.context) }
         }
         return nil
+    }
+}
+
+/// This process's resident memory, the figure a plan is checked against.
+public enum ResidentMemory {
+    /// The peak resident size of this process image, the mapped model's touched pages included: Linux's VmHWM.
+    /// Not `getrusage`'s ru_maxrss, which survives exec: a process started by a large parent (a test runner)
+    /// reports the parent's size at fork when that is larger.
+    public static func peakBytes() -> Int {
+        #if os(Linux)
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+           let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+           let kB = Int(line.split(separator: " ").dropFirst().first ?? "") {
+            return kB * 1024
+        }
+        #endif
+        var usage = rusage()
+        #if os(Linux)
+        getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+        return Int(usage.ru_maxrss) * 1024
+        #else
+        getrusage(RUSAGE_SELF, &usage)
+        return Int(usage.ru_maxrss)  // bytes on Darwin
+        #endif
+    }
+
+    /// Starts a new peak at the current resident size (Linux: writing 5 to clear_refs), so that several runs in one
+    /// process each measure their own (from what the heap still holds of the earlier ones).
+    public static func resetPeak() {
+        #if os(Linux)
+        try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
+        #endif
     }
 }

@@ -87,7 +87,7 @@ struct StudyBench: ParsableCommand {
         let file = try GGUFFile(path: model)
         if file.metadata["tokenizer.chat_template"] == nil && task == "velmora" { c.chatTemplate = "gemma" }
         var result = Result()
-        resetPeakMemory()
+        ResidentMemory.resetPeak()
         var speeds: [Double] = []
         result.seconds = try seconds {
             _ = try Trainer(configuration: c).run { event in
@@ -100,7 +100,7 @@ struct StudyBench: ParsableCommand {
                 return true
             }
         }
-        result.peakBytes = peakMemory()
+        result.peakBytes = ResidentMemory.peakBytes()
         result.tokensPerSecond = speeds.dropFirst().reduce(0, +) / Double(max(1, speeds.count - 1))
         result.adapterBytes = (try FileManager.default.attributesOfItem(atPath: c.adapterOut)[.size] as? Int) ?? 0
         (result.matches, result.asked) = try exactMatch(model: file, adapter: c.adapterOut, task: task, valid: valid,
@@ -144,14 +144,4 @@ struct StudyBench: ParsableCommand {
         return (matches, lines.count)
     }
 
-    /// Linux keeps the process's peak resident memory (VmHWM); writing 5 to clear_refs resets it (to the current
-    /// resident size, which includes memory the heap keeps after an earlier run: hence `--only`).
-    func resetPeakMemory() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
-
-    func peakMemory() -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kB = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
-        return kB * 1024
-    }
 }

@@ -23,13 +23,6 @@ struct TrainingReport {
 
     static func mb(_ bytes: Int) -> String { String(format: "%.0f MB", Double(bytes) / 1_048_576) }
 
-    /// This process's peak resident memory (the mapped model's pages it touched included).
-    static func peakResidentBytes() -> Int {
-        var usage = rusage()
-        getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
-        return Int(usage.ru_maxrss) * 1024
-    }
-
     static func duration(_ s: Double) -> String {
         let t = Int(s.rounded())
         return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t / 60 % 60) : String(format: "%dm%02ds", t / 60, t % 60)
@@ -74,7 +67,7 @@ struct TrainingReport {
             print("finished: \(summary.steps) steps" + (summary.finalLoss.map { String(format: ", last loss %.4f", $0) } ?? "")
                   + (summary.bestValidationLoss.map { String(format: ", best validation loss %.4f", $0) } ?? "")
                   + (summary.stoppedEarly.map { " (stopped: \($0))" } ?? ""))
-            print("peak memory \(TrainingReport.mb(TrainingReport.peakResidentBytes()))"
+            print("peak memory \(TrainingReport.mb(ResidentMemory.peakBytes()))"
                   + (plannedBytes.map { " (memory plan \(TrainingReport.mb($0)))" } ?? ""))
         }
     }

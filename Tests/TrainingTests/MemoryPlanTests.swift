@@ -18,15 +18,23 @@ final class MemoryPlanTests: XCTestCase {
         let tokens = 4 * 256
         let kept = 4 * tokens * (576 + 576 + 2 * 192 + 2 * 1536)
         let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 4 * 9 * 256)  // the tiled attention's row statistics
-        XCTAssertEqual(plan.parts[1].bytes, working + 30 * kept)
-        XCTAssertEqual(plan.parts[2].bytes, 4_884_480 * 16, "A, B, their gradients and two moments in float32")
-        XCTAssertEqual(plan.parts[0].bytes, 100_000_000 + 49152 * 576 * 4 + 4 * 160 * 49152 + (134_515_008 - 49152 * 576) / 30 * 4,
-                       "the file, the dense head and one block of its logits, one dequantized layer")
-        XCTAssertEqual(plan.parts[3].bytes, 48 << 20)
+        let layer = (134_515_008 - 49152 * 576) / 30 * 4
+        XCTAssertEqual(plan.parts[0].bytes, 100_000_000 + 49152 * 576 * 4, "the file and the dense head")
+        XCTAssertEqual(plan.parts[1].bytes, 30 * kept)
+        XCTAssertEqual(plan.parts[2].bytes, max(working + layer, 4 * 160 * 49152),
+                       "the larger of a layer in flight and a block of the head's logits")
+        XCTAssertTrue(plan.parts[2].name.hasPrefix("layer"), plan.parts[2].name)
+        XCTAssertEqual(plan.parts[3].bytes, 4_884_480 * 16, "A, B, their gradients and two moments in float32")
+        XCTAssertEqual(plan.parts[4].bytes, 48 << 20)
         XCTAssertEqual(plan.total, plan.parts.reduce(0) { $0 + $1.bytes })
         let checkpointed = MemoryPlan(inputs(), checkpointing: true)
-        XCTAssertEqual(checkpointed.parts[1].bytes, working + kept + 4 * tokens * 576 * 30)
+        XCTAssertEqual(checkpointed.parts[1].bytes, 4 * tokens * 576 * 30, "each layer's input")
+        XCTAssertEqual(checkpointed.parts[2].bytes, working + kept + layer, "the layer being rebuilt keeps its activations")
         XCTAssertLessThan(checkpointed.total, plan.total)
+        var cached = inputs()
+        cached.cacheWeights = true
+        XCTAssertEqual(MemoryPlan(cached, checkpointing: false).parts[0].bytes, 100_000_000 + 49152 * 576 * 4 + 4 * (134_515_008 - 49152 * 576),
+                       "--cache-weights: every block weight, the head once")
     }
 
     /// Long rows cost the attention one value per row and head, not the [T, T] probabilities.
@@ -34,19 +42,33 @@ final class MemoryPlanTests: XCTestCase {
         let plan = MemoryPlan(inputs(batch: 1, context: 4096), checkpointing: true)
         let tokens = 4096, kept = 4 * tokens * (576 + 576 + 2 * 192 + 2 * 1536)
         let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 9 * 4096)
-        XCTAssertEqual(plan.parts[1].bytes, working + kept + 4 * tokens * 576 * 30)
+        XCTAssertEqual(plan.parts[2].bytes, working + kept + (134_515_008 - 49152 * 576) / 30 * 4)
     }
 
     /// A vocabulary head larger than 512 MB dequantized (Llama 3 8B: 128 256 × 4096) counts one chunk of it and
-    /// that chunk's logits, not the whole head.
+    /// that chunk's logits, not the whole head, and only when they outweigh a layer in flight.
     func testLargeHeadsArePlannedByChunk() {
         var llama3 = smol
-        (llama3.layers, llama3.embedding, llama3.vocabulary, llama3.feedForward) = (32, 4096, 128_256, 14336)
-        let plan = MemoryPlan(MemoryPlan.Inputs(config: llama3, fileSize: 4_900_000_000, parameterCount: 8_030_261_248,
-                                                batch: 1, context: 512, trainableParameters: 20_000_000, cacheWeights: false),
+        (llama3.layers, llama3.embedding, llama3.vocabulary, llama3.feedForward, llama3.tiedEmbeddings) = (32, 4096, 128_256, 14336, false)
+        (llama3.heads, llama3.kvHeads, llama3.headDim) = (32, 8, 128)
+        func plan(context: Int) -> MemoryPlan {
+            MemoryPlan(MemoryPlan.Inputs(config: llama3, fileSize: 4_900_000_000, parameterCount: 8_030_261_248,
+                                         batch: 1, context: context, trainableParameters: 20_000_000, cacheWeights: false),
+                       checkpointing: true)
+        }
+        XCTAssertEqual(plan(context: 512).parts[0].bytes, 4_900_000_000, "no dense head")
+        let layer = (8_030_261_248 - 2 * 128_256 * 4096) / 32 * 4
+        XCTAssertGreaterThan(plan(context: 512).parts[2].bytes, layer, "a layer in flight outweighs the head's chunk")
+        // A narrow model with a large vocabulary (Gemma 3 270M: 640 wide, 262 144 tokens) at 4096-token rows: the
+        // chunk's logits outweigh the layer.
+        var gemma = smol
+        (gemma.layers, gemma.embedding, gemma.vocabulary, gemma.feedForward) = (18, 640, 262_144, 2048)
+        (gemma.heads, gemma.kvHeads, gemma.headDim) = (4, 1, 256)
+        let long = MemoryPlan(MemoryPlan.Inputs(config: gemma, fileSize: 250_000_000, parameterCount: 268_098_176,
+                                                batch: 1, context: 4096, trainableParameters: 1_000_000, cacheWeights: false),
                               checkpointing: true)
-        let layer = (8_030_261_248 - 128_256 * 4096) / 32 * 4
-        XCTAssertEqual(plan.parts[0].bytes, 4_900_000_000 + 4 * 16384 * (4096 + 512) + layer)
+        XCTAssertEqual(long.parts[2].bytes, 4 * 16384 * (640 + 4096))
+        XCTAssertTrue(long.parts[2].name.hasPrefix("head"), long.parts[2].name)
     }
 
     func testCheckpointingTurnsOnWhenNeeded() {
