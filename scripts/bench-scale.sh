@@ -5,6 +5,11 @@
 #
 #   scripts/bench-scale.sh [ROWS...]      ROW = shape:type:ctx:threads:checkpointing, e.g. llama-3.2-1b:q4_k:512:2:on
 #   (no rows: the default table below; models are written to $SCALE_DIR, default /tmp/lorakit-scale, ~6 GB for all)
+#   PEFT=/tmp/peftenv/bin/python scripts/bench-scale.sh ...   also runs PEFT on the same row after LoRAKit's
+#   (scripts/bench-peft.py: transformers builds the shape with random float32 weights; 3 steps, the third timed),
+#   in float32 and, with PEFT_BF16=1, with bf16 autocast too.
+# The models carry SmolLM2's tokenizer padded to the shape's vocabulary (when models/ has it), so `lorakit train`
+# runs on them too (`--dry-run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE_DIR=${SCALE_DIR:-/tmp/lorakit-scale}
@@ -20,9 +25,19 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc
 for row in "${ROWS[@]}"; do
     IFS=: read -r shape type ctx threads checkpointing <<<"$row"
     model="$SCALE_DIR/$shape-$type.gguf"
-    [ -f "$model" ] || "$bench" make-model --shape "$shape" --type "$type" -o "$model" >&2
+    tokenizer=()
+    [ -f models/SmolLM2-135M-Instruct.Q4_1.gguf ] && tokenizer=(--tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf)
+    [ -f "$model" ] || "$bench" make-model --shape "$shape" --type "$type" -o "$model" "${tokenizer[@]}" >&2
     flag=""
     [ "$checkpointing" = on ] && flag=--checkpointing
     echo "== $shape $type, 1 × $ctx tokens, $threads threads, checkpointing $checkpointing"
-    "$bench" step -m "$model" --batch 1 --ctx "$ctx" --rank 16 --threads "$threads" --steps 1 --warmup 0 $flag | tail -2
+    "$bench" step -m "$model" --batch 1 --ctx "$ctx" --rank 16 --threads "$threads" --steps 1 --warmup 0 $flag | tail -3
+    if [ -n "${PEFT:-}" ]; then
+        for bf16 in "" ${PEFT_BF16:+--bf16}; do
+            status=0
+            out=$("$PEFT" scripts/bench-peft.py "$shape" --batch 1 --ctx "$ctx" --rank 16 --threads "$threads" --steps 3 \
+                $flag $bf16 2>/dev/null) || status=$?
+            echo "$out" | grep '^peft' || echo "peft${bf16:+ (bf16)}: exit status $status$([ $status = 137 ] && echo ', killed: out of memory')"
+        done
+    fi
 done

@@ -137,6 +137,8 @@ public enum BLAS {
     /// When set, every Float product adds its wall time to `gemmNanoseconds` (for benchmarks).
     nonisolated(unsafe) public static var measureGEMM = false
     nonisolated(unsafe) public static var gemmNanoseconds: UInt64 = 0
+    /// With `measureGEMM`: the floating-point operations the Float products issued (2·M·N·K each).
+    nonisolated(unsafe) public static var gemmOperations: UInt64 = 0
 
     static func now() -> UInt64 {
         var ts = timespec()
@@ -169,7 +171,12 @@ extension Float: KernelScalar {
                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
-        defer { if BLAS.measureGEMM { BLAS.gemmNanoseconds += BLAS.now() - start } }
+        defer {
+            if BLAS.measureGEMM {
+                BLAS.gemmNanoseconds += BLAS.now() - start
+                BLAS.gemmOperations += UInt64(2 * m * n * k)
+            }
+        }
         if let f = BLAS.library.sgemm {
             f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
               b, Int32(ldb), beta, c, Int32(ldc))

@@ -13,6 +13,8 @@ struct MakeModelBench: ParsableCommand {
     @Option(help: "llama-3.2-1b, qwen2.5-1.5b or llama-3.1-8b.") var shape: String
     @Option(help: "q4_k (Q6_K head, as Q4_K_M files) or q8_0.") var type = "q4_k"
     @Option(name: .shortAndLong) var output: String
+    @Option(help: ArgumentHelp("Copy this model's tokenizer, its vocabulary padded with unused tokens to the shape's size, so that `lorakit train` runs on the random model.", valueName: "GGUF"))
+    var tokenizerFrom: String?
 
     struct Shape {
         var architecture: String
@@ -30,6 +32,27 @@ struct MakeModelBench: ParsableCommand {
                               vocabulary: 128_256, tied: false, ropeBase: 500_000),
     ]
 
+    /// The `tokenizer.*` keys of another model; tokens beyond its vocabulary are `<unused_N>` (type unused, never
+    /// produced by the tokenizer), so text tokenizes as in that model and the ids fit the shape's head.
+    static func copyTokenizer(from path: String, vocabulary: Int, into md: inout Metadata) throws {
+        let source = try GGUFFile(path: path)
+        for (key, value) in source.metadata.entries where key.hasPrefix("tokenizer.") {
+            guard case let .array(type, items) = value, items.count < vocabulary,
+                  key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.token_type" || key == "tokenizer.ggml.scores" else {
+                md.set(key, value)
+                continue
+            }
+            let padding: [MetadataValue] = (items.count..<vocabulary).map { i in
+                switch key {
+                case "tokenizer.ggml.tokens": return .string("<unused_\(i)>")
+                case "tokenizer.ggml.token_type": return type == .uint32 ? .uint32(5) : .int32(5)
+                default: return type == .float64 ? .float64(0) : .float32(0)
+                }
+            }
+            md.set(key, .array(type, items + padding))
+        }
+    }
+
     func run() throws {
         guard let s = Self.shapes[shape] else {
             throw ValidationError("--shape: '\(shape)' is not one of \(Self.shapes.keys.sorted().joined(separator: ", "))")
@@ -46,6 +69,7 @@ struct MakeModelBench: ParsableCommand {
         }
         md.set(a + "rope.freq_base", .float32(s.ropeBase))
         md.set(a + "attention.layer_norm_rms_epsilon", .float32(1e-5))
+        if let path = tokenizerFrom { try Self.copyTokenizer(from: path, vocabulary: s.vocabulary, into: &md) }
         var writer = GGUFWriter(metadata: md)
         var rng = SplitMix(seed: 42)
         let linear: TensorType = type == "q4_k" ? .q4_K : .q8_0, head: TensorType = type == "q4_k" ? .q6_K : .q8_0

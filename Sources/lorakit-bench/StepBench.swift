@@ -61,19 +61,32 @@ struct StepBench: ParsableCommand {
             for _ in 0..<warmup { try trainingStep() }
             BLAS.measureGEMM = true
             BLAS.gemmNanoseconds = 0
+            BLAS.gemmOperations = 0
             let start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<steps { try trainingStep() }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(steps)
             BLAS.measureGEMM = false
             let gemm = Double(BLAS.gemmNanoseconds) / 1e9 / Double(steps)
+            let issued = Double(BLAS.gemmOperations) / 1e9 / Double(steps)
             print(String(format: "threads %d: %.2f s/step, %.0f tokens/s, GEMM %.0f%% of the step, peak RSS %.0f MB",
                          t, elapsed, Double(n) / elapsed, 100 * gemm / elapsed, peakMemoryMB()))
+            print(String(format: "  products: %.0f GFLOP issued per step (the step's minimum %.0f), %.0f GFLOP/s inside them",
+                         issued, minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9, issued / gemm))
         }
     }
 }
 
-func peakMemoryMB() -> Double {
-    var usage = rusage()
-    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
-    return Double(usage.ru_maxrss) / 1024
+/// The products one step cannot avoid: each linear weight (and the head) once forward and once for the input
+/// gradient, causal attention's two products forward and four backward, and the LoRA products (forward, and
+/// backward's gradient of A, of B and of the input), every row scored.
+func minimumOperations(_ config: LlamaConfig, batch: Int, length: Int, rank: Int) -> Double {
+    let tokens = Double(batch * length)
+    let linear = config.blockTargets.map { config.features(of: $0)! }
+    let weights = Double(config.layers) * linear.reduce(0) { $0 + Double($1.in * $1.out) } + Double(config.embedding * config.vocabulary)
+    let lora = Double(config.layers) * linear.reduce(0) { $0 + Double(rank * ($1.in + $1.out)) }
+    let causalPairs = Double(batch) * Double(length) * Double(length + 1) / 2
+    let attention = Double(config.layers * config.heads * config.headDim) * causalPairs * 2 * 2
+    return 2 * tokens * weights * 2 + 3 * attention + 2 * tokens * lora * 4
 }
+
+func peakMemoryMB() -> Double { Double(ResidentMemory.peakBytes()) / 1_048_576 }
