@@ -16,7 +16,11 @@ The LoRA adapter (rank 4, alpha 8, all seven linear weights of every layer) is n
 
   scripts/fetch-model.sh all
   python3 -m venv /tmp/peftenv && /tmp/peftenv/bin/pip install /opt/wheels/torch-*.whl transformers peft gguf sentencepiece
-  /tmp/peftenv/bin/python scripts/make-arch-references.py [qwen2.5|gemma3 …]
+  /tmp/peftenv/bin/python scripts/make-arch-references.py [--float64] [qwen2.5|gemma3 …]
+
+--float64 runs transformers and PEFT in float64 (the float32 weights transformers dequantized, widened), so that the
+reference carries no float32 rounding of its own: Gemma 3's is made so (a float32 reference put one of its gradients
+1.0004e-3 away from ours, at the edge of the 1e-3 bar); Qwen2.5's is float32.
 """
 import math, os, sys
 import numpy as np
@@ -42,14 +46,14 @@ def init_value(kind, layer, target, shape):
     return (0.02 * np.sin(phase)).astype(np.float32)
 
 
-def main(names):
+def main(names, dtype):
     text = open(os.path.join(root, "data", "shakespeare.txt"), encoding="utf-8").read()[:600]
     torch.manual_seed(0)
     for name in names:
         file, arch = MODELS[name]
         path = os.path.join(root, "models")
         tok = AutoTokenizer.from_pretrained(path, gguf_file=file)
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=file, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=file, torch_dtype=torch.float32).to(dtype)
         model.eval()
         ids = tok(text, return_tensors="pt").input_ids[:, :TOKENS]
         T = ids.shape[1]
@@ -61,7 +65,7 @@ def main(names):
         rows = np.array([0, T - 1], dtype=np.int32)
 
         config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0, bias="none")
-        peft_model = get_peft_model(model, config)
+        peft_model = get_peft_model(model, config).to(dtype)
         layers = model.config.num_hidden_layers
         for l in range(layers):
             for t, module_name in enumerate(TARGETS):
@@ -69,8 +73,8 @@ def main(names):
                 module = getattr(getattr(peft_model.base_model.model.model.layers[l], part), module_name)
                 a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
                 with torch.no_grad():
-                    a.copy_(torch.from_numpy(init_value("A", l, t, tuple(a.shape))))
-                    b.copy_(torch.from_numpy(init_value("B", l, t, tuple(b.shape))))
+                    a.copy_(torch.from_numpy(init_value("A", l, t, tuple(a.shape))).to(dtype))
+                    b.copy_(torch.from_numpy(init_value("B", l, t, tuple(b.shape))).to(dtype))
         out = peft_model(ids, labels=ids)
         out.loss.backward()
         lora_loss = out.loss.item()
@@ -88,7 +92,7 @@ def main(names):
 
         dst = os.path.join(root, "testdata", "reference", f"{name}-compact.gguf")
         w = gguf.GGUFWriter(dst, arch)
-        w.add_string("reference.description", f"transformers + PEFT on models/{file} (scripts/make-arch-references.py)")
+        w.add_string("reference.description", f"transformers + PEFT in {str(dtype).split('.')[-1]} on models/{file} (scripts/make-arch-references.py)")
         w.add_float64("reference.loss", loss)
         w.add_float64("reference.lora_loss", lora_loss)
         w.add_uint32("reference.lora_rank", RANK)
@@ -108,4 +112,5 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(MODELS))
+    wide = "--float64" in sys.argv
+    main([a for a in sys.argv[1:] if a != "--float64"] or list(MODELS), torch.float64 if wide else torch.float32)

@@ -151,9 +151,10 @@ public struct ChatTemplate: Sendable, Equatable {
             for (i, m) in rest.enumerated() {
                 b.message(m) { b in
                     let role = m.role == .assistant ? "model" : "user"
-                    let content = (i == 0 ? system.map { $0 + "\n\n" } ?? "" : "") + m.content
+                    // Gemma 3's template puts the system text, untrimmed, before the first user turn's trimmed text.
+                    let prefix = i == 0 ? system.map { $0 + "\n\n" } ?? "" : ""
                     b.text += "<start_of_turn>" + role + "\n"
-                    b.completion(m, ChatTemplate.trimmed(content) + "<end_of_turn>")
+                    b.completion(m, prefix + ChatTemplate.trimmed(m.content) + "<end_of_turn>")
                     b.text += "\n"
                 }
             }
