@@ -20,7 +20,9 @@ The LoRA adapter (rank 4, alpha 8, all seven linear weights of every layer) is n
 
 --float64 runs transformers and PEFT in float64 (the float32 weights transformers dequantized, widened), so that the
 reference carries no float32 rounding of its own: Gemma 3's is made so (a float32 reference put one of its gradients
-1.0004e-3 away from ours, at the edge of the 1e-3 bar); Qwen2.5's is float32.
+1.0004e-3 away from ours, at the edge of the 1e-3 bar); Qwen2.5's is float32. Gemma's RMSNorm casts its input to
+float32 whatever the model's type, so in float64 it is replaced by the same formula in the input's type (RoPE
+angles and the eager attention's softmax stay float32 in transformers).
 """
 import math, os, sys
 import numpy as np
@@ -46,7 +48,18 @@ def init_value(kind, layer, target, shape):
     return (0.02 * np.sin(phase)).astype(np.float32)
 
 
+def widen_gemma_norms():
+    """Gemma3RMSNorm.forward computes in float32 (x.float(), weight.float()) even in a float64 model."""
+    from transformers.models.gemma3 import modeling_gemma3
+
+    def forward(self, x):
+        return self._norm(x) * (1.0 + self.weight)
+    modeling_gemma3.Gemma3RMSNorm.forward = forward
+
+
 def main(names, dtype):
+    if dtype == torch.float64:
+        widen_gemma_norms()
     text = open(os.path.join(root, "data", "shakespeare.txt"), encoding="utf-8").read()[:600]
     torch.manual_seed(0)
     for name in names:

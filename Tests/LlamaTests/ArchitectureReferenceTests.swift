@@ -151,8 +151,10 @@ final class ArchitectureReferenceTests: XCTestCase {
         XCTAssertEqual(compared, 2 * 7 * 2, "the first and last layers whole")
         // Gemma 3's reference is transformers + PEFT in float64; Qwen2.5's is float32. Every gradient of both is
         // within 1e-3 but one: Gemma's blk.16.ffn_down A gradient (norm 0.39, above the median) is 1.0008e-3 from
-        // float64 (0.99e-3 to 1.0004e-3 from a float32 reference) and 0.99e-3 when LoRAKit itself runs in Double,
-        // so it is a difference in what is computed, not rounding; Gemma is held to 2e-3 until it is found.
+        // float64 (0.99e-3 to 1.0004e-3 from a float32 reference), and LoRAKit in Double is 1e-4 to 1e-3 from it on
+        // many A gradients while the logits agree within 1e-4: a difference in backward, not rounding (the
+        // reference's own float32 parts, its norms, RoPE angles and attention softmax, changed nothing when its
+        // norms were widened). Gemma is held to 2e-3 until it is found.
         XCTAssertLessThan(worst, which.name == "gemma3" ? 2e-3 : 1e-3, "\(which.name): worst relative L2 error at \(worstName)")
     }
 }
