@@ -78,7 +78,7 @@ struct LinearWeight<T: KernelScalar> {
         case let .dense(w):
             return w.withUnsafeBufferPointer { body($0.baseAddress!) }
         case let .rows(type, data, _):
-            let floats = LlamaWeights<T>.dequantize(type, from: data, rowLength: inFeatures, rows: 0..<outFeatures)
+            let floats = Dequantize.onAllThreads(type, from: data, rowLength: inFeatures, rows: [0..<outFeatures])
             if T.self == Float.self { return floats.withUnsafeBufferPointer { body(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: T.self)) } }
             return floats.map { T($0) }.withUnsafeBufferPointer { body($0.baseAddress!) }
         }
