@@ -2,6 +2,7 @@ import Foundation
 import GGUF
 import Llama
 import LoRA
+import TestSupport
 import XCTest
 
 /// Inputs libFuzzer found (scripts/fuzz.sh), each once a trap or a hang: now an error, at once.
@@ -27,7 +28,7 @@ final class FuzzFindingsTests: XCTestCase {
     func testPEFTConfigWithAHugeRank() throws {
         let bytes = try Data(contentsOf: URL(fileURLWithPath: fixture("peft-huge-rank.bin")))
         let split = bytes.firstIndex(of: 0) ?? bytes.count
-        let dir = NSTemporaryDirectory() + "/lorakit-fuzz-peft-\(getpid())"
+        let dir = temporaryDirectory("lorakit-fuzz-peft")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try bytes[..<split].write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
         try bytes[min(split + 1, bytes.count)...].write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))

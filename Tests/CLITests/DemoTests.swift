@@ -7,7 +7,7 @@ final class DemoTests: XCTestCase {
     func testShortenedDemo() throws {
         let root = LoRAKitBinary.packageRoot
         _ = try TestData.smolLM2()
-        let out = NSTemporaryDirectory() + "/lorakit-demo-\(getpid())"
+        let out = temporaryDirectory("lorakit-demo")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
         p.arguments = [root + "/scripts/demo.sh"]

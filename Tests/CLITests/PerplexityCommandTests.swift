@@ -9,7 +9,7 @@ final class PerplexityCommandTests: XCTestCase {
         let model = LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         _ = try TestData.smolLM2()
         let text = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("data/shakespeare.txt"))).prefix(20000)
-        let path = NSTemporaryDirectory() + "/shakespeare-20k-\(getpid()).txt"
+        let path = temporaryDirectory() + "/shakespeare-20k.txt"
         try text.write(to: URL(fileURLWithPath: path))
         let (status, out, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", path, "-c", "256", "-b", "512", "--chunks", "3"])
         XCTAssertEqual(status, 0, err)

@@ -9,7 +9,7 @@ final class TrainCommandTests: XCTestCase {
     /// command that finishes the run.
     func testInterruptSavesAndExplainsHowToResume() throws {
         _ = try TestData.smolLM2()
-        let dir = NSTemporaryDirectory() + "/lorakit-sigint-\(getpid())"
+        let dir = temporaryDirectory("lorakit-sigint")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
@@ -53,7 +53,7 @@ final class TrainCommandTests: XCTestCase {
     /// (without checkpointing; see below).
     func testMemoryPlanPredictsThePeak() throws {
         _ = try TestData.smolLM2()
-        let dir = NSTemporaryDirectory() + "/lorakit-peak-\(getpid())"
+        let dir = temporaryDirectory("lorakit-peak")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         // The peak is the child's own (VmHWM): getrusage's survives exec and once reported this test runner's 941 MB
         // for a checkpointed run that peaked at 415 MB.
@@ -74,7 +74,7 @@ final class TrainCommandTests: XCTestCase {
     /// --dry-run trains a few real steps, projects the whole run's time and writes nothing.
     func testDryRunMeasuresAndWritesNothing() throws {
         _ = try TestData.smolLM2()
-        let dir = NSTemporaryDirectory() + "/lorakit-dry-\(getpid())"
+        let dir = temporaryDirectory("lorakit-dry")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let (status, out, err) = try LoRAKitBinary.run([
             "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"),

@@ -14,7 +14,7 @@ final class ChatMaskTests: XCTestCase {
 
     func testOnlyAssistantTokensAreLearned() throws {
         let (file, tokenizer) = try smolLM2()
-        let path = NSTemporaryDirectory() + "/chat-\(getpid()).jsonl"
+        let path = temporaryDirectory() + "/chat.jsonl"
         let line = #"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Zorbia?"}, {"role": "assistant", "content": "Quillton."}]}"#
         try (line + "\n").write(toFile: path, atomically: true, encoding: .utf8)
         XCTAssertEqual(try JSONLReader.detectFormat(path: path), .chat)
@@ -31,7 +31,7 @@ final class ChatMaskTests: XCTestCase {
 
     func testCompletionMaskAndEOS() throws {
         let (_, tokenizer) = try smolLM2()
-        let path = NSTemporaryDirectory() + "/pc-\(getpid()).jsonl"
+        let path = temporaryDirectory() + "/pc.jsonl"
         try #"{"prompt": "Q: 2+2?\nA:", "completion": " 4"}"#.appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
         XCTAssertEqual(try JSONLReader.detectFormat(path: path), .completion)
         let e = try JSONLReader(tokenizer: tokenizer, chatTemplate: nil, trainOnPrompt: false).read(path: path, format: .completion)[0]

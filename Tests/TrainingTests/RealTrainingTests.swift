@@ -22,7 +22,7 @@ final class RealTrainingTests: XCTestCase {
     /// ctx 256, batch 4, rank 8, lr 1e-4, 30 steps: the loss on held-out Shakespeare (the perplexity's log) falls.
     func testShakespeareHeldOutLossFalls() throws {
         let text = try Data(contentsOf: URL(fileURLWithPath: try shared("shakespeare.txt")))
-        let dir = NSTemporaryDirectory() + "/lorakit-shk-\(getpid())"
+        let dir = temporaryDirectory("lorakit-shk")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try text.prefix(text.count - 20000).write(to: URL(fileURLWithPath: dir + "/train.txt"))
         try text.suffix(20000).write(to: URL(fileURLWithPath: dir + "/heldout.txt"))
@@ -42,8 +42,8 @@ final class RealTrainingTests: XCTestCase {
     }
 
     func testWikiSQLValidationLossFalls() throws {
-        let dir = NSTemporaryDirectory()
-        var c = TrainingConfiguration(model: try model(), trainData: try shared("wikisql-train.jsonl"), adapterOut: dir + "/wikisql-\(getpid()).gguf")
+        let dir = temporaryDirectory("lorakit-wikisql")
+        var c = TrainingConfiguration(model: try model(), trainData: try shared("wikisql-train.jsonl"), adapterOut: dir + "/wikisql.gguf")
         c.validationData = try shared("wikisql-valid.jsonl")
         c.context = 128
         c.batch = 4
