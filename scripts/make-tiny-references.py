@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tiny random Qwen3 and Gemma 2 models in llama.cpp's GGUF layout, with transformers + PEFT references, for the
+"""Tiny random Qwen3, Gemma 2 and Gemma 3 models in llama.cpp's GGUF layout, with transformers + PEFT references, for the
 architectures that have no small real file here. Each model is written the way llama.cpp's convert_hf_to_gguf.py
 writes that family (tensor names, Hugging Face row order for Q/K, Gemma's norm weights stored as 1 + w), then
 loaded back by transformers from the GGUF, so transformers (which undoes those conversions) judges the layout.
@@ -14,7 +14,8 @@ loaded back by transformers from the GGUF, so transformers (which undoes those c
 
 Shapes follow each family's real config, shrunk: Qwen3's head size (128) is not embedding / heads; Gemma 2 keeps
 head size 256 (its attention scale is 1/√256), alternating sliding-window layers (window 4 over 12 tokens) and
-its soft caps (50, 30).
+its soft caps (50, 30); Gemma 3 has six layers so that one is global (RoPE base 1e6) and five local
+(window 4, base 10 000), with Q/K norms and no soft caps.
 
   /tmp/peftenv/bin/python scripts/make-tiny-references.py
 """
@@ -33,6 +34,8 @@ RANK, ALPHA = 2, 4
 ARCHS = {
     "qwen3": dict(C=64, H=2, KV=1, d=128, F=96, V=80, L=2, window=None),
     "gemma2": dict(C=64, H=2, KV=1, d=256, F=96, V=80, L=2, window=4),
+    # Six layers: five local (window 4, RoPE base 10 000) and one global (base 1e6), as Gemma 3 alternates them.
+    "gemma3": dict(C=64, H=2, KV=1, d=256, F=96, V=80, L=6, window=4, rope_base=1e6),
 }
 
 
@@ -53,9 +56,10 @@ def write_model(arch, c, path):
     w.add_name(f"tiny-{arch}")
     w.add_block_count(L); w.add_context_length(256); w.add_embedding_length(C); w.add_feed_forward_length(F)
     w.add_head_count(H); w.add_head_count_kv(KV); w.add_key_length(d); w.add_value_length(d)
-    w.add_layer_norm_rms_eps(1e-6); w.add_rope_freq_base(10000.0); w.add_vocab_size(V)
+    w.add_layer_norm_rms_eps(1e-6); w.add_rope_freq_base(c.get("rope_base", 10000.0)); w.add_vocab_size(V)
     if gemma:
         w.add_sliding_window(c["window"])
+    if arch == "gemma2":
         w.add_float32(f"{arch}.attn_logit_softcapping", 50.0)
         w.add_float32(f"{arch}.final_logit_softcapping", 30.0)
     # A byte-level tokenizer the loaders accept (the tests feed ids directly).
@@ -74,7 +78,7 @@ def write_model(arch, c, path):
         add(p + "attn_k.weight", KV * d, C)
         add(p + "attn_v.weight", KV * d, C)
         add(p + "attn_output.weight", C, H * d)
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             add(p + "attn_q_norm.weight", d)
             add(p + "attn_k_norm.weight", d)
         if gemma:
