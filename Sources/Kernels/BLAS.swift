@@ -37,12 +37,14 @@ public enum BLAS {
                                               UnsafePointer<Double>?, Int32, UnsafePointer<Double>?, Int32, Double,
                                               UnsafeMutablePointer<Double>?, Int32) -> Void
     typealias SetThreadsFunction = @convention(c) (Int32) -> Void
+    typealias GetThreadsFunction = @convention(c) () -> Int32
     typealias CoreNameFunction = @convention(c) () -> UnsafeMutablePointer<CChar>?
 
     struct Library {
         var sgemm: SgemmFunction?
         var dgemm: DgemmFunction?
         var setThreads: SetThreadsFunction?
+        var getThreads: GetThreadsFunction?
         var coreName: CoreNameFunction?
         var path: String?
         var inheritedCoreType: String?
@@ -121,6 +123,7 @@ public enum BLAS {
             lib.sgemm = unsafeBitCast(s, to: SgemmFunction.self)
             lib.dgemm = dlsym(handle, "cblas_dgemm").map { unsafeBitCast($0, to: DgemmFunction.self) }
             lib.setThreads = dlsym(handle, "openblas_set_num_threads").map { unsafeBitCast($0, to: SetThreadsFunction.self) }
+            lib.getThreads = dlsym(handle, "openblas_get_num_threads").map { unsafeBitCast($0, to: GetThreadsFunction.self) }
             lib.coreName = dlsym(handle, "openblas_get_corename").map { unsafeBitCast($0, to: CoreNameFunction.self) }
             lib.path = path
             break
@@ -132,6 +135,20 @@ public enum BLAS {
     public static func setThreads(_ n: Int) {
         library.setThreads?(Int32(max(1, n)))
         Parallel.threads = max(1, n)
+    }
+
+    /// The threads the BLAS's products use now, when the library says (OpenBLAS).
+    public static var currentThreads: Int? { library.getThreads.map { Int($0()) } }
+
+    /// Runs `body` with the BLAS's products on `n` threads, then gives it back the count it had. For runs of small
+    /// products beside other threads that are busy: OpenBLAS would wake its threads for each and wait on them.
+    public static func withThreads<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
+        guard let get = library.getThreads, let set = library.setThreads else { return try body() }
+        let previous = get()
+        guard previous != Int32(n) else { return try body() }
+        set(Int32(max(1, n)))
+        defer { set(previous) }
+        return try body()
     }
 
     /// When set, every Float product adds its wall time to `gemmNanoseconds` (for benchmarks).

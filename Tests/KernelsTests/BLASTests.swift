@@ -78,4 +78,17 @@ final class BLASTests: XCTestCase {
             }
         }
     }
+
+    /// Generation runs its per-token loop on one BLAS thread and must give the caller's count back, also on errors.
+    func testWithThreadsRestoresTheCount() throws {
+        guard BLAS.currentThreads != nil else { throw XCTSkip("the BLAS does not report its threads") }
+        BLAS.setThreads(2)
+        defer { BLAS.setThreads(ProcessInfo.processInfo.activeProcessorCount) }
+        let inside = BLAS.withThreads(1) { BLAS.currentThreads }
+        XCTAssertEqual(inside, 1)
+        XCTAssertEqual(BLAS.currentThreads, 2)
+        struct Failure: Error {}
+        XCTAssertThrowsError(try BLAS.withThreads(1) { throw Failure() })
+        XCTAssertEqual(BLAS.currentThreads, 2)
+    }
 }
