@@ -143,11 +143,10 @@ public enum BLAS {
     /// Runs `body` with the BLAS's products on `n` threads, then gives it back the count it had. For runs of small
     /// products beside other threads that are busy: OpenBLAS would wake its threads for each and wait on them.
     public static func withThreads<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
-        guard let get = library.getThreads, let set = library.setThreads else { return try body() }
-        let previous = get()
-        guard previous != Int32(n) else { return try body() }
-        set(Int32(max(1, n)))
-        defer { set(previous) }
+        let n = max(1, n)
+        guard let previous = currentThreads, previous != n, let set = library.setThreads else { return try body() }
+        set(Int32(n))
+        defer { set(Int32(previous)) }
         return try body()
     }
 

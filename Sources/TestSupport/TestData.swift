@@ -59,3 +59,18 @@ public enum TestData {
         throw XCTSkip("tokenizer oracle not found at \(path) (scripts/fetch-vocab-oracles.sh fetches it)")
     }
 }
+
+/// A fresh temporary directory for a test, inside one directory per test process that is removed when the process
+/// exits, so test runs leave nothing behind in /tmp.
+public func temporaryDirectory(_ name: String = "lorakit-test") -> String {
+    let path = "\(testProcessDirectory)/\(name)-\(UInt64.random(in: 0...UInt64.max))"
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+private let testProcessDirectory: String = {
+    atexit { try? FileManager.default.removeItem(atPath: processDirectoryPath()) }
+    return processDirectoryPath()
+}()
+
+private func processDirectoryPath() -> String { "/tmp/lorakit-tests-\(getpid())" }

@@ -172,39 +172,6 @@ extension SplitMix {
     public mutating func nextSigned() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
 }
 
-/// A fresh temporary directory for a test, inside one directory per test process that is removed when the process
-/// exits, so test runs leave nothing behind in /tmp.
-public func temporaryDirectory(_ name: String = "lorakit-test") -> String {
-    let path = "\(testProcessDirectory)/\(name)-\(UInt64.random(in: 0...UInt64.max))"
-    _ = path.withCString { mkdir($0, 0o755) }
-    return path
-}
-
-private let testProcessDirectory: String = {
-    let root = processDirectoryPath()
-    _ = root.withCString { mkdir($0, 0o755) }
-    atexit { removeTree(processDirectoryPath()) }
-    return root
-}()
-
-private func processDirectoryPath() -> String { "/tmp/lorakit-tests-\(getpid())" }
-
-/// `rm -rf path`, children first, without following links.
-private func removeTree(_ path: String) {
-    var info = stat()
-    guard lstat(path, &info) == 0 else { return }
-    if info.st_mode & S_IFMT == S_IFDIR, let directory = opendir(path) {
-        var children: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { children.append(path + "/" + name) }
-        }
-        closedir(directory)
-        children.forEach(removeTree)
-    }
-    _ = remove(path)
-}
-
 extension TinyLlama {
     /// A byte-level BPE tokenizer over the 64 characters from space to '_' (no merges), plus `<s>` and `</s>`:
     /// 66 tokens. Sets the vocabulary size to match.

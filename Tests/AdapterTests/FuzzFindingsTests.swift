@@ -29,7 +29,6 @@ final class FuzzFindingsTests: XCTestCase {
         let bytes = try Data(contentsOf: URL(fileURLWithPath: fixture("peft-huge-rank.bin")))
         let split = bytes.firstIndex(of: 0) ?? bytes.count
         let dir = temporaryDirectory("lorakit-fuzz-peft")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try bytes[..<split].write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
         try bytes[min(split + 1, bytes.count)...].write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
         XCTAssertThrowsError(try AdapterLoader.load(dir, heads: PEFT.Heads(heads: 4, kvHeads: 2)))

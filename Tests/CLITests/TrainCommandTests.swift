@@ -10,7 +10,6 @@ final class TrainCommandTests: XCTestCase {
     func testInterruptSavesAndExplainsHowToResume() throws {
         _ = try TestData.smolLM2()
         let dir = temporaryDirectory("lorakit-sigint")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: LoRAKitBinary.path)
         p.arguments = ["train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"),
@@ -54,7 +53,6 @@ final class TrainCommandTests: XCTestCase {
     func testMemoryPlanPredictsThePeak() throws {
         _ = try TestData.smolLM2()
         let dir = temporaryDirectory("lorakit-peak")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         // The peak is the child's own (VmHWM): getrusage's survives exec and once reported this test runner's 941 MB
         // for a checkpointed run that peaked at 415 MB.
         for checkpointing in [false, true] {
@@ -75,7 +73,6 @@ final class TrainCommandTests: XCTestCase {
     func testDryRunMeasuresAndWritesNothing() throws {
         _ = try TestData.smolLM2()
         let dir = temporaryDirectory("lorakit-dry")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let (status, out, err) = try LoRAKitBinary.run([
             "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"),
             "--ctx", "32", "--batch", "1", "--iters", "400", "--lora-out", dir + "/a.gguf", "-t", "1", "--dry-run", "2"])

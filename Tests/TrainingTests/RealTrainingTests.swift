@@ -23,7 +23,6 @@ final class RealTrainingTests: XCTestCase {
     func testShakespeareHeldOutLossFalls() throws {
         let text = try Data(contentsOf: URL(fileURLWithPath: try shared("shakespeare.txt")))
         let dir = temporaryDirectory("lorakit-shk")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try text.prefix(text.count - 20000).write(to: URL(fileURLWithPath: dir + "/train.txt"))
         try text.suffix(20000).write(to: URL(fileURLWithPath: dir + "/heldout.txt"))
         var c = TrainingConfiguration(model: try model(), trainData: dir + "/train.txt", adapterOut: dir + "/shk.gguf")
