@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import LoraConfig, get_peft_model
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+shared = os.environ.get("LORAKIT_SHARED", os.path.join(root, "..", "shared"))
 MODELS = {
     "qwen2.5": ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2"),
     "gemma3": ("gemma-3-270m-q4_k_m.gguf", "gemma3"),
@@ -60,7 +61,7 @@ def widen_gemma_norms():
 def main(names, dtype):
     if dtype == torch.float64:
         widen_gemma_norms()
-    text = open(os.path.join(root, "data", "shakespeare.txt"), encoding="utf-8").read()[:600]
+    text = open(os.path.join(shared, "data", "shakespeare.txt"), encoding="utf-8").read()[:600]
     torch.manual_seed(0)
     for name in names:
         file, arch = MODELS[name]

@@ -5,7 +5,7 @@ CTX tokens, BOS written over each chunk's first token when the model adds BOS, a
 scored (the token after each of positions CTX/2 … CTX-2).
 
   /tmp/peftenv/bin/python scripts/perplexity-reference.py models/gemma-3-270m-q4_k_m.gguf [TEXT] [CTX] [BYTES]
-  (defaults: data/shakespeare.txt, 256, its first 20 000 bytes)
+  (defaults: ../shared/data/shakespeare.txt, 256, its first 20 000 bytes)
 With PEFT=DIR in the environment, the PEFT adapter in DIR is applied (e.g. one `lorakit convert --to peft` wrote).
 """
 import math, os, sys
@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 path = sys.argv[1]
-text_path = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "..", "data", "shakespeare.txt")
+text_path = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.environ.get("LORAKIT_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "shared")), "data", "shakespeare.txt")
 ctx = int(sys.argv[3]) if len(sys.argv) > 3 else 256
 size = int(sys.argv[4]) if len(sys.argv) > 4 else 20000
 directory, name = os.path.split(os.path.abspath(path))
