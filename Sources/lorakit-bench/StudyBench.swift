@@ -26,7 +26,8 @@ struct StudyBench: ParsableCommand {
     @Option var threads = 2
     @Option(help: "Run only the setting with this index (0-based, in the order of the table), without the header: one run per process gives each its own peak memory.")
     var only: Int?
-    @Option(help: "Data folder (data/demo and the WikiSQL files).") var data = "data"
+    @Option(help: "Folder of the demo's chat facts (velmora-train/valid.jsonl).") var demoData = "data/demo"
+    @Option(help: "Folder of the WikiSQL files (wikisql-train/valid.jsonl).") var wikisqlData = "../shared/data"
 
     static let targetSets: [(String, [LoRATarget])] = [
         ("q,v", [.attnQ, .attnV]),
@@ -69,8 +70,8 @@ struct StudyBench: ParsableCommand {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: out) }
         let (train, valid) = task == "velmora"
-            ? ("\(data)/demo/velmora-train.jsonl", "\(data)/demo/velmora-valid.jsonl")
-            : ("\(data)/wikisql-train.jsonl", "\(data)/wikisql-valid.jsonl")
+            ? ("\(demoData)/velmora-train.jsonl", "\(demoData)/velmora-valid.jsonl")
+            : ("\(wikisqlData)/wikisql-train.jsonl", "\(wikisqlData)/wikisql-valid.jsonl")
         var c = TrainingConfiguration(model: model, trainData: train, adapterOut: out + "/adapter.gguf")
         let heldOut = try String(contentsOfFile: valid, encoding: .utf8).split(separator: "\n").prefix(validationRows)
         c.validationData = out + "/valid.jsonl"
