@@ -15,39 +15,11 @@
 //   Q6_K {ql[128], qh[64], scales[16], d}        w = d·sc_s·(q − 32)       (int8 sc per sub-block of 16)
 
 #include "CKernels.h"
+#include "blocks.h"
 
 #include <stdlib.h>
-#include <string.h>
-
-enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
-#define LK_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-static int has_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    }
-    return cached;
-}
-
-LK_AVX2 static inline float half_to_float(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-LK_AVX2 static inline float horizontal_sum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-
 // The low 8 bytes of b as floats: unsigned (quants) or signed (Q8_0).
 LK_AVX2 static inline __m256 unsigned_bytes(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
 LK_AVX2 static inline __m256 signed_bytes(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
@@ -112,17 +84,6 @@ LK_AVX2 static float row_q8_0(const uint8_t *row, const float *x, int blocks) {
     return horizontal_sum(total);
 }
 
-// The six-bit scale and minimum of sub-block j (0..<8) of a Q4_K/Q5_K superblock.
-static inline void scale_min_k4(const uint8_t *q, int j, float *scale, float *minimum) {
-    if (j < 4) {
-        *scale = q[j] & 63;
-        *minimum = q[j + 4] & 63;
-    } else {
-        *scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *minimum = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
 // Byte l = 16 where bit `bit` of byte l of v is set.
 LK_AVX2 static inline __m128i bit_as_16(__m128i v, int bit) {
     const __m128i mask = _mm_set1_epi8((char)(1 << bit));
@@ -153,7 +114,7 @@ LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const float *x, c
                     lo = _mm_or_si128(lo, bit_as_16(h0, sub));
                     hi = _mm_or_si128(hi, bit_as_16(h1, sub));
                 }
-                float scale, minimum;
+                int scale, minimum;
                 scale_min_k4(row + 4, sub, &scale, &minimum);
                 minimums += dmin * minimum * sums[8 * b + sub];
                 total = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), dot_32(lo, hi, xb + 32 * sub), total);
@@ -285,22 +246,9 @@ void lk_matvec_rows(int type, const void *data, size_t row_bytes, int cols, cons
 #endif
 }
 
-typedef struct {
-    int type;
-    const void *data;
-    size_t row_bytes;
-    int rows, cols, parts;
-    const float *x, *sums;
-    float *y;
-} matvec_job;
-
-static void matvec_part(void *context, int part) {
-    const matvec_job *job = context;
-    // Parts of whole 16-row groups, so that neighbouring threads never write the same cache line of y.
-    int groups = (job->rows + 15) / 16, per = (groups + job->parts - 1) / job->parts;
-    int begin = part * per * 16, end = begin + per * 16;
-    if (end > job->rows) end = job->rows;
-    if (begin < end) lk_matvec_rows(job->type, job->data, job->row_bytes, job->cols, job->x, job->sums, job->y, begin, end);
+static void matvec_range(const void *context, int begin, int end) {
+    const lk_product *job = context;
+    lk_matvec_rows(job->type, job->data, job->row_bytes, job->cols, job->x, job->sums, job->y, begin, end);
 }
 
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y) {
@@ -308,13 +256,7 @@ void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols,
     int blocks = cols / 32;
     float *sums = blocks <= 512 ? stack_sums : malloc(sizeof(float) * (size_t)blocks);
     lk_block_sums(x, cols, sums);
-    int threads = lk_threads();
-    // Below ~64 K weights a part is too small to pay for waking a thread.
-    long long weights = (long long)rows * cols;
-    int parts = weights < (1 << 16) ? 1 : threads;
-    if (parts > (rows + 15) / 16) parts = (rows + 15) / 16;
-    matvec_job job = {type, data, row_bytes, rows, cols, parts, x, sums, y};
-    if (parts <= 1) matvec_part(&job, 0);
-    else lk_parallel_for(parts, matvec_part, &job);
+    lk_product job = {.type = type, .data = data, .row_bytes = row_bytes, .cols = cols, .x = x, .sums = sums, .y = y};
+    lk_split_rows(rows, cols, matvec_range, &job);
     if (sums != stack_sums) free(sums);
 }

@@ -3,6 +3,7 @@
 // after each job, then sleep on a condition variable.
 
 #include "CKernels.h"
+#include "blocks.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -101,4 +102,28 @@ void lk_parallel_for(int parts, lk_task task, void *context) {
     run_parts(generation);
     while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) relax();
     atomic_store_explicit(&pool.busy, 0, memory_order_release);
+}
+
+typedef struct {
+    int rows, parts;
+    lk_row_range run;
+    const void *context;
+} split_job;
+
+static void split_part(void *context, int part) {
+    const split_job *job = context;
+    // Parts of whole 16-row groups, so that neighbouring threads never write the same cache line of y.
+    int groups = (job->rows + 15) / 16, per = (groups + job->parts - 1) / job->parts;
+    int begin = part * per * 16, end = begin + per * 16;
+    if (end > job->rows) end = job->rows;
+    if (begin < end) job->run(job->context, begin, end);
+}
+
+void lk_split_rows(int rows, int cols, lk_row_range run, const void *context) {
+    // Below ~64 K weights a part is too small to pay for waking a thread.
+    int parts = (long long)rows * cols < (1 << 16) ? 1 : lk_threads();
+    if (parts > (rows + 15) / 16) parts = (rows + 15) / 16;
+    split_job job = {rows, parts, run, context};
+    if (parts <= 1) split_part(&job, 0);
+    else lk_parallel_for(parts, split_part, &job);
 }

@@ -11,13 +11,17 @@ public final class InferenceSession: @unchecked Sendable {
     public let model: LlamaModel<Float>
     public let capacity: Int
     public var threads: Int
+    /// How single-token products (each generated token, the head at a prompt's last position) treat activations;
+    /// a prompt's batched products are exact either way.
+    public var activations: TokenActivations
     let cache: KVCache<Float>
     public var position: Int { cache.position }
 
-    public init(model: LlamaModel<Float>, capacity: Int, threads: Int = 1) {
+    public init(model: LlamaModel<Float>, capacity: Int, threads: Int = 1, activations: TokenActivations = .exact) {
         self.model = model
         self.capacity = capacity
         self.threads = threads
+        self.activations = activations
         model.runContext = capacity
         cache = KVCache(config: model.config, capacity: capacity)
     }
@@ -33,11 +37,11 @@ public final class InferenceSession: @unchecked Sendable {
         }
         let c = model.config, n = tokens.count, C = c.embedding
         // One token reads the weights in place; several go through GEMMs on dequantized weights.
-        let rowThreads = n == 1 ? threads : nil
+        let rowProducts = n == 1 ? RowProducts(threads: threads, activations: activations) : nil
         var x = try model.embed(tokens)
         let rotations = model.rotations(positions: (0..<n).map { Int32(position + $0) })
         for l in 0..<c.layers {
-            x = try model.block(l, rotations: rotations, rowThreads: rowThreads).forward(x, attention: .cached(cache, layer: l))
+            x = try model.block(l, rotations: rotations, rowProducts: rowProducts).forward(x, attention: .cached(cache, layer: l))
         }
         cache.position += n
         // Only the last position's logits are needed.
@@ -46,7 +50,7 @@ public final class InferenceSession: @unchecked Sendable {
             RMSNorm.forward(x: $0.baseAddress! + (n - 1) * C, weight: model.weights.outputNorm, y: &h, rstd: nil, rows: 1,
                             cols: C, eps: c.rmsEpsilon)
         }
-        return try h.withUnsafeBufferPointer { try model.headLogits($0.baseAddress!, rows: 0..<1, rowThreads: threads) }
+        return try h.withUnsafeBufferPointer { try model.headLogits($0.baseAddress!, rows: 0..<1, rowProducts: RowProducts(threads: threads, activations: activations)) }
     }
 }
 

@@ -57,11 +57,17 @@ struct WeightAdapters<T: KernelScalar> {
 ///
 /// The weight is either dequantized (`dense`, for products over many rows) or read in place from the file
 /// (`rows`: blocks as stored, for a single token, where a dequantized copy would cost more than the product).
+/// How single-row products read weights in place: over how many threads, with which activations.
+struct RowProducts {
+    var threads: Int
+    var activations: TokenActivations = .exact
+}
+
 struct LinearWeight<T: KernelScalar> {
     enum Source {
         case dense([T])
-        /// The tensor's blocks as the file stores them; single-row products are split over `threads`.
-        case rows(type: TensorType, data: UnsafeRawBufferPointer, threads: Int)
+        /// The tensor's blocks as the file stores them, for single-row products.
+        case rows(type: TensorType, data: UnsafeRawBufferPointer, products: RowProducts)
     }
 
     let name: String
@@ -106,9 +112,10 @@ enum LinearLoRA {
     static func forward<T: KernelScalar>(x: UnsafePointer<T>, n: Int, weight w: LinearWeight<T>,
                                          y: UnsafeMutablePointer<T>, saved: inout [[T]]) {
         let inF = w.inFeatures, outF = w.outFeatures
-        if case let .rows(type, data, threads) = w.source, n == 1, T.self == Float.self {
+        if case let .rows(type, data, products) = w.source, n == 1, T.self == Float.self {
             MatVec.multiply(type: type, data: data, rows: outF, cols: inF, x: UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
-                            y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), threads: threads)
+                            y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), threads: products.threads,
+                            activations: products.activations)
         } else {
             w.withDense { wp in
                 T.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: x, lda: inF,

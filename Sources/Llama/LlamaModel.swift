@@ -141,19 +141,19 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
 
     // MARK: - Forward
 
-    /// Block `l` at the given positions: dequantized weights, or (`rowThreads` given) weights read in place.
-    func block(_ l: Int, rotations: Rotations, rowThreads: Int? = nil) throws -> TransformerBlock<T> {
+    /// Block `l` at the given positions: dequantized weights, or (`rowProducts` given) weights read in place.
+    func block(_ l: Int, rotations: Rotations, rowProducts: RowProducts? = nil) throws -> TransformerBlock<T> {
         let sliding = config.isSlidingLayer(l)
         return TransformerBlock(description: blockDescription, config: config,
-                                weights: try weights.block(l, adapters: adaptersFor, rowThreads: rowThreads),
+                                weights: try weights.block(l, adapters: adaptersFor, rowProducts: rowProducts),
                                 rope: sliding ? rotations.sliding ?? rotations.global : rotations.global,
                                 scoring: scoring(layer: l))
     }
 
     /// The vocabulary head with its adapters (a tied head reads `token_embd` and takes `output` adapters).
-    func head(rowThreads: Int? = nil) throws -> LinearWeight<T> {
+    func head(rowProducts: RowProducts? = nil) throws -> LinearWeight<T> {
         try weights.linear("output", in: config.embedding, out: config.vocabulary, tensor: weights.headTensorName,
-                           adapters: adaptersFor("output"), rowThreads: rowThreads)
+                           adapters: adaptersFor("output"), rowProducts: rowProducts)
     }
 
     /// The head restricted to the vocabulary rows `range`, dequantized, with its adapters sliced to match (their
@@ -235,10 +235,10 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     public func attentionTile(batch: Int, length: Int) -> Int? { attentionTile > 0 ? attentionTile : nil }
 
     /// Logits [rows.count, V] for the rows `rows` of the final hidden states (soft-capped where the model caps).
-    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>, rowThreads: Int? = nil) throws -> [T] {
+    func headLogits(_ hf: UnsafePointer<T>, rows: Range<Int>, rowProducts: RowProducts? = nil) throws -> [T] {
         let x = hf + rows.lowerBound * config.embedding, m = rows.count, V = config.vocabulary
         var logits: [T]
-        if rowThreads == nil && headIsChunked {
+        if rowProducts == nil && headIsChunked {
             logits = [T](repeating: 0, count: m * V)
             for range in vocabularyRanges {
                 let part = try headSlice(range).forward(x, rows: m).y
@@ -247,7 +247,7 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
                 }
             }
         } else {
-            logits = try head(rowThreads: rowThreads).forward(x, rows: m).y
+            logits = try head(rowProducts: rowProducts).forward(x, rows: m).y
         }
         capLogits(&logits)
         return logits

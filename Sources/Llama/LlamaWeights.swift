@@ -45,14 +45,14 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     /// The tensor the head reads: `output.weight`, or `token_embd.weight` when the head is tied.
     var headTensorName: String { config.tiedEmbeddings ? "token_embd.weight" : "output.weight" }
 
-    /// A linear weight with its adapters: dequantized, or (`rowThreads` given) read in place from the file.
+    /// A linear weight with its adapters: dequantized, or (`rowProducts` given) read in place from the file.
     func linear(_ base: String, in inF: Int, out outF: Int, tensor: String? = nil, adapters: WeightAdapters<T>,
-                rowThreads: Int?, bias: Bool = false) throws -> LinearWeight<T> {
+                rowProducts: RowProducts?, bias: Bool = false) throws -> LinearWeight<T> {
         let tensorName = tensor ?? base + ".weight"
         let source: LinearWeight<T>.Source
-        if let threads = rowThreads {
+        if let products = rowProducts {
             let info = try file.requireTensor(tensorName)
-            source = .rows(type: info.type, data: file.data(of: info), threads: threads)
+            source = .rows(type: info.type, data: file.data(of: info), products: products)
         } else if tensorName == headTensorName {
             source = .dense(try head())
         } else {
@@ -78,11 +78,11 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     }
 
     /// Block `l`'s weights, each linear bound to its adapters.
-    func block(_ l: Int, adapters: (String) -> WeightAdapters<T>, rowThreads: Int?) throws -> BlockWeights<T> {
+    func block(_ l: Int, adapters: (String) -> WeightAdapters<T>, rowProducts: RowProducts?) throws -> BlockWeights<T> {
         func linear(_ target: LoRATarget) throws -> LinearWeight<T> {
             let name = target.baseName(layer: l), (inF, outF) = config.features(of: target)!
             let biased = config.attentionBias && [.attnQ, .attnK, .attnV].contains(target)
-            return try self.linear(name, in: inF, out: outF, adapters: adapters(name), rowThreads: rowThreads, bias: biased)
+            return try self.linear(name, in: inF, out: outF, adapters: adapters(name), rowProducts: rowProducts, bias: biased)
         }
         let p = "blk.\(l)."
         let qkv: LinearGroup<T> = config.fusedQKV

@@ -12,6 +12,11 @@ public struct Perplexity {
     public var maxChunks: Int?
     /// Written over each chunk's first token (the model's BOS when it adds one).
     public var bos: Int32?
+    /// `.int8`: score as generation computes with 8-bit activations (`TokenActivations`): each chunk's first half
+    /// goes in as a prompt, then one token at a time through the KV cache, `threads` splitting each product. The
+    /// default `.exact` scores whole chunks with batched products.
+    public var activations: TokenActivations = .exact
+    public var threads = 1
 
     public struct Progress: Sendable {
         /// Chunks scored so far, of `chunks`, and the running perplexity after each chunk of this pass.
@@ -62,7 +67,9 @@ public struct Perplexity {
                 if let bos { chunk[0] = bos }
                 input += chunk
             }
-            let losses = try model.negativeLogLikelihoods(tokens: input, batch: group.count, scored: scoredPositions)
+            let losses = activations == .exact
+                ? try model.negativeLogLikelihoods(tokens: input, batch: group.count, scored: scoredPositions)
+                : try (0..<group.count).flatMap { try tokenByTokenLosses(model: model, chunk: Array(input[($0 * context)..<(($0 + 1) * context)])) }
             var running: [Double] = []
             for (i, l) in losses.enumerated() {
                 nll += l
@@ -78,5 +85,23 @@ public struct Perplexity {
         let ppl = exp(mean)
         let uncertainty = variance > 0 && scored > 1 ? ppl * (variance / Double(scored - 1)).squareRoot() : 0
         return Result(perplexity: ppl, uncertainty: uncertainty, chunks: count, scoredTokens: scored)
+    }
+
+    /// −log p(chunk[p + 1]) for the scored positions p, as generation computes the logits: positions up to the
+    /// first scored one as a prompt, then each token alone.
+    public func tokenByTokenLosses(model: LlamaModel<Float>, chunk: [Int32]) throws -> [Double] {
+        let session = InferenceSession(model: model, capacity: context, threads: threads, activations: activations)
+        var losses: [Double] = []
+        var logits = try session.feed(Array(chunk[...scoredPositions.lowerBound]))
+        // One thread for OpenBLAS's small per-token attention products, as in Generator.respond.
+        try BLAS.withThreads(1) {
+            for p in scoredPositions {
+                if p > scoredPositions.lowerBound { logits = try session.feed([chunk[p]]) }
+                let top = Double(logits.max() ?? 0)
+                let sum = logits.reduce(0.0) { $0 + exp(Double($1) - top) }
+                losses.append(top + log(sum) - Double(logits[Int(chunk[p + 1])]))
+            }
+        }
+        return losses
     }
 }

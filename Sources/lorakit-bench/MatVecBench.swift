@@ -11,12 +11,14 @@ struct MatVecBench: ParsableCommand {
     @Option var rows = 4096
     @Option var cols = 4096
     @Option(help: "Thread counts to measure, comma-separated.") var threads = "1,2"
+    @Flag(help: "The kernels with activations rounded to 8 bits (generate --activations int8).") var int8 = false
 
     func run() throws {
         let x = (0..<cols).map { Float($0 % 255 - 127) / 128 }
         var y = [Float](repeating: 0, count: rows)
         print("\(rows) × \(cols) weights, random blocks (f16 scales kept small)")
-        for type in benchmarkTypes where lk_matvec_supported(Int32(type.rawValue)) != 0 {
+        let supported = int8 ? lk_matvec_int8_supported : lk_matvec_supported, multiply = int8 ? lk_matvec_int8 : lk_matvec
+        for type in benchmarkTypes where supported(Int32(type.rawValue)) != 0 {
             let rowBytes = cols / type.blockSize * type.blockBytes
             let data = randomBlocks(type, count: rows * cols)
             var line = String(format: "%-5@", type.description)
@@ -26,7 +28,7 @@ struct MatVecBench: ParsableCommand {
                 let elapsed = data.withUnsafeBytes { raw in
                     seconds {
                         for _ in 0..<repeats {
-                            lk_matvec(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
+                            multiply(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
                         }
                     }
                 }

@@ -30,6 +30,9 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("system"), help: "System message for --chat.") var system: String?
     @Option(name: .customLong("chat-template"), help: "Chat format family instead of the model's template.") var chatTemplate: String?
     @Flag(name: .customLong("ids"), help: "Also print the generated token ids (to standard error).") var printIDs = false
+    @Option(name: .customLong("activations"), help: ArgumentHelp(
+        "exact or int8: int8 rounds each generated token's activations to 8 bits per block of 32 and multiplies the 4-, 5- and 8-bit weights in integers, as llama.cpp does (faster; perplexity cost in BENCHMARKS.md).",
+        valueName: "exact|int8")) var activations: TokenActivations = .exact
 
     func validate() throws {
         if !chat && prompt == nil { throw ValidationError("give a prompt with -p, or use --chat") }
@@ -54,7 +57,8 @@ struct GenerateCommand: ParsableCommand {
         sampler.minP = minP
         sampler.repeatPenalty = repeatPenalty
         sampler.repeatLastN = repeatLastN
-        let session = InferenceSession(model: model, capacity: ctx, threads: modelOptions.threads ?? CLI.coreCount)
+        let session = InferenceSession(model: model, capacity: ctx, threads: modelOptions.threads ?? CLI.coreCount,
+                                       activations: activations)
         let generator = Generator(session: session, tokenizer: tokenizer, sampler: sampler, maxTokens: nPredict < 0 ? Int.max : nPredict)
         generator.stopStrings = stop
         func respond(_ ids: [Int32]) throws -> Generator.Response {
@@ -117,3 +121,5 @@ struct GenerateCommand: ParsableCommand {
                               g.generatedTokens, g.generatedSeconds, Double(g.generatedTokens) / max(g.generatedSeconds, 1e-9)))
     }
 }
+
+extension TokenActivations: ExpressibleByArgument {}

@@ -28,6 +28,10 @@ struct PerplexityCommand: ParsableCommand {
     @Option(name: .customLong("chunks"), help: "Score at most this many chunks (default: all).")
     var chunks: Int?
 
+    @Option(name: .customLong("activations"), help: ArgumentHelp(
+        "exact or int8: int8 scores as generation computes with --activations int8 (each chunk's first half as a prompt, then token by token), to measure what 8-bit activations cost.",
+        valueName: "exact|int8")) var activations: TokenActivations = .exact
+
     func validate() throws {
         guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4") }
         guard batch >= 1 else { throw ValidationError("--batch must be positive") }
@@ -39,8 +43,10 @@ struct PerplexityCommand: ParsableCommand {
         let data: [UInt8]
         do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }
         let tokens = tokenizer.encode(bytes: Array(data), addSpecial: true, parseSpecial: false)
-        let scoring = Perplexity(context: ctx, batchTokens: batch, maxChunks: chunks,
+        var scoring = Perplexity(context: ctx, batchTokens: batch, maxChunks: chunks,
                                  bos: tokenizer.vocabulary.addBOS ? tokenizer.vocabulary.bos : nil)
+        scoring.activations = activations
+        scoring.threads = modelOptions.threads ?? CLI.coreCount
         let count = scoring.chunkCount(tokens: tokens.count)
         guard count > 0 else {
             throw CLIError("\(file): \(tokens.count) tokens is less than one chunk of \(ctx) (use a smaller --ctx)")

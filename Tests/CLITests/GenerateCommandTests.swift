@@ -17,6 +17,18 @@ final class GenerateCommandTests: XCTestCase {
         XCTAssertTrue(err.contains("tokens/s"), err)
     }
 
+    /// 8-bit activations: still Paris, and an unknown mode is one error line.
+    func testInt8ActivationsAndABadMode() throws {
+        try requireModel()
+        let (status, out, err) = try LoRAKitBinary.run(["generate", "-m", model, "-p", "The capital of France is", "-n", "8",
+                                                        "--temp", "0", "--activations", "int8"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.hasPrefix("The capital of France is Paris."), out)
+        let (bad, _, badErr) = try LoRAKitBinary.run(["generate", "-m", model, "-p", "Hi", "--activations", "int4"])
+        XCTAssertNotEqual(bad, 0)
+        XCTAssertTrue(badErr.contains("int4"), badErr)
+    }
+
     /// Two turns through standard input: the second answer sees the first turn (kept in the KV cache).
     func testChatRemembersTheConversation() throws {
         try requireModel()

@@ -5,12 +5,16 @@ import XCTest
 /// `lorakit perplexity` prints llama.cpp's lines; the scoring itself (and the reference value) is tested through the
 /// library in LibraryAlgorithmTests.
 final class PerplexityCommandTests: XCTestCase {
-    func testPrintsLlamaCppLines() throws {
-        let model = LoRAKitBinary.packageRoot + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        _ = try TestData.smolLM2()
-        let text = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("data/shakespeare.txt"))).prefix(20000)
-        let path = temporaryDirectory() + "/shakespeare-20k.txt"
+    /// The first `bytes` of shakespeare.txt in a file of their own.
+    func shakespeare(_ bytes: Int) throws -> String {
+        let text = try Data(contentsOf: URL(fileURLWithPath: try TestData.shared("data/shakespeare.txt"))).prefix(bytes)
+        let path = temporaryDirectory() + "/shakespeare-\(bytes).txt"
         try text.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    func testPrintsLlamaCppLines() throws {
+        let model = try TestData.smolLM2(), path = try shakespeare(20000)
         let (status, out, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", path, "-c", "256", "-b", "512", "--chunks", "3"])
         XCTAssertEqual(status, 0, err)
         XCTAssertTrue(out.contains("3 chunks of 256"), out)
@@ -18,6 +22,20 @@ final class PerplexityCommandTests: XCTestCase {
         XCTAssertTrue(out.contains("[1]") && out.contains(",[2]") && out.contains("[3]"), out)
         let line = out.split(separator: "\n").first { $0.hasPrefix("Final estimate: PPL = ") }
         XCTAssertNotNil(line.flatMap { Double($0.dropFirst("Final estimate: PPL = ".count).split(separator: " ")[0]) }, out)
+    }
+
+    /// --activations int8 scores token by token with 8-bit activations: a different, close estimate.
+    func testInt8ActivationsScoreClose() throws {
+        let model = try TestData.smolLM2(), path = try shakespeare(3000)
+        func estimate(_ extra: [String]) throws -> Double {
+            let (status, out, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", path, "-c", "128", "--chunks", "2"] + extra)
+            XCTAssertEqual(status, 0, err)
+            let line = out.split(separator: "\n").first { $0.hasPrefix("Final estimate: PPL = ") }
+            return try XCTUnwrap(line.flatMap { Double($0.dropFirst("Final estimate: PPL = ".count).split(separator: " ")[0]) }, out)
+        }
+        let exact = try estimate([]), int8 = try estimate(["--activations", "int8"])
+        XCTAssertNotEqual(exact, int8)
+        XCTAssertEqual(int8, exact, accuracy: exact * 0.01)
     }
 
     func testBadAdapterIsOneErrorLine() throws {

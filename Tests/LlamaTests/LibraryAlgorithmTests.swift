@@ -10,12 +10,16 @@ import XCTest
 final class LibraryAlgorithmTests: XCTestCase {
     /// llama.cpp's scoring on SmolLM2 against the float32 reference (transformers on the same GGUF, scored as
     /// llama.cpp scores): the first 20 000 bytes of shakespeare.txt, 23 chunks of 256, PPL = 40.5256.
-    func testPerplexityMatchesTheReference() throws {
+    /// SmolLM2 with its tokenizer, and the tokens of the first `bytes` of shakespeare.txt.
+    func smolLM2(textBytes bytes: Int) throws -> (LlamaModel<Float>, Tokenizer, [Int32]) {
         let file = try GGUFFile(path: try Fixtures.model())
-        let model = try LlamaModel<Float>(file: file)
         let tokenizer = try Tokenizer(file: file)
-        let text = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.shared("data/shakespeare.txt"))).prefix(20000)
-        let tokens = tokenizer.encode(bytes: Array(text), addSpecial: true, parseSpecial: false)
+        let text = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.shared("data/shakespeare.txt"))).prefix(bytes)
+        return (try LlamaModel<Float>(file: file), tokenizer, tokenizer.encode(bytes: Array(text), addSpecial: true, parseSpecial: false))
+    }
+
+    func testPerplexityMatchesTheReference() throws {
+        let (model, tokenizer, tokens) = try smolLM2(textBytes: 20000)
         let scoring = Perplexity(context: 256, batchTokens: 1024, bos: tokenizer.vocabulary.addBOS ? tokenizer.vocabulary.bos : nil)
         var passes: [Perplexity.Progress] = []
         let result = try scoring.evaluate(model: model, tokens: tokens) { passes.append($0) }
@@ -27,6 +31,24 @@ final class LibraryAlgorithmTests: XCTestCase {
         XCTAssertEqual(passes.flatMap(\.runningPerplexity).count, 23)
         XCTAssertEqual(passes.last!.runningPerplexity.last!, result.perplexity, accuracy: 1e-9)
         XCTAssertThrowsError(try Perplexity(context: 256).evaluate(model: model, tokens: Array(tokens.prefix(100))))
+    }
+
+    /// Scoring as generation computes: with exact activations, token by token through the KV cache equals the
+    /// batched score above; with 8-bit activations it moves (the option is used) by well under 1 %.
+    func testTokenByTokenPerplexityAndWhatInt8ActivationsCost() throws {
+        let (model, tokenizer, tokens) = try smolLM2(textBytes: 4000)
+        var scoring = Perplexity(context: 128, batchTokens: 512, maxChunks: 3, bos: tokenizer.vocabulary.bos)
+        scoring.threads = 2
+        let batched = try scoring.evaluate(model: model, tokens: tokens).perplexity
+        let chunk = [tokenizer.vocabulary.bos!] + tokens[1..<128]
+        let exact = try scoring.tokenByTokenLosses(model: model, chunk: chunk)
+        let batchedFirst = try model.negativeLogLikelihoods(tokens: chunk, batch: 1, scored: scoring.scoredPositions)
+        XCTAssertEqual(exact.count, batchedFirst.count)
+        for (a, b) in zip(exact, batchedFirst) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+        scoring.activations = .int8
+        let int8 = try scoring.evaluate(model: model, tokens: tokens).perplexity
+        XCTAssertNotEqual(int8, batched)
+        XCTAssertEqual(int8, batched, accuracy: batched * 0.01)
     }
 
     func tinyModel(tied: Bool = true) throws -> (String, LlamaModel<Float>, Tokenizer) {

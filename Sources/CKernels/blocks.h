@@ -1,0 +1,69 @@
+// What the per-token kernels (matvec.c, matvec_int8.c) share: GGUF's type numbers, the run-time AVX2 check, and
+// reading the blocks' f16 scales and K-quant sub-block scales.
+#ifndef LORAKIT_BLOCKS_H
+#define LORAKIT_BLOCKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
+
+// One product's operands: x with its block sums (exact kernels) or x rounded to 8 bits (int8 kernels).
+typedef struct {
+    int type;
+    const void *data;
+    size_t row_bytes;
+    int cols;
+    const float *x, *sums;
+    const int8_t *q;
+    const float *scales;
+    const int32_t *half_sums;
+    float *y;
+} lk_product;
+
+// Runs run(context, begin, end) over rows [0, rows) of a product with `cols` columns: on the calling thread for
+// small products, else in parts of whole 16-row groups across the pool's threads (threadpool.c).
+typedef void (*lk_row_range)(const void *context, int begin, int end);
+void lk_split_rows(int rows, int cols, lk_row_range run, const void *context);
+
+// The six-bit scale and minimum of sub-block j (0..<8) of a Q4_K/Q5_K superblock.
+static inline void scale_min_k4(const uint8_t *q, int j, int *scale, int *minimum) {
+    if (j < 4) {
+        *scale = q[j] & 63;
+        *minimum = q[j + 4] & 63;
+    } else {
+        *scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *minimum = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define LK_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+static inline int has_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached;
+}
+
+LK_AVX2 static inline float half_to_float(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+LK_AVX2 static inline float horizontal_sum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#endif
