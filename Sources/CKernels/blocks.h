@@ -18,7 +18,7 @@ typedef struct {
     const float *x, *sums;
     const int8_t *q;
     const float *scales;
-    const int32_t *half_sums;
+    const float *half_sums;
     float *y;
 } lk_product;
 

@@ -5,7 +5,7 @@
 //
 // With q_w the stored quants, a block's product is d_w·d_x·Σ q_w·q + offset·d_x·Σ q, where the offset is −8·d_w
 // (Q4_0), −16·d_w (Q5_0) or the minimum m (Q4_1, Q5_1); K-quants scale each sub-block (layouts in matvec.c).
-// Σ q is kept per half block (16 values) for Q6_K's sub-blocks of 16.
+// d_x·Σ q is computed once per product, per half block (16 values) for Q6_K's sub-blocks of 16.
 
 #include "CKernels.h"
 #include "blocks.h"
@@ -13,7 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, int32_t *half_sums) {
+void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, float *half_sums) {
     for (int b = 0; b < cols / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0;
@@ -26,7 +26,7 @@ void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales,
                 q[32 * b + j] = (int8_t)roundf(xb[j] * id);
                 sum += q[32 * b + j];
             }
-            half_sums[2 * b + half] = sum;
+            half_sums[2 * b + half] = d * (float)sum;
         }
     }
 }
@@ -53,7 +53,7 @@ LK_AVX2 static inline __m256i fifth_bits_32(uint32_t bits) {
 
 // One Q4_0/1 or Q5_0/1 block: adds d_w·d_x·Σ q_w·q to *total and offset·d_x·Σ q to *offsets.
 LK_AVX2 static inline void block_q4_q5(int five, int with_minimum, const uint8_t *block, const int8_t *q, float dx,
-                                       const int32_t *hs, __m256 *total, float *offsets) {
+                                       const float *hs, __m256 *total, float *offsets) {
     const int header = with_minimum ? 4 : 2, quants = header + (five ? 4 : 0);
     const float d = half_to_float(block);
     __m256i w = nibbles_32(block + quants);
@@ -64,10 +64,10 @@ LK_AVX2 static inline void block_q4_q5(int five, int with_minimum, const uint8_t
     }
     __m256 p = _mm256_cvtepi32_ps(dot_u8_s8(w, _mm256_loadu_si256((const __m256i *)q)));
     *total = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), p, *total);
-    *offsets += (with_minimum ? half_to_float(block + 2) : (five ? -16 : -8) * d) * dx * (float)(hs[0] + hs[1]);
+    *offsets += (with_minimum ? half_to_float(block + 2) : (five ? -16 : -8) * d) * (hs[0] + hs[1]);
 }
 
-LK_AVX2 static float row_q4_q5(int type, const uint8_t *row, const int8_t *q, const float *dx, const int32_t *hs,
+LK_AVX2 static float row_q4_q5(int type, const uint8_t *row, const int8_t *q, const float *dx, const float *hs,
                                int blocks) {
     const int five = type == Q5_0 || type == Q5_1, with_minimum = type == Q4_1 || type == Q5_1;
     const int bytes = (with_minimum ? 4 : 2) + (five ? 4 : 0) + 16;
@@ -106,7 +106,7 @@ LK_AVX2 static float row_q8_0(const uint8_t *row, const int8_t *q, const float *
     return horizontal_sum(_mm256_add_ps(total0, total1));
 }
 
-LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const int8_t *q, const float *dx, const int32_t *hs,
+LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const int8_t *q, const float *dx, const float *hs,
                                  int superblocks) {
     const int five = type == Q5_K, bytes = five ? 176 : 144, quants = five ? 48 : 16;
     const __m256i mask = _mm256_set1_epi8(0x0F);
@@ -130,7 +130,7 @@ LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const int8_t *q, 
                 scale_min_k4(row + 4, sub, &scale, &minimum);
                 __m256 p = _mm256_cvtepi32_ps(dot_u8_s8(w, _mm256_loadu_si256((const __m256i *)(q + 32 * block))));
                 total = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)scale * dx[block]), p, total);
-                minimums += dmin * (float)minimum * dx[block] * (float)(hs[2 * block] + hs[2 * block + 1]);
+                minimums += dmin * (float)minimum * (hs[2 * block] + hs[2 * block + 1]);
             }
         }
     }
@@ -138,7 +138,7 @@ LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const int8_t *q, 
 }
 
 // Q6_K: 16 sub-blocks of 16 with int8 scales; w = d·sc·(q − 32), q six bits (low four in ql, high two in qh).
-LK_AVX2 static float row_q6_k(const uint8_t *row, const int8_t *q, const float *dx, const int32_t *hs, int superblocks) {
+LK_AVX2 static float row_q6_k(const uint8_t *row, const int8_t *q, const float *dx, const float *hs, int superblocks) {
     const __m256i mask = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
     __m256 total = _mm256_setzero_ps();
     float offsets = 0;
@@ -161,7 +161,7 @@ LK_AVX2 static float row_q6_k(const uint8_t *row, const int8_t *q, const float *
                                                                            _mm_set1_epi16((short)first)));
                 const float scale = d * dx[block];
                 total = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(weighted), total);
-                offsets -= 32 * scale * (float)(first * hs[2 * block] + second * hs[2 * block + 1]);
+                offsets -= 32 * d * ((float)first * hs[2 * block] + (float)second * hs[2 * block + 1]);
             }
         }
     }
@@ -169,7 +169,7 @@ LK_AVX2 static float row_q6_k(const uint8_t *row, const int8_t *q, const float *
 }
 
 LK_AVX2 static void rows_int8_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const int8_t *q,
-                                   const float *dx, const int32_t *hs, float *y, int begin, int end) {
+                                   const float *dx, const float *hs, float *y, int begin, int end) {
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
         switch (type) {
@@ -195,7 +195,7 @@ int lk_matvec_int8_supported(int type) {
 }
 
 void lk_matvec_int8_rows(int type, const void *data, size_t row_bytes, int cols, const int8_t *q, const float *scales,
-                         const int32_t *half_sums, float *y, int row_begin, int row_end) {
+                         const float *half_sums, float *y, int row_begin, int row_end) {
 #if defined(__x86_64__)
     rows_int8_avx2(type, (const uint8_t *)data, row_bytes, cols, q, scales, half_sums, y, row_begin, row_end);
 #else
@@ -214,11 +214,11 @@ void lk_matvec_int8(int type, const void *data, size_t row_bytes, int rows, int 
     enum { stack_blocks = 512 };
     int8_t stack_q[32 * stack_blocks];
     float stack_scales[stack_blocks];
-    int32_t stack_sums[2 * stack_blocks];
+    float stack_sums[2 * stack_blocks];
     const int blocks = cols / 32, on_stack = blocks <= stack_blocks;
     int8_t *q = on_stack ? stack_q : malloc((size_t)cols);
     float *scales = on_stack ? stack_scales : malloc(sizeof(float) * (size_t)blocks);
-    int32_t *sums = on_stack ? stack_sums : malloc(sizeof(int32_t) * 2 * (size_t)blocks);
+    float *sums = on_stack ? stack_sums : malloc(sizeof(float) * 2 * (size_t)blocks);
     lk_quantize_activations(x, cols, q, scales, sums);
     lk_product job = {.type = type, .data = data, .row_bytes = row_bytes, .cols = cols, .q = q, .scales = scales,
                       .half_sums = sums, .y = y};

@@ -46,7 +46,7 @@ enum MatVec {
     /// x̂: x rounded to 8 bits per block of 32 as the int8 kernels round it (count a multiple of 32).
     static func roundedActivations(_ x: UnsafePointer<Float>, count: Int) -> [Float] {
         var q = [Int8](repeating: 0, count: count), scales = [Float](repeating: 0, count: count / 32)
-        var sums = [Int32](repeating: 0, count: count / 16)
+        var sums = [Float](repeating: 0, count: count / 16)
         lk_quantize_activations(x, Int32(count), &q, &scales, &sums)
         return (0..<count).map { scales[$0 / 32] * Float(q[$0]) }
     }

@@ -13,9 +13,9 @@ final class MatVecInt8KernelTests: XCTestCase {
     }
 
     /// x̂ from the kernels' own rounding, checked against its definition.
-    func rounded(_ x: [Float]) -> (q: [Int8], scales: [Float], halfSums: [Int32], values: [Float]) {
+    func rounded(_ x: [Float]) -> (q: [Int8], scales: [Float], halfSums: [Float], values: [Float]) {
         var q = [Int8](repeating: 0, count: x.count), scales = [Float](repeating: 0, count: x.count / 32)
-        var sums = [Int32](repeating: 0, count: x.count / 16)
+        var sums = [Float](repeating: 0, count: x.count / 16)
         lk_quantize_activations(x, Int32(x.count), &q, &scales, &sums)
         return (q, scales, sums, (0..<x.count).map { scales[$0 / 32] * Float(q[$0]) })
     }
@@ -35,7 +35,7 @@ final class MatVecInt8KernelTests: XCTestCase {
             if amax > 0 { XCTAssertTrue(q[(32 * b)..<(32 * b + 32)].contains { abs(Int($0)) == 127 }, "block \(b)") }
             for h in 0..<2 {
                 let start = 32 * b + 16 * h
-                XCTAssertEqual(sums[2 * b + h], q[start..<(start + 16)].reduce(Int32(0)) { $0 + Int32($1) })
+                XCTAssertEqual(sums[2 * b + h], scales[b] * Float(q[start..<(start + 16)].reduce(0) { $0 + Int($1) }))
             }
         }
         XCTAssertEqual(scales[2], 0)

@@ -32,11 +32,11 @@ void lk_matvec_int8(int type, const void *data, size_t row_bytes, int rows, int 
 
 /// Rows [row_begin, row_end) of W·x̂ from x's rounded form, on the calling thread.
 void lk_matvec_int8_rows(int type, const void *data, size_t row_bytes, int cols, const int8_t *q, const float *scales,
-                         const int32_t *half_sums, float *y, int row_begin, int row_end);
+                         const float *half_sums, float *y, int row_begin, int row_end);
 
 /// x [cols] (a multiple of 32) as int8 q [cols] with scales[b] = max|x_b|/127 per block of 32 (x̂ = scales[b]·q,
-/// q = round(x/scale)), and half_sums[2b + h] = Σ q over the block's half h (16 values).
-void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, int32_t *half_sums);
+/// q = round(x/scale)), and half_sums[2b + h] = scales[b]·Σ q over the block's half h (16 values).
+void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, float *half_sums);
 
 /// Runs task(context, part) for part in [0, parts) on the pool's threads and the caller's; returns when all
 /// are done. Workers spin briefly between jobs (a token's products come microseconds apart), then sleep.
