@@ -4,7 +4,7 @@
 # docs/TUNING.md's table (held-out loss before → after, exact match, tokens/s, adapter size, peak memory, wall time)
 # with the machine named. Every run: 15 steps, loss on 20 held-out rows, 10 questions answered greedily.
 #   scripts/study-targets.sh           the small version: SmolLM2-135M, the four target sets at rank 8 and all
-#                                      linear weights at ranks 4 and 64 (12 runs, ~11 minutes on 2 cores)
+#                                      linear weights at ranks 4 and 64 (12 runs, ~13 minutes on 2 cores)
 #   scripts/study-targets.sh --full    SmolLM2-135M and Gemma 3 270M, every target set at ranks 4, 8, 16 and 64
 #                                      (64 runs, ~100 minutes on 2 cores)
 set -euo pipefail

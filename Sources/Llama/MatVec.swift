@@ -6,7 +6,8 @@ import Kernels
 /// How generation's per-token products treat activations. `.exact` multiplies the stored weight blocks with the
 /// float activations (the default; equal to dequantize-then-dot up to summation order). `.int8` rounds each block
 /// of 32 activations to 8 bits first and multiplies in integers, as llama.cpp does: faster on 4-, 5- and 8-bit
-/// weights, at a small cost in perplexity (BENCHMARKS.md). Prompts and training are exact either way.
+/// weights, at a small cost in perplexity (BENCHMARKS.md). Batched products (prompts, perplexity, training) are
+/// exact either way.
 public enum TokenActivations: String, Sendable, CaseIterable {
     case exact, int8
 }
