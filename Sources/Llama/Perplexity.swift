@@ -97,9 +97,9 @@ public struct Perplexity {
         try BLAS.withThreads(1) {
             for p in scoredPositions {
                 if p > scoredPositions.lowerBound { logits = try session.feed([chunk[p]]) }
-                let top = Double(logits.max() ?? 0)
-                let sum = logits.reduce(0.0) { $0 + exp(Double($1) - top) }
-                losses.append(top + log(sum) - Double(logits[Int(chunk[p + 1])]))
+                var target = chunk[p + 1]
+                losses.append(CrossEntropy.forwardBackward(logits: &logits, targets: &target, rows: 1, vocab: logits.count,
+                                                           gradientScale: 0, gradient: false))
             }
         }
         return losses
