@@ -53,16 +53,16 @@ struct WeightAdapters<T: KernelScalar> {
     }
 }
 
-/// One frozen linear weight W [out, in] with the adapters that apply to it.
-///
-/// The weight is either dequantized (`dense`, for products over many rows) or read in place from the file
-/// (`rows`: blocks as stored, for a single token, where a dequantized copy would cost more than the product).
 /// How single-row products read weights in place: over how many threads, with which activations.
 struct RowProducts {
     var threads: Int
     var activations: TokenActivations = .exact
 }
 
+/// One frozen linear weight W [out, in] with the adapters that apply to it.
+///
+/// The weight is either dequantized (`dense`, for products over many rows) or read in place from the file
+/// (`rows`: blocks as stored, for a single token, where a dequantized copy would cost more than the product).
 struct LinearWeight<T: KernelScalar> {
     enum Source {
         case dense([T])
