@@ -16,8 +16,8 @@ let package = Package(
     targets: [
         .target(name: "GGUF"),
         .target(name: "Tokenizer", dependencies: ["GGUF"]),
-        .target(name: "Kernels"),
         .target(name: "CKernels"),
+        .target(name: "Kernels", dependencies: ["CKernels"]),
         .target(name: "LoRA", dependencies: ["GGUF", "Kernels"]),
         .target(name: "Llama", dependencies: ["GGUF", "Kernels", "CKernels", "LoRA", "Tokenizer"]),
         .target(name: "Distributed"),

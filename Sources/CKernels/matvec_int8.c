@@ -13,7 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, float *half_sums) {
+static void quantize_activations_reference(const float *x, int cols, int8_t *q, float *scales, float *half_sums) {
     for (int b = 0; b < cols / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0;
@@ -29,6 +29,59 @@ void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales,
             half_sums[2 * b + half] = d * (float)sum;
         }
     }
+}
+
+#if defined(__x86_64__)
+// The same rounding 8 lanes at a time: roundf's halves away from zero (not the vector unit's ties to even), so the
+// result equals the reference bit for bit.
+LK_AVX2 static inline __m256i round_away_8(__m256 v) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 up = _mm256_cmp_ps(_mm256_andnot_ps(sign_bit, _mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 step = _mm256_or_ps(_mm256_and_ps(v, sign_bit), _mm256_set1_ps(1.0f));
+    return _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, step)));
+}
+
+LK_AVX2 static void quantize_activations_avx2(const float *x, int cols, int8_t *q, float *scales, float *half_sums) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < cols / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign_bit, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float d = _mm_cvtss_f32(m4) / 127, id = d > 0 ? 1 / d : 0;
+        scales[b] = d;
+        __m256i r[4];
+        for (int i = 0; i < 4; i++) r[i] = round_away_8(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+        for (int half = 0; half < 2; half++) {
+            __m256i s = _mm256_add_epi32(r[2 * half], r[2 * half + 1]);
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+            half_sums[2 * b + half] = d * (float)_mm_cvtsi128_si32(s4);
+        }
+        // int32 → int8 with saturating packs; packs interleave 128-bit lanes, the permute puts them back in order.
+        __m256i p16a = _mm256_packs_epi32(r[0], r[1]), p16b = _mm256_packs_epi32(r[2], r[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(q + 32 * b), p8);
+    }
+}
+#endif
+
+void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, float *half_sums) {
+#if defined(__x86_64__)
+    if (has_avx2()) {
+        quantize_activations_avx2(x, cols, q, scales, half_sums);
+        return;
+    }
+#endif
+    quantize_activations_reference(x, cols, q, scales, half_sums);
 }
 
 #if defined(__x86_64__)

@@ -230,10 +230,26 @@ extension Attention {
     ///
     /// Shapes: q, out [n, H·d]; keys, values [capacity, KV·d] (rows up to position + n filled);
     /// per group of G = H / KV query heads: scores [G, visible].
+    /// Float runs `overCacheFast`; Double (the gradient checks' type) the reference.
     @inlinable
     public static func overCache(q: UnsafePointer<T>, n: Int, keys: UnsafePointer<T>, values: UnsafePointer<T>,
                                  position: Int, heads: Int, kvHeads: Int, headDim d: Int, scoring: AttentionScoring<T>,
                                  out: UnsafeMutablePointer<T>) {
+        if T.self == Float.self {
+            Attention<Float>.overCacheFast(q: q.asFloat, n: n, keys: keys.asFloat, values: values.asFloat, position: position,
+                                           heads: heads, kvHeads: kvHeads, headDim: d,
+                                           scoring: unsafeBitCast(scoring, to: AttentionScoring<Float>.self),
+                                           out: out.asMutableFloat)
+        } else {
+            overCacheReference(q: q, n: n, keys: keys, values: values, position: position, heads: heads, kvHeads: kvHeads,
+                               headDim: d, scoring: scoring, out: out)
+        }
+    }
+
+    @inlinable
+    public static func overCacheReference(q: UnsafePointer<T>, n: Int, keys: UnsafePointer<T>, values: UnsafePointer<T>,
+                                          position: Int, heads: Int, kvHeads: Int, headDim d: Int,
+                                          scoring: AttentionScoring<T>, out: UnsafeMutablePointer<T>) {
         let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d
         let scores = UnsafeMutablePointer<T>.allocate(capacity: group * (position + n))
         defer { scores.deallocate() }
@@ -250,6 +266,60 @@ extension Attention {
                 T.gemm(transA: false, transB: false, m: group, n: d, k: visible, alpha: 1, a: scores, lda: visible,
                        b: values + first * kvStride + kvh * d, ldb: kvStride, beta: 0, c: og, ldc: d)
             }
+        }
+    }
+}
+
+extension Attention where T == Float {
+    /// The same attention one query head at a time, with vector dot products instead of BLAS calls (a token's
+    /// products are a few thousand multiply-adds, less than a BLAS call costs to set up), and the (token, head)
+    /// pairs split over the per-token pool, whose threads are spinning between the token's weight products.
+    @inlinable
+    public static func overCacheFast(q: UnsafePointer<Float>, n: Int, keys: UnsafePointer<Float>,
+                                     values: UnsafePointer<Float>, position: Int, heads: Int, kvHeads: Int,
+                                     headDim d: Int, scoring: AttentionScoring<Float>, out: UnsafeMutablePointer<Float>) {
+        let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d
+        let units = n * heads
+        // Below ~32 K multiply-adds a part is too small to pay for waking a thread.
+        let parts = units * (position + n) * d < 1 << 15 ? 1 : min(units, Parallel.tokenPoolThreads)
+        Parallel.onTokenPool(parts: parts) { part in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: position + n)
+            defer { scores.deallocate() }
+            for unit in part * units / parts ..< (part + 1) * units / parts {
+                let t = unit / heads, h = unit % heads, kvh = h / group
+                let first = scoring.firstVisible(position + t), visible = position + t + 1 - first
+                let qh = q + t * qStride + h * d, oh = out + t * qStride + h * d
+                let k0 = keys + first * kvStride + kvh * d, v0 = values + first * kvStride + kvh * d
+                for j in 0..<visible { scores[j] = scoring.scale * VectorMath.dot(qh, k0 + j * kvStride, count: d) }
+                scoring.cap(scores, count: visible)
+                causalSoftmaxFast(scores, count: visible, visible: visible)
+                weightedRows(scores, rows: v0, stride: kvStride, count: visible, width: d, into: oh)
+            }
+        }
+    }
+
+    /// out[0 ..< width] = Σⱼ weights[j] · rows[j·stride ..< j·stride + width], four vectors of the row at a time.
+    @inlinable
+    static func weightedRows(_ weights: UnsafePointer<Float>, rows: UnsafePointer<Float>, stride: Int, count: Int,
+                             width: Int, into out: UnsafeMutablePointer<Float>) {
+        typealias V = VectorMath.Vector
+        let w = VectorMath.width
+        var c = 0
+        while c < width {
+            let left = width - c
+            var a0 = V(), a1 = V(), a2 = V(), a3 = V()
+            for j in 0..<count {
+                let p = weights[j], row = rows + j * stride + c
+                a0 += p * VectorMath.load(row, left, padding: 0)
+                if left > w { a1 += p * VectorMath.load(row + w, left - w, padding: 0) }
+                if left > 2 * w { a2 += p * VectorMath.load(row + 2 * w, left - 2 * w, padding: 0) }
+                if left > 3 * w { a3 += p * VectorMath.load(row + 3 * w, left - 3 * w, padding: 0) }
+            }
+            VectorMath.store(a0, out + c, left)
+            if left > w { VectorMath.store(a1, out + c + w, left - w) }
+            if left > 2 * w { VectorMath.store(a2, out + c + 2 * w, left - 2 * w) }
+            if left > 3 * w { VectorMath.store(a3, out + c + 3 * w, left - 3 * w) }
+            c += 4 * w
         }
     }
 }

@@ -145,7 +145,7 @@ public final class Trainer {
         guard trainStream.tokens.count >= 2, trainStream.sampleCount > 0 else {
             throw DataError.empty(path: c.trainData, reason: "no samples (fewer than 2 tokens, or nothing after the --sample-start marks)")
         }
-        var batcher = Batcher(stream: trainStream, length: c.context, seed: c.seed, options: c.sampling,
+        let batcher = Batcher(stream: trainStream, length: c.context, seed: c.seed, options: c.sampling,
                               bos: tokenizer.vocabulary.bos, eos: tokenizer.vocabulary.eos)
         var validationWarnings: [String] = []
         let validationRows: [(tokens: [Int32], targets: [Int32])] = try c.validationData.map { path in

@@ -24,12 +24,18 @@ final class MatVecInt8KernelTests: XCTestCase {
         var x = (0..<256).map { _ in Float(Int(nextByte()) - 128) / 37 }
         for j in 64..<96 { x[j] = 0 }  // a block of zeros: scale 0, quants 0
         x[5] = 100                     // one large value sets its block's scale
+        // Scale exactly 1 in block 4: halves round away from zero, as roundf does (the vector unit's default is
+        // ties to even).
+        x.replaceSubrange(128..<136, with: [127, 2.5, -2.5, 0.5, -0.5, 1.5, -126.5, 3.5])
         let (q, scales, sums, values) = rounded(x)
+        XCTAssertEqual(Array(q[128..<136]), [127, 3, -3, 1, -1, 2, -127, 4])
         for b in 0..<8 {
             let block = x[(32 * b)..<(32 * b + 32)]
             let amax = block.map(abs).max()!
             XCTAssertEqual(scales[b], amax / 127, accuracy: 1e-7 * max(amax, 1), "block \(b)")
+            let inverse: Float = scales[b] > 0 ? 1 / scales[b] : 0
             for j in (32 * b)..<(32 * b + 32) {
+                XCTAssertEqual(q[j], Int8((x[j] * inverse).rounded()), "element \(j)")
                 XCTAssertLessThanOrEqual(abs(values[j] - x[j]), scales[b] / 2 * 1.0001, "element \(j)")
             }
             if amax > 0 { XCTAssertTrue(q[(32 * b)..<(32 * b + 32)].contains { abs(Int($0)) == 127 }, "block \(b)") }

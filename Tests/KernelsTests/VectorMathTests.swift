@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Kernels
 import XCTest
@@ -128,6 +129,34 @@ final class VectorMathTests: XCTestCase {
         reference.backward(dOut: d(dOut), q: d(q), k: d(k), v: d(v), probs: probsD, dq: &dqD, dk: &dkD, dv: &dvD)
         for (f, r) in [(out, outD), (dq, dqD), (dk, dkD), (dv, dvD)] {
             for i in 0..<f.count { XCTAssertEqual(Double(f[i]), r[i], accuracy: 1e-5) }
+        }
+    }
+
+    /// Generation's attention over the cache (vector dots, heads split over the per-token pool) equals the BLAS
+    /// reference: head sizes with and without a partial vector, several new tokens at once, Gemma's soft cap and
+    /// window, and 1–3 threads.
+    func testCacheAttentionEqualsReference() {
+        for (headDim, position, n, softCap, window) in [(40, 70, 3, nil, nil), (64, 300, 1, Float(50), 128), (256, 9, 1, nil, nil),
+                                                         (72, 90, 2, nil, 32)] as [(Int, Int, Int, Float?, Int?)] {
+            let heads = 6, kvHeads = 2, length = position + n
+            let scoring = AttentionScoring<Float>(scale: 1 / Float(headDim).squareRoot(), softCap: softCap, window: window)
+            let q = (0..<(n * heads * headDim)).map { _ in uniform(-2, 2) }
+            let keys = (0..<(length * kvHeads * headDim)).map { _ in uniform(-2, 2) }
+            let values = (0..<(length * kvHeads * headDim)).map { _ in uniform(-1, 1) }
+            var expected = [Float](repeating: 0, count: q.count)
+            Attention<Float>.overCacheReference(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
+                                                kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &expected)
+            for threads in 1...3 {
+                lk_set_threads(Int32(threads))
+                var out = [Float](repeating: .nan, count: q.count)
+                Attention<Float>.overCacheFast(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
+                                               kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &out)
+                for i in 0..<out.count {
+                    XCTAssertEqual(out[i], expected[i], accuracy: 1e-5 * max(1, abs(expected[i])),
+                                   "d \(headDim), position \(position), \(threads) threads, element \(i)")
+                }
+            }
+            lk_set_threads(1)
         }
     }
 
