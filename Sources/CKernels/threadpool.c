@@ -120,8 +120,9 @@ static void split_part(void *context, int part) {
 }
 
 void lk_split_rows(int rows, int cols, lk_row_range run, const void *context) {
-    // Below ~64 K weights a part is too small to pay for waking a thread.
-    int parts = (long long)rows * cols < (1 << 16) ? 1 : lk_threads();
+    // Below ~64 K weights a part is too small to pay for waking a thread. Above it, four parts a thread: the
+    // worker starts later than the caller, and parts claimed as threads come free even out the finish.
+    int parts = (long long)rows * cols < (1 << 16) ? 1 : lk_threads() == 1 ? 1 : 4 * lk_threads();
     if (parts > (rows + 15) / 16) parts = (rows + 15) / 16;
     split_job job = {rows, parts, run, context};
     if (parts <= 1) split_part(&job, 0);

@@ -273,7 +273,7 @@ extension Attention {
 extension Attention where T == Float {
     /// The same attention one query head at a time, with vector dot products instead of BLAS calls (a token's
     /// products are a few thousand multiply-adds, less than a BLAS call costs to set up), and the (token, head)
-    /// pairs split over the per-token pool, whose threads are spinning between the token's weight products.
+    /// pairs split over the pool, whose threads are spinning between the token's weight products.
     @inlinable
     public static func overCacheFast(q: UnsafePointer<Float>, n: Int, keys: UnsafePointer<Float>,
                                      values: UnsafePointer<Float>, position: Int, heads: Int, kvHeads: Int,
@@ -281,8 +281,8 @@ extension Attention where T == Float {
         let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d
         let units = n * heads
         // Below ~32 K multiply-adds a part is too small to pay for waking a thread.
-        let parts = units * (position + n) * d < 1 << 15 ? 1 : min(units, Parallel.tokenPoolThreads)
-        Parallel.onTokenPool(parts: parts) { part in
+        let parts = units * (position + n) * d < 1 << 15 ? 1 : min(units, Parallel.threads)
+        Parallel.run(parts: parts) { part in
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: position + n)
             defer { scores.deallocate() }
             for unit in part * units / parts ..< (part + 1) * units / parts {
@@ -290,11 +290,42 @@ extension Attention where T == Float {
                 let first = scoring.firstVisible(position + t), visible = position + t + 1 - first
                 let qh = q + t * qStride + h * d, oh = out + t * qStride + h * d
                 let k0 = keys + first * kvStride + kvh * d, v0 = values + first * kvStride + kvh * d
-                for j in 0..<visible { scores[j] = scoring.scale * VectorMath.dot(qh, k0 + j * kvStride, count: d) }
+                rowDots(qh, rows: k0, stride: kvStride, count: visible, width: d, scale: scoring.scale, into: scores)
                 scoring.cap(scores, count: visible)
                 causalSoftmaxFast(scores, count: visible, visible: visible)
                 weightedRows(scores, rows: v0, stride: kvStride, count: visible, width: d, into: oh)
             }
+        }
+    }
+
+    /// out[j] = scale · (x · rows[j·stride ..< j·stride + width]) for j < count, four rows at a time (independent
+    /// sums, one load of x for four rows).
+    @inlinable
+    static func rowDots(_ x: UnsafePointer<Float>, rows: UnsafePointer<Float>, stride: Int, count: Int, width: Int,
+                        scale: Float, into out: UnsafeMutablePointer<Float>) {
+        typealias V = VectorMath.Vector
+        var j = 0
+        while j + 4 <= count {
+            let r = rows + j * stride
+            var a0 = V(), a1 = V(), a2 = V(), a3 = V()
+            var c = 0
+            while c < width {
+                let left = width - c, xv = VectorMath.load(x + c, left, padding: 0)
+                a0 += xv * VectorMath.load(r + c, left, padding: 0)
+                a1 += xv * VectorMath.load(r + stride + c, left, padding: 0)
+                a2 += xv * VectorMath.load(r + 2 * stride + c, left, padding: 0)
+                a3 += xv * VectorMath.load(r + 3 * stride + c, left, padding: 0)
+                c += VectorMath.width
+            }
+            out[j] = scale * VectorMath.sum(a0)
+            out[j + 1] = scale * VectorMath.sum(a1)
+            out[j + 2] = scale * VectorMath.sum(a2)
+            out[j + 3] = scale * VectorMath.sum(a3)
+            j += 4
+        }
+        while j < count {
+            out[j] = scale * VectorMath.dot(x, rows + j * stride, count: width)
+            j += 1
         }
     }
 

@@ -131,23 +131,25 @@ public enum BLAS {
         return lib
     }
 
-    /// Threads used by the BLAS for each product.
+    /// Threads for products and element-wise work. Large products are split by rows over `Parallel`'s pool, one
+    /// single-threaded BLAS call per part, so the BLAS's own threads stay at one: they would spin between products
+    /// while the pool runs the element-wise work, two spinning pools taking turns on the same cores (measured 3×
+    /// slower with both; BENCHMARKS.md).
     public static func setThreads(_ n: Int) {
-        library.setThreads?(Int32(max(1, n)))
+        library.setThreads?(1)
         Parallel.threads = max(1, n)
     }
 
-    /// The threads the BLAS's products use now, when the library says (OpenBLAS).
+    /// The threads the BLAS's own products use (one), when the library says (OpenBLAS).
     public static var currentThreads: Int? { library.getThreads.map { Int($0()) } }
 
-    /// Runs `body` with the BLAS's products on `n` threads, then gives it back the count it had. For runs of small
-    /// products beside other threads that are busy: OpenBLAS would wake its threads for each and wait on them.
-    public static func withThreads<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
-        let n = max(1, n)
-        guard let previous = currentThreads, previous != n, let set = library.setThreads else { return try body() }
-        set(Int32(n))
-        defer { set(Int32(previous)) }
-        return try body()
+    /// Products below this many multiply-adds run whole on the calling thread (a part must outweigh waking a thread).
+    public static let splitThreshold = 1 << 21
+
+    /// The parts to split an M×N×K product into: one unless it is large and the pool has threads.
+    @inlinable
+    static func parts(m: Int, n: Int, k: Int) -> Int {
+        m * n * k >= splitThreshold ? Parallel.threads : 1
     }
 
     /// When set, every Float product adds its wall time to `gemmNanoseconds` (for benchmarks).
@@ -194,8 +196,27 @@ extension Float: KernelScalar {
             }
         }
         if let f = BLAS.library.sgemm {
-            f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
-              b, Int32(ldb), beta, c, Int32(ldc))
+            let parts = BLAS.parts(m: m, n: n, k: k)
+            if parts == 1 {
+                f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
+                  b, Int32(ldb), beta, c, Int32(ldc))
+                return
+            }
+            // By rows of C (rows of op(A)) when there are enough, else by columns (columns of op(B)); whole
+            // multiples of 16 so that the parts keep the kernels' full tiles.
+            let byRows = m >= 16 * parts || m >= n
+            let extent = byRows ? m : n, per = ((extent + parts - 1) / parts + 15) / 16 * 16
+            Parallel.run(parts: parts) { p in
+                let start = p * per, count = min(extent, start + per) - start
+                guard count > 0 else { return }
+                if byRows {
+                    f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(count), Int32(n), Int32(k), alpha,
+                      a + (transA ? start : start * lda), Int32(lda), b, Int32(ldb), beta, c + start * ldc, Int32(ldc))
+                } else {
+                    f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(count), Int32(k), alpha, a,
+                      Int32(lda), b + (transB ? start * ldb : start), Int32(ldb), beta, c + start, Int32(ldc))
+                }
+            }
         } else {
             ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                                b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)

@@ -1,10 +1,15 @@
 import CKernels
-import Dispatch
 
-/// Splits element-wise work across threads (the BLAS runs its own threads for products).
+/// Splits work across threads: every parallel loop of the library (element-wise kernels, the BLAS's products split
+/// by rows, a token's products and attention) runs on one pool (CKernels' threadpool.c), whose workers spin
+/// between jobs: a second pool, or the BLAS's own threads, spinning beside it would take turns on the same cores.
 public enum Parallel {
-    /// Threads for element-wise kernels; `BLAS.setThreads` sets it too.
-    nonisolated(unsafe) public static var threads = 1
+    /// Threads of the pool, the caller included; `BLAS.setThreads` sets it.
+    @inlinable
+    public static var threads: Int {
+        get { Int(lk_threads()) }
+        set { lk_set_threads(Int32(max(1, newValue))) }
+    }
 
     /// Calls `body` on disjoint ranges covering 0..<count, in parallel when the work is large enough.
     @inlinable
@@ -12,22 +17,16 @@ public enum Parallel {
         let parts = max(1, min(threads, count / max(1, minimumPerThread)))
         if parts == 1 { body(0..<count); return }
         let per = (count + parts - 1) / parts
-        DispatchQueue.concurrentPerform(iterations: parts) { p in
+        run(parts: parts) { p in
             let start = p * per, end = min(count, start + per)
             if start < end { body(start..<end) }
         }
     }
-}
 
-extension Parallel {
-    /// Threads of the per-token pool (CKernels' `lk_set_threads`, set by generation's products).
+    /// Runs `body(part)` for part in 0..<parts on the pool and returns when all are done. A call from inside a part
+    /// (or from another thread while a job runs) runs its parts itself, in order.
     @inlinable
-    public static var tokenPoolThreads: Int { Int(lk_threads()) }
-
-    /// Runs `body(part)` for part in 0..<parts on the per-token pool, whose workers spin between a token's products:
-    /// for work of microseconds, where waking dispatch threads would cost more than the work.
-    @inlinable
-    public static func onTokenPool(parts: Int, _ body: (Int) -> Void) {
+    public static func run(parts: Int, _ body: (Int) -> Void) {
         if parts <= 1 {
             if parts == 1 { body(0) }
             return

@@ -57,11 +57,17 @@ extension Attention {
     public func tiledForward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>, out: UnsafeMutablePointer<T>,
                              lse: UnsafeMutablePointer<T>, tile: Int) {
         let L = length, d = headDim
-        let s = UnsafeMutablePointer<T>.allocate(capacity: tile * tile), acc = UnsafeMutablePointer<T>.allocate(capacity: tile * d)
-        let maximum = UnsafeMutablePointer<Double>.allocate(capacity: tile), sum = UnsafeMutablePointer<Double>.allocate(capacity: tile)
-        defer { s.deallocate(); acc.deallocate(); maximum.deallocate(); sum.deallocate() }
-        for b in 0..<batch {
-            for h in 0..<heads {
+        // (sequence, head) pairs are independent: split over the pool when there are enough of them; otherwise
+        // each tile's rows are.
+        let units = batch * heads, parts = units >= 2 * Parallel.threads ? Parallel.threads : 1
+        Parallel.run(parts: parts) { part in
+            let s = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
+            let acc = UnsafeMutablePointer<T>.allocate(capacity: tile * d)
+            let maximum = UnsafeMutablePointer<Double>.allocate(capacity: tile)
+            let sum = UnsafeMutablePointer<Double>.allocate(capacity: tile)
+            defer { s.deallocate(); acc.deallocate(); maximum.deallocate(); sum.deallocate() }
+            for unit in part * units / parts ..< (part + 1) * units / parts {
+                let b = unit / heads, h = unit % heads
                 for i0 in stride(from: 0, to: L, by: tile) {
                     let tq = min(tile, L - i0)
                     acc.update(repeating: 0, count: tq * d)
@@ -107,53 +113,60 @@ extension Attention {
     public func tiledBackward(dOut: UnsafePointer<T>, q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
                               out: UnsafePointer<T>, lse: UnsafePointer<T>, dq: UnsafeMutablePointer<T>,
                               dk: UnsafeMutablePointer<T>, dv: UnsafeMutablePointer<T>, tile: Int) {
-        let L = length, d = headDim
-        let p = UnsafeMutablePointer<T>.allocate(capacity: tile * tile), dP = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
-        let delta = UnsafeMutablePointer<T>.allocate(capacity: tile)
-        defer { p.deallocate(); dP.deallocate(); delta.deallocate() }
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let kvOffset = b * L * kvStride + kvHead(h) * d
-                for i0 in stride(from: 0, to: L, by: tile) {
-                    let tq = min(tile, L - i0), qOffset = (b * L + i0) * qStride + h * d
-                    for r in 0..<tq {
-                        var dot: T = 0
-                        for c in 0..<d { dot += dOut[qOffset + r * qStride + c] * out[qOffset + r * qStride + c] }
-                        delta[r] = dot
-                    }
-                    for r in 0..<tq { (dq + qOffset + r * qStride).update(repeating: 0, count: d) }
-                    for j0 in keyTiles(i0, i0 + tq, tile: tile) {
-                        let tk = min(tile, L - j0), jOffset = j0 * kvStride
-                        tileScores(q: q, k: k, b: b, h: h, i0: i0, tq: tq, j0: j0, tk: tk, into: p)
-                        T.gemm(transA: false, transB: true, m: tq, n: tk, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
-                               b: v + kvOffset + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
-                        Parallel.forEachRange(tq, minimumPerThread: 16) { rows in
-                            for r in rows {
-                                let pr = p + r * tk, dr = dP + r * tk
-                                guard let cols = visible(row: i0 + r, keys: j0, columns: tk) else {
-                                    pr.update(repeating: 0, count: tk)
-                                    dr.update(repeating: 0, count: tk)
-                                    continue
-                                }
-                                let capped = scoring.softCap.map { _ in Array(UnsafeBufferPointer(start: pr + cols.lowerBound, count: cols.count)) }
-                                pr.update(repeating: 0, count: cols.lowerBound)
-                                dr.update(repeating: 0, count: cols.lowerBound)
-                                _ = Attention.exponentiate(pr + cols.lowerBound, count: cols.count,
-                                                           minus: Double(lse[(b * heads + h) * L + i0 + r]))
-                                for j in cols { dr[j] = pr[j] * (dr[j] - delta[r]) }
-                                if let capped, let cap = scoring.softCap {
-                                    for (n, j) in cols.enumerated() { let t = capped[n] / cap; dr[j] *= 1 - t * t }
-                                }
-                                (pr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
-                                (dr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
-                            }
+        let L = length, d = headDim, group = heads / kvHeads
+        // The query heads of one key/value head add into the same dk, dv rows: (sequence, key/value head) groups
+        // are independent and split over the pool when there are enough of them; otherwise each tile's rows are.
+        let units = batch * kvHeads, parts = units >= 2 * Parallel.threads ? Parallel.threads : 1
+        Parallel.run(parts: parts) { part in
+            let p = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
+            let dP = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
+            let delta = UnsafeMutablePointer<T>.allocate(capacity: tile)
+            defer { p.deallocate(); dP.deallocate(); delta.deallocate() }
+            for unit in part * units / parts ..< (part + 1) * units / parts {
+                let b = unit / kvHeads
+                for h in (unit % kvHeads) * group ..< (unit % kvHeads + 1) * group {
+                    let kvOffset = b * L * kvStride + kvHead(h) * d
+                    for i0 in stride(from: 0, to: L, by: tile) {
+                        let tq = min(tile, L - i0), qOffset = (b * L + i0) * qStride + h * d
+                        for r in 0..<tq {
+                            var dot: T = 0
+                            for c in 0..<d { dot += dOut[qOffset + r * qStride + c] * out[qOffset + r * qStride + c] }
+                            delta[r] = dot
                         }
-                        T.gemm(transA: true, transB: false, m: tk, n: d, k: tq, alpha: 1, a: p, lda: tk,
-                               b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset + jOffset, ldc: kvStride)
-                        T.gemm(transA: false, transB: false, m: tq, n: d, k: tk, alpha: scale, a: dP, lda: tk,
-                               b: k + kvOffset + jOffset, ldb: kvStride, beta: 1, c: dq + qOffset, ldc: qStride)
-                        T.gemm(transA: true, transB: false, m: tk, n: d, k: tq, alpha: scale, a: dP, lda: tk,
-                               b: q + qOffset, ldb: qStride, beta: 1, c: dk + kvOffset + jOffset, ldc: kvStride)
+                        for r in 0..<tq { (dq + qOffset + r * qStride).update(repeating: 0, count: d) }
+                        for j0 in keyTiles(i0, i0 + tq, tile: tile) {
+                            let tk = min(tile, L - j0), jOffset = j0 * kvStride
+                            tileScores(q: q, k: k, b: b, h: h, i0: i0, tq: tq, j0: j0, tk: tk, into: p)
+                            T.gemm(transA: false, transB: true, m: tq, n: tk, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
+                                   b: v + kvOffset + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
+                            Parallel.forEachRange(tq, minimumPerThread: 16) { rows in
+                                for r in rows {
+                                    let pr = p + r * tk, dr = dP + r * tk
+                                    guard let cols = visible(row: i0 + r, keys: j0, columns: tk) else {
+                                        pr.update(repeating: 0, count: tk)
+                                        dr.update(repeating: 0, count: tk)
+                                        continue
+                                    }
+                                    let capped = scoring.softCap.map { _ in Array(UnsafeBufferPointer(start: pr + cols.lowerBound, count: cols.count)) }
+                                    pr.update(repeating: 0, count: cols.lowerBound)
+                                    dr.update(repeating: 0, count: cols.lowerBound)
+                                    _ = Attention.exponentiate(pr + cols.lowerBound, count: cols.count,
+                                                               minus: Double(lse[(b * heads + h) * L + i0 + r]))
+                                    for j in cols { dr[j] = pr[j] * (dr[j] - delta[r]) }
+                                    if let capped, let cap = scoring.softCap {
+                                        for (n, j) in cols.enumerated() { let t = capped[n] / cap; dr[j] *= 1 - t * t }
+                                    }
+                                    (pr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
+                                    (dr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
+                                }
+                            }
+                            T.gemm(transA: true, transB: false, m: tk, n: d, k: tq, alpha: 1, a: p, lda: tk,
+                                   b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset + jOffset, ldc: kvStride)
+                            T.gemm(transA: false, transB: false, m: tq, n: d, k: tk, alpha: scale, a: dP, lda: tk,
+                                   b: k + kvOffset + jOffset, ldb: kvStride, beta: 1, c: dq + qOffset, ldc: qStride)
+                            T.gemm(transA: true, transB: false, m: tk, n: d, k: tq, alpha: scale, a: dP, lda: tk,
+                                   b: q + qOffset, ldb: qStride, beta: 1, c: dk + kvOffset + jOffset, ldc: kvStride)
+                        }
                     }
                 }
             }

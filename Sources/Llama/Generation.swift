@@ -109,24 +109,18 @@ public final class Generator {
         var text = "", ids: [Int32] = [], reason = "limit"
         start = Date()
         defer { generatedSeconds += Date().timeIntervalSince(start) }
-        // A token's attention products over the cache are small, and the per-token pool's threads spin meanwhile:
-        // OpenBLAS waking its own threads for them (Gemma's 256-wide heads cross its threshold) made two threads
-        // slower than one. They run on the calling thread; the count is set once per response, not per token,
-        // because changing it costs milliseconds.
-        try BLAS.withThreads(1) {
-            for _ in 0..<maxTokens {
-                let id = sampler.sample(logits, history: history)
-                if tokenizer.isEndOfGeneration(id) { reason = "end"; break }
-                ids.append(id)
-                history.append(id)
-                generatedTokens += 1
-                let chunk = decoder.append(id)
-                text += chunk
-                if !onText(chunk) { reason = "cancelled"; break }
-                if stopStrings.contains(where: { text.contains($0) }) { reason = "stop"; break }
-                if session.position >= session.capacity { reason = "context"; break }
-                logits = try feed([id])
-            }
+        for _ in 0..<maxTokens {
+            let id = sampler.sample(logits, history: history)
+            if tokenizer.isEndOfGeneration(id) { reason = "end"; break }
+            ids.append(id)
+            history.append(id)
+            generatedTokens += 1
+            let chunk = decoder.append(id)
+            text += chunk
+            if !onText(chunk) { reason = "cancelled"; break }
+            if stopStrings.contains(where: { text.contains($0) }) { reason = "stop"; break }
+            if session.position >= session.capacity { reason = "context"; break }
+            logits = try feed([id])
         }
         let rest = decoder.finish()
         text += rest

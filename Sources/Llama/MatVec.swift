@@ -1,5 +1,4 @@
 import CKernels
-import Dispatch
 import GGUF
 import Kernels
 
@@ -75,6 +74,6 @@ enum MatVec {
                 }
             }
         }
-        if parts == 1 { body(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: body) }
+        Parallel.run(parts: parts, body)
     }
 }

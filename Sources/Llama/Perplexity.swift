@@ -93,14 +93,11 @@ public struct Perplexity {
         let session = InferenceSession(model: model, capacity: context, threads: threads, activations: activations)
         var losses: [Double] = []
         var logits = try session.feed(Array(chunk[...scoredPositions.lowerBound]))
-        // One thread for OpenBLAS's small per-token attention products, as in Generator.respond.
-        try BLAS.withThreads(1) {
-            for p in scoredPositions {
-                if p > scoredPositions.lowerBound { logits = try session.feed([chunk[p]]) }
-                var target = chunk[p + 1]
-                losses.append(CrossEntropy.forwardBackward(logits: &logits, targets: &target, rows: 1, vocab: logits.count,
-                                                           gradientScale: 0, gradient: false))
-            }
+        for p in scoredPositions {
+            if p > scoredPositions.lowerBound { logits = try session.feed([chunk[p]]) }
+            var target = chunk[p + 1]
+            losses.append(CrossEntropy.forwardBackward(logits: &logits, targets: &target, rows: 1, vocab: logits.count,
+                                                       gradientScale: 0, gradient: false))
         }
         return losses
     }

@@ -166,11 +166,14 @@ final class VectorMathTests: XCTestCase {
         let H = 4, KV = 2, d = 16
         for (L, tile) in [(1, 4), (5, 4), (37, 8), (64, 16), (130, 32)] {
             for scoring in [nil, AttentionScoring<Float>(scale: 0.3, softCap: 2, window: 9)] {
-                let batch = 2, n = batch * L
+                let batch = 3, n = batch * L
                 let q = (0..<(n * H * d)).map { _ in uniform(-1, 1) }, k = (0..<(n * KV * d)).map { _ in uniform(-1, 1) }
                 let v = (0..<(n * KV * d)).map { _ in uniform(-1, 1) }, dOut = (0..<(n * H * d)).map { _ in uniform(-1, 1) }
                 var results: [[[Float]]] = []
-                for t in [nil, tile] {
+                // The plain path, then the tiles on 1–3 threads (heads, then key/value groups, split over the pool).
+                for (t, threads) in [(nil, 1), (tile, 1), (tile, 2), (tile, 3)] {
+                    Parallel.threads = threads
+                    defer { Parallel.threads = 1 }
                     let attention = Attention<Float>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, scoring: scoring, tile: t)
                     var out = [Float](repeating: 0, count: n * H * d), saved = [Float](repeating: 0, count: attention.savedCount)
                     attention.forward(q: q, k: k, v: v, out: &out, saved: &saved)
@@ -185,6 +188,9 @@ final class VectorMathTests: XCTestCase {
                     let worst = zip(plain, tiled).map { abs($0 - $1) }.max()!
                     XCTAssertLessThan(worst, 1e-5 * scale, "\(name), L \(L), tile \(tile), capped \(scoring != nil)")
                 }
+                // Each head and group is computed by one thread in a fixed order: the same bits on any count.
+                XCTAssertEqual(results[2], results[1], "2 threads, L \(L)")
+                XCTAssertEqual(results[3], results[1], "3 threads, L \(L)")
             }
         }
     }
