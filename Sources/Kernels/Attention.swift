@@ -317,10 +317,10 @@ extension Attention where T == Float {
                 a3 += xv * VectorMath.load(r + 3 * stride + c, left, padding: 0)
                 c += VectorMath.width
             }
-            out[j] = scale * VectorMath.sum(a0)
-            out[j + 1] = scale * VectorMath.sum(a1)
-            out[j + 2] = scale * VectorMath.sum(a2)
-            out[j + 3] = scale * VectorMath.sum(a3)
+            out[j] = scale * a0.sum()
+            out[j + 1] = scale * a1.sum()
+            out[j + 2] = scale * a2.sum()
+            out[j + 3] = scale * a3.sum()
             j += 4
         }
         while j < count {

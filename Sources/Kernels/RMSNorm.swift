@@ -88,7 +88,7 @@ public enum RMSNorm {
                 * VectorMath.load(x + c, left, padding: 0)
             c += VectorMath.width
         }
-        let k = s * s * s * VectorMath.sum(dot) / Float(cols)
+        let k = s * s * s * dot.sum() / Float(cols)
         c = 0
         while c < cols {
             let left = cols - c

@@ -75,7 +75,7 @@ public enum VectorMath {
                 block += e
                 i += width
             }
-            total += Double(Self.sum(block))
+            total += Double(block.sum())
         }
         return total
     }
@@ -96,14 +96,6 @@ public enum VectorMath {
         }
     }
 
-    /// Σ of the 16 lanes by halves (four vector adds): the standard library's `sum()` on SIMD16 is a generic
-    /// call that adds lane by lane, too slow for attention's dot products of 64 values.
-    @inlinable @inline(__always)
-    public static func sum(_ v: Vector) -> Float {
-        let eight = v.lowHalf + v.highHalf, four = eight.lowHalf + eight.highHalf, two = four.lowHalf + four.highHalf
-        return two[0] + two[1]
-    }
-
     /// Σ xᵢ·yᵢ.
     @inlinable
     public static func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, count: Int) -> Float {
@@ -113,7 +105,7 @@ public enum VectorMath {
             sum += load(x + i, count - i, padding: 0) * load(y + i, count - i, padding: 0)
             i += width
         }
-        return Self.sum(sum)
+        return sum.sum()
     }
 }
 
