@@ -44,8 +44,12 @@ static void run_parts(uint64_t generation) {
     }
 }
 
+// Set on the pool's own threads: the caller's thread spans a job's wall time, a worker's overlaps it.
+static _Thread_local int on_worker;
+
 static void *worker(void *unused) {
     (void)unused;
+    on_worker = 1;
     uint64_t seen = atomic_load(&pool.ticket) >> 40;
     for (;;) {
         uint64_t now;
@@ -127,4 +131,19 @@ void lk_split_rows(int rows, int cols, lk_row_range run, const void *context) {
     split_job job = {rows, parts, run, context};
     if (parts <= 1) split_part(&job, 0);
     else lk_parallel_for(parts, split_part, &job);
+}
+
+static _Atomic uint64_t counted_operations, counted_nanoseconds;
+
+void lk_count_product(uint64_t operations, uint64_t nanoseconds) {
+    atomic_fetch_add_explicit(&counted_operations, operations, memory_order_relaxed);
+    if (!on_worker) atomic_fetch_add_explicit(&counted_nanoseconds, nanoseconds, memory_order_relaxed);
+}
+
+uint64_t lk_counted_operations(void) { return atomic_load(&counted_operations); }
+uint64_t lk_counted_nanoseconds(void) { return atomic_load(&counted_nanoseconds); }
+
+void lk_reset_counts(void) {
+    atomic_store(&counted_operations, 0);
+    atomic_store(&counted_nanoseconds, 0);
 }

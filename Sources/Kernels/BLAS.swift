@@ -1,3 +1,5 @@
+import CKernels
+
 #if canImport(Glibc)
 import Glibc
 @usableFromInline enum LibM {
@@ -152,11 +154,13 @@ public enum BLAS {
         m * n * k >= splitThreshold ? Parallel.threads : 1
     }
 
-    /// When set, every Float product adds its wall time to `gemmNanoseconds` (for benchmarks).
+    /// When set, every Float product adds its time to `gemmNanoseconds` and its 2·M·N·K floating-point operations to
+    /// `gemmOperations` (for benchmarks). Products that run inside a parallel job on several threads at once (the
+    /// attention's tiles) add the time of the calling thread only, so the total stays wall time.
     nonisolated(unsafe) public static var measureGEMM = false
-    nonisolated(unsafe) public static var gemmNanoseconds: UInt64 = 0
-    /// With `measureGEMM`: the floating-point operations the Float products issued (2·M·N·K each).
-    nonisolated(unsafe) public static var gemmOperations: UInt64 = 0
+    public static var gemmNanoseconds: UInt64 { lk_counted_nanoseconds() }
+    public static var gemmOperations: UInt64 { lk_counted_operations() }
+    public static func resetGEMMCounts() { lk_reset_counts() }
 
     static func now() -> UInt64 {
         var ts = timespec()
@@ -190,10 +194,7 @@ extension Float: KernelScalar {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
         defer {
-            if BLAS.measureGEMM {
-                BLAS.gemmNanoseconds += BLAS.now() - start
-                BLAS.gemmOperations += UInt64(2 * m * n * k)
-            }
+            if BLAS.measureGEMM { lk_count_product(UInt64(2 * m * n * k), BLAS.now() - start) }
         }
         if let f = BLAS.library.sgemm {
             let parts = BLAS.parts(m: m, n: n, k: k)

@@ -60,8 +60,7 @@ struct StepBench: ParsableCommand {
             BLAS.setThreads(t)
             for _ in 0..<warmup { try trainingStep() }
             BLAS.measureGEMM = true
-            BLAS.gemmNanoseconds = 0
-            BLAS.gemmOperations = 0
+            BLAS.resetGEMMCounts()
             let start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<steps { try trainingStep() }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(steps)

@@ -63,6 +63,27 @@ final class BLASTests: XCTestCase {
         checkAgainstReference(shapes)
     }
 
+    /// The benchmark counters add every thread's operations but only the calling thread's time, so that products
+    /// running on two threads at once (the attention's tiles) do not count their wall time twice.
+    func testProductCountersAddOperationsFromEveryThreadAndWallTimeOnce() {
+        Parallel.threads = 2
+        defer { Parallel.threads = 1; BLAS.measureGEMM = false }
+        let n = 96, a = [Float](repeating: 0.5, count: n * n)
+        BLAS.measureGEMM = true
+        BLAS.resetGEMMCounts()
+        let start = DispatchTime.now().uptimeNanoseconds
+        Parallel.run(parts: 2) { _ in
+            var c = [Float](repeating: 0, count: n * n)
+            for _ in 0..<20 {
+                Float.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a, lda: n, b: a, ldb: n, beta: 0, c: &c, ldc: n)
+            }
+        }
+        let wall = DispatchTime.now().uptimeNanoseconds - start
+        XCTAssertEqual(BLAS.gemmOperations, UInt64(2 * 20 * 2 * n * n * n))
+        XCTAssertGreaterThan(BLAS.gemmNanoseconds, 0)
+        XCTAssertLessThanOrEqual(BLAS.gemmNanoseconds, wall)
+    }
+
     func checkAgainstReference(_ shapes: [(Int, Int, Int)]) {
         var seed: UInt64 = 1
         func next() -> Float { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return Float(Int64(bitPattern: seed) >> 40) / Float(1 << 23) }

@@ -48,4 +48,11 @@ void lk_parallel_for(int parts, lk_task task, void *context);
 void lk_set_threads(int threads);
 int lk_threads(void);
 
+/// Benchmark counters of the BLAS's products, safe from every thread: all operations are added; time only from
+/// threads outside the pool's workers (a worker's time inside a job overlaps the caller's, which spans the job).
+void lk_count_product(uint64_t operations, uint64_t nanoseconds);
+uint64_t lk_counted_operations(void);
+uint64_t lk_counted_nanoseconds(void);
+void lk_reset_counts(void);
+
 #endif
