@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks that Hugging Face PEFT loads an adapter exported by `lorakit convert --to peft` and computes what the
-reference data says: testdata/reference/smollm2-lora-init.gguf (llama.cpp format) converted to PEFT, loaded with
+reference data says: ../shared/testdata/reference/smollm2-lora-init.gguf (llama.cpp format) converted to PEFT, loaded with
 PeftModel on transformers' model of the same GGUF, must give the reference loss of smollm2-lora-grads.gguf over the
 64 reference tokens (which transformers + PEFT computed from the original adapter). That adapter barely moves the
 loss, so with TEXT the script also scores TEXT with the adapter 50× stronger (lora_alpha × 50), chunks of 256, the

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 PROMPTS = {
     "The capital of France is": [504, 3575, 282, 4649, 314],
     "Once upon a time": [6403, 1980, 253, 655],
-    # ids of this text in testdata/reference/smollm2-tokens.json
+    # ids of this text in ../shared/testdata/reference/smollm2-tokens.json
     "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n": [1, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198],
 }
 
