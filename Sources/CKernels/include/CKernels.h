@@ -17,11 +17,6 @@ int lk_matvec_supported(int type);
 /// y = W·x with the vector kernel (the CPU must support it), rows split across the pool's threads.
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y);
 
-/// y[r] for rows [row_begin, row_end) only, on the calling thread. `block_sums` holds Σ x over each block of 32
-/// (lk_block_sums); F32, F16 and BF16 ignore it.
-void lk_matvec_rows(int type, const void *data, size_t row_bytes, int cols, const float *x, const float *block_sums,
-                    float *y, int row_begin, int row_end);
-
 /// sums[b] = Σ x[32b ..< 32b + 32] for cols / 32 blocks.
 void lk_block_sums(const float *x, int cols, float *sums);
 
