@@ -9,8 +9,8 @@
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
 
-// One product's operands: x with its block sums and its lanes' order (exact kernels, matvec.c) or x rounded to
-// 8 bits (int8 kernels).
+// One product's operands: x with its sums over 32 and 16 and its lanes' order (exact kernels, matvec.c), or x
+// rounded to 8 bits (int8 kernels).
 typedef struct {
     int type;
     const void *data;

@@ -26,7 +26,7 @@
 #include <stdlib.h>
 
 #if defined(__x86_64__)
-// The low 8 bytes of b as signed integers in floats (Q8_0, Q6_K).
+// The low 8 bytes of b as signed integers in floats (Q8_0).
 LK_AVX2 static inline __m256 signed_bytes(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
 
 // x in the kernels' order: within each block of 32, register k holds x[4k..4k+3] and x[16+4k..16+4k+3].
@@ -135,36 +135,40 @@ LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const float *xp, 
     return horizontal_sum(total) - minimums;
 }
 
-// Σ (q_l − 32)·x_l for 16 six-bit quants held one per byte.
-LK_AVX2 static inline __m256 dot_16_centered(__m128i q, const float *x) {
-    q = _mm_sub_epi8(q, _mm_set1_epi8(32));
-    __m256 acc = _mm256_mul_ps(signed_bytes(q), _mm256_loadu_ps(x));
-    return _mm256_fmadd_ps(signed_bytes(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x + 8), acc);
-}
-
-LK_AVX2 static float row_q6_k(const uint8_t *row, const float *x, int superblocks) {
-    const __m128i mask = _mm_set1_epi8(0x0F), three = _mm_set1_epi8(3);
-    __m256 total = _mm256_setzero_ps();
+// Q6_K with x in permute_32's order: each (half h, quarter) group of 32 takes its low four bits from 32
+// consecutive bytes of ql and its top two from the 32 bytes of qh, elements 0..15 (scale 2·quarter) in the low
+// lane and 16..31 (scale 2·quarter + 1) in the high one. The −32 of every quant is applied once per superblock
+// from x's sums over 16 (Σ_i sc_i·hs_i, as the scale index of element e is e / 16).
+LK_AVX2 static float row_q6_k(const uint8_t *row, const float *xp, const float *half_sums, int superblocks) {
+    const __m256i mask = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30);
+    __m256 total = _mm256_setzero_ps(), centre = _mm256_setzero_ps();
     for (int b = 0; b < superblocks; b++, row += 210) {
         const float d = half_to_float(row + 208);
-        const int8_t *scales = (const int8_t *)(row + 192);
+        const __m128i scale_bytes = _mm_loadu_si128((const __m128i *)(row + 192));
+        const __m256 scales_lo = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scale_bytes)));
+        const __m256 scales_hi = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(scale_bytes, 8))));
+        centre = _mm256_fmadd_ps(scales_lo, _mm256_loadu_ps(half_sums + 16 * b), centre);
+        centre = _mm256_fmadd_ps(scales_hi, _mm256_loadu_ps(half_sums + 16 * b + 8), centre);
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = row + 64 * h, *qh = row + 128 + 32 * h;
+            const __m256 scales = h ? scales_hi : scales_lo;
+            const __m256i high_bits = _mm256_loadu_si256((const __m256i *)qh);
             for (int quarter = 0; quarter < 4; quarter++) {
-                const float *xq = x + 256 * b + 128 * h + 32 * quarter;
-                for (int part = 0; part < 2; part++) {  // l in [16·part, 16·part + 16): one scale each
-                    __m128i low = _mm_loadu_si128((const __m128i *)(ql + 32 * (quarter % 2) + 16 * part));
-                    low = quarter < 2 ? _mm_and_si128(low, mask) : _mm_and_si128(_mm_srli_epi16(low, 4), mask);
-                    __m128i high = _mm_loadu_si128((const __m128i *)(qh + 16 * part));
-                    high = _mm_and_si128(_mm_srli_epi16(high, 2 * quarter), three);
-                    __m128i q = _mm_or_si128(low, _mm_slli_epi16(high, 4));
-                    float scale = d * scales[8 * h + part + 2 * quarter];
-                    total = _mm256_fmadd_ps(_mm256_set1_ps(scale), dot_16_centered(q, xq + 16 * part), total);
-                }
+                __m256i low = _mm256_loadu_si256((const __m256i *)(ql + 32 * (quarter % 2)));
+                low = _mm256_and_si256(quarter < 2 ? low : _mm256_srli_epi16(low, 4), mask);
+                // Bits 2·quarter, 2·quarter + 1 of each qh byte to bits 4, 5 (bits shifted across a byte boundary
+                // land outside 0x30).
+                __m256i high = quarter < 2 ? _mm256_slli_epi16(high_bits, 4 - 2 * quarter)
+                                           : _mm256_srli_epi16(high_bits, 2 * quarter - 4);
+                __m256i q = _mm256_or_si256(low, _mm256_and_si256(high, top));
+                const __m256i pick = _mm256_setr_epi32(2 * quarter, 2 * quarter, 2 * quarter, 2 * quarter,
+                                                       2 * quarter + 1, 2 * quarter + 1, 2 * quarter + 1, 2 * quarter + 1);
+                total = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scales, pick),
+                                        dot_32_lanes(q, xp + 256 * b + 128 * h + 32 * quarter), total);
             }
         }
     }
-    return horizontal_sum(total);
+    return horizontal_sum(total) - 32 * horizontal_sum(centre);
 }
 
 // F32, F16, BF16 rows: cols is a multiple of 8 (checked by the caller); the tail is summed one by one.
@@ -215,10 +219,10 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
 // K-quant rows in a function of their own: sharing one with the 32-element block types made the compiler lay out
 // the Q4 and Q8_0 loops 15–50 % slower.
 LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
-                                const float *x, const float *xp, float *y, int begin, int end) {
+                                const float *half_sums, const float *xp, float *y, int begin, int end) {
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
-        y[r] = type == Q6_K ? row_q6_k(row, x, cols / 256) : row_q4_q5_k(type, row, xp, sums, cols / 256);
+        y[r] = type == Q6_K ? row_q6_k(row, xp, half_sums, cols / 256) : row_q4_q5_k(type, row, xp, sums, cols / 256);
     }
 }
 #endif
@@ -244,34 +248,34 @@ void lk_block_sums(const float *x, int cols, float *sums) {
     }
 }
 
-// Rows [begin, end) with x in natural order (x, sums) and in permute_32's order (xp).
-static void matvec_rows(int type, const void *data, size_t row_bytes, int cols, const float *x, const float *xp,
-                        const float *sums, float *y, int begin, int end) {
+static void matvec_range(const void *context, int begin, int end) {
 #if defined(__x86_64__)
-    if (type == Q4_K || type == Q5_K || type == Q6_K) {
-        rows_k_avx2(type, (const uint8_t *)data, row_bytes, cols, sums, x, xp, y, begin, end);
+    const lk_product *job = context;
+    if (job->type == Q4_K || job->type == Q5_K || job->type == Q6_K) {
+        rows_k_avx2(job->type, job->data, job->row_bytes, job->cols, job->sums, job->half_sums, job->xp, job->y, begin, end);
     } else {
-        rows_avx2(type, (const uint8_t *)data, row_bytes, cols, x, xp, sums, y, begin, end);
+        rows_avx2(job->type, job->data, job->row_bytes, job->cols, job->x, job->xp, job->sums, job->y, begin, end);
     }
 #else
-    (void)type; (void)data; (void)row_bytes; (void)cols; (void)x; (void)xp; (void)sums; (void)y; (void)begin; (void)end;
+    (void)context; (void)begin; (void)end;
 #endif
 }
 
-static void matvec_range(const void *context, int begin, int end) {
-    const lk_product *job = context;
-    matvec_rows(job->type, job->data, job->row_bytes, job->cols, job->x, job->xp, job->sums, job->y, begin, end);
-}
-
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y) {
-    float stack_sums[512], stack_xp[8192];
+    // x in the lanes' order, its sums over blocks of 32 and over halves of 16 (Q6_K's scale groups).
+    float stack[8192 + 256 + 512];
     int blocks = cols / 32;
-    float *sums = blocks <= 512 ? stack_sums : malloc(sizeof(float) * (size_t)blocks);
-    float *xp = cols <= 8192 ? stack_xp : malloc(sizeof(float) * (size_t)cols);
-    lk_block_sums(x, cols, sums);
+    float *xp = cols <= 8192 ? stack : malloc(sizeof(float) * ((size_t)cols + (size_t)blocks * 3));
+    float *sums = xp + cols, *half_sums = sums + blocks;
     permute_32(x, cols, xp);
-    lk_product job = {.type = type, .data = data, .row_bytes = row_bytes, .cols = cols, .x = x, .xp = xp, .sums = sums, .y = y};
+    lk_block_sums(x, cols, sums);
+    for (int h = 0; h < cols / 16; h++) {
+        float s = 0;
+        for (int j = 0; j < 16; j++) s += x[16 * h + j];
+        half_sums[h] = s;
+    }
+    lk_product job = {.type = type, .data = data, .row_bytes = row_bytes, .cols = cols, .x = x, .xp = xp, .sums = sums,
+                      .half_sums = half_sums, .y = y};
     lk_split_rows(rows, cols, matvec_range, &job);
-    if (sums != stack_sums) free(sums);
-    if (xp != stack_xp) free(xp);
+    if (xp != stack) free(xp);
 }

@@ -16,7 +16,7 @@ final class MatVecKernelTests: XCTestCase {
         }
         for type in Self.types {
             guard lk_matvec_supported(Int32(type.rawValue)) != 0 else { continue }
-            for (rows, cols) in [(1, 32), (37, 64), (300, 576), (64, 1536)] {
+            for (rows, cols) in [(1, 32), (37, 64), (300, 576), (64, 1536), (2, 8224)] {  // 8224: x beyond the stack buffer
                 let weights = (0..<(rows * cols)).map { _ in next() * 2 }
                 let data = try Quantize.quantize(weights, to: type)
                 let rowBytes = data.count / rows
@@ -50,7 +50,7 @@ final class MatVecKernelTests: XCTestCase {
         // (type, bytes per superblock, offsets of the f16 scales)
         for (type, bytes, scaleOffsets) in [(TensorType.q4_K, 144, [0, 2]), (.q5_K, 176, [0, 2]), (.q6_K, 210, [208])] {
             XCTAssertEqual(lk_matvec_supported(Int32(type.rawValue)), 1)
-            for (rows, cols) in [(3, 256), (37, 512), (64, 1536)] {
+            for (rows, cols) in [(3, 256), (37, 512), (64, 1536), (2, 8448)] {  // 8448: x beyond the stack buffer
                 var data = (0..<(rows * cols / 256 * bytes)).map { _ in nextByte() }
                 for block in 0..<(rows * cols / 256) {
                     for (k, offset) in scaleOffsets.enumerated() {
