@@ -26,8 +26,10 @@
 #include <stdlib.h>
 
 #if defined(__x86_64__)
-// The low 8 bytes of b as signed integers in floats (Q8_0).
-LK_AVX2 static inline __m256 signed_bytes(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
+// The 8 signed bytes at p as floats (Q8_0): the widening reads memory itself, no shuffle to reach the upper bytes.
+LK_AVX2 static inline __m256 signed_bytes_at(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
 
 // x in the kernels' order: within each block of 32, register k holds x[4k..4k+3] and x[16+4k..16+4k+3].
 // (Whole blocks only: the float types, whose columns need not fill a block, read x itself.)
@@ -95,11 +97,11 @@ LK_AVX2 static float row_q8_0(const uint8_t *row, const float *x, int blocks) {
     __m256 total = _mm256_setzero_ps();
     for (int b = 0; b < blocks; b++, row += 34) {
         const float *xb = x + 32 * b;
-        __m128i lo = _mm_loadu_si128((const __m128i *)(row + 2)), hi = _mm_loadu_si128((const __m128i *)(row + 18));
-        __m256 acc = _mm256_mul_ps(signed_bytes(lo), _mm256_loadu_ps(xb));
-        acc = _mm256_fmadd_ps(signed_bytes(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xb + 8), acc);
-        acc = _mm256_fmadd_ps(signed_bytes(hi), _mm256_loadu_ps(xb + 16), acc);
-        acc = _mm256_fmadd_ps(signed_bytes(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xb + 24), acc);
+        const int8_t *q = (const int8_t *)(row + 2);
+        __m256 acc = _mm256_mul_ps(signed_bytes_at(q), _mm256_loadu_ps(xb));
+        acc = _mm256_fmadd_ps(signed_bytes_at(q + 8), _mm256_loadu_ps(xb + 8), acc);
+        acc = _mm256_fmadd_ps(signed_bytes_at(q + 16), _mm256_loadu_ps(xb + 16), acc);
+        acc = _mm256_fmadd_ps(signed_bytes_at(q + 24), _mm256_loadu_ps(xb + 24), acc);
         total = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(row)), acc, total);
     }
     return horizontal_sum(total);
