@@ -73,7 +73,8 @@ LK_AVX2 static inline __m256i fifth_bits_32(uint32_t bits) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-LK_AVX2 static float row_q4_q5(int type, const uint8_t *row, const float *xp, const float *sums, int blocks) {
+LK_AVX2 __attribute__((always_inline)) static inline float row_q4_q5(int type, const uint8_t *row, const float *xp,
+                                                                    const float *sums, int blocks) {
     const int five = type == Q5_0 || type == Q5_1, with_minimum = type == Q4_1 || type == Q5_1;
     const int header = with_minimum ? 4 : 2, quants = header + (five ? 4 : 0), bytes = quants + 16;
     const float offset = five ? -16 : -8;
@@ -211,7 +212,11 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
         switch (type) {
-        case Q4_0: case Q4_1: case Q5_0: case Q5_1: y[r] = row_q4_q5(type, row, xp, sums, blocks); break;
+        // One call per type, so that each inlined copy is specialized to its layout.
+        case Q4_0: y[r] = row_q4_q5(Q4_0, row, xp, sums, blocks); break;
+        case Q4_1: y[r] = row_q4_q5(Q4_1, row, xp, sums, blocks); break;
+        case Q5_0: y[r] = row_q4_q5(Q5_0, row, xp, sums, blocks); break;
+        case Q5_1: y[r] = row_q4_q5(Q5_1, row, xp, sums, blocks); break;
         case Q8_0: y[r] = row_q8_0(row, x, blocks); break;
         default: y[r] = row_float(type, row, x, cols); break;
         }
