@@ -59,6 +59,17 @@ LK_AVX2 static inline float half_to_float(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
+// Byte j = 16 where bit j of `bits` is set: the fifth bits of a Q5_0/Q5_1 block's 32 quants, element j in byte j
+// (elements 0..15 in the low 128-bit lane, 16..31 in the high one).
+LK_AVX2 static inline __m256i fifth_bits_32(uint32_t bits) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
 LK_AVX2 static inline float horizontal_sum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

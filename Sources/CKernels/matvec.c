@@ -59,19 +59,10 @@ LK_AVX2 static inline __m256 dot_32_lanes(__m256i q, const float *xp) {
 }
 
 // The 32 nibbles of 16 bytes: low nibbles (elements 0..15) in the low lane, high nibbles (16..31) in the high one.
+// (The int8 kernels build the same register with vinserti128; each form measured faster in its own kernel.)
 LK_AVX2 static inline __m256i nibbles_32(const uint8_t *qs) {
     __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
     return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
-}
-
-// Byte j = 16 where bit j of `bits` is set (j < 32: the fifth bits of a block's quants, in nibbles_32's layout).
-LK_AVX2 static inline __m256i fifth_bits_32(uint32_t bits) {
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
-    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
 // f16 → f32 by table: a block's scale and minimum are read once per 32 weights, and the table (one load) costs
