@@ -252,13 +252,6 @@ int lk_matvec_supported(int type) {
 #endif
 }
 
-void lk_block_sums(const float *x, int cols, float *sums) {
-    for (int b = 0; b < cols / 32; b++) {
-        float s = 0;
-        for (int j = 0; j < 32; j++) s += x[32 * b + j];
-        sums[b] = s;
-    }
-}
 
 static void matvec_range(const void *context, int begin, int end) {
 #if defined(__x86_64__)
@@ -275,18 +268,19 @@ static void matvec_range(const void *context, int begin, int end) {
 
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y) {
     pthread_once(&half_table_once, fill_half_table);
-    // x in the lanes' order, its sums over blocks of 32 and over halves of 16 (Q6_K's scale groups).
-    float stack[8192 + 256 + 512];
-    int blocks = cols / 32;
-    float *xp = cols <= 8192 ? stack : malloc(sizeof(float) * ((size_t)cols + (size_t)blocks * 3));
-    float *sums = xp + cols, *half_sums = sums + blocks;
+    // x in the lanes' order, its sums over halves of 16 (Q6_K's scale groups) and over blocks of 32.
+    enum { stack_cols = 8192 };
+    float stack[stack_cols + stack_cols / 32 * 3];
+    const int blocks = cols / 32;
+    float *xp = cols <= stack_cols ? stack : malloc(sizeof(float) * ((size_t)cols + (size_t)blocks * 3));
+    float *half_sums = xp + cols, *sums = half_sums + 2 * blocks;
     permute_32(x, cols, xp);
-    lk_block_sums(x, cols, sums);
-    for (int h = 0; h < cols / 16; h++) {
+    for (int h = 0; h < 2 * blocks; h++) {
         float s = 0;
         for (int j = 0; j < 16; j++) s += x[16 * h + j];
         half_sums[h] = s;
     }
+    for (int b = 0; b < blocks; b++) sums[b] = half_sums[2 * b] + half_sums[2 * b + 1];
     lk_product job = {.type = type, .data = data, .row_bytes = row_bytes, .cols = cols, .x = x, .xp = xp, .sums = sums,
                       .half_sums = half_sums, .y = y};
     lk_split_rows(rows, cols, matvec_range, &job);

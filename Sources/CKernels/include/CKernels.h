@@ -17,9 +17,6 @@ int lk_matvec_supported(int type);
 /// y = W·x with the vector kernel (the CPU must support it), rows split across the pool's threads.
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y);
 
-/// sums[b] = Σ x[32b ..< 32b + 32] for cols / 32 blocks.
-void lk_block_sums(const float *x, int cols, float *sums);
-
 /// The same product with x rounded to 8 bits per block of 32 first (llama.cpp's activation rounding), multiplied
 /// in integers: y = W·x̂, x̂ = d_b·q (lk_quantize_activations). Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K and Q6_K.
 int lk_matvec_int8_supported(int type);
