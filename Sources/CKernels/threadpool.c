@@ -143,7 +143,40 @@ void lk_count_product(uint64_t operations, uint64_t nanoseconds) {
 uint64_t lk_counted_operations(void) { return atomic_load(&counted_operations); }
 uint64_t lk_counted_nanoseconds(void) { return atomic_load(&counted_nanoseconds); }
 
+// Per-shape totals, kept only while shape counting is on (a profiling aid: one mutex per product).
+#define SHAPE_SLOTS 512
+static lk_shape_total shape_totals[SHAPE_SLOTS];
+static int shape_count;
+static pthread_mutex_t shape_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void lk_count_shape(int trans_a, int trans_b, int m, int n, int k, uint64_t nanoseconds) {
+    pthread_mutex_lock(&shape_lock);
+    int i = 0;
+    while (i < shape_count && !(shape_totals[i].trans_a == trans_a && shape_totals[i].trans_b == trans_b &&
+                                shape_totals[i].m == m && shape_totals[i].n == n && shape_totals[i].k == k)) i++;
+    if (i == shape_count && shape_count < SHAPE_SLOTS) {
+        shape_totals[i] = (lk_shape_total){trans_a, trans_b, m, n, k, 0, 0};
+        shape_count++;
+    }
+    if (i < shape_count) {
+        shape_totals[i].calls++;
+        shape_totals[i].nanoseconds += nanoseconds;
+    }
+    pthread_mutex_unlock(&shape_lock);
+}
+
+int lk_shape_totals(lk_shape_total *out, int capacity) {
+    pthread_mutex_lock(&shape_lock);
+    int count = shape_count < capacity ? shape_count : capacity;
+    for (int i = 0; i < count; i++) out[i] = shape_totals[i];
+    pthread_mutex_unlock(&shape_lock);
+    return count;
+}
+
 void lk_reset_counts(void) {
     atomic_store(&counted_operations, 0);
     atomic_store(&counted_nanoseconds, 0);
+    pthread_mutex_lock(&shape_lock);
+    shape_count = 0;
+    pthread_mutex_unlock(&shape_lock);
 }

@@ -158,6 +158,14 @@ public enum BLAS {
     /// `gemmOperations` (for benchmarks). Products that run inside a parallel job on several threads at once (the
     /// attention's tiles) add the time of the calling thread only, so the total stays wall time.
     nonisolated(unsafe) public static var measureGEMM = false
+    /// When set with `measureGEMM`, products are also totalled by shape (`shapeTotals`).
+    nonisolated(unsafe) public static var measureShapes = false
+    /// Calls and time by product shape since the last reset, most time first.
+    public static var shapeTotals: [lk_shape_total] {
+        var totals = [lk_shape_total](repeating: lk_shape_total(), count: 512)
+        let count = Int(lk_shape_totals(&totals, Int32(totals.count)))
+        return totals.prefix(count).sorted { $0.nanoseconds > $1.nanoseconds }
+    }
     public static var gemmNanoseconds: UInt64 { lk_counted_nanoseconds() }
     public static var gemmOperations: UInt64 { lk_counted_operations() }
     public static func resetGEMMCounts() { lk_reset_counts() }
@@ -194,7 +202,13 @@ extension Float: KernelScalar {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
         defer {
-            if BLAS.measureGEMM { lk_count_product(UInt64(2 * m * n * k), BLAS.now() - start) }
+            if BLAS.measureGEMM {
+                let elapsed = BLAS.now() - start
+                lk_count_product(UInt64(2 * m * n * k), elapsed)
+                if BLAS.measureShapes {
+                    lk_count_shape(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), elapsed)
+                }
+            }
         }
         if let f = BLAS.library.sgemm {
             let parts = BLAS.parts(m: m, n: n, k: k)

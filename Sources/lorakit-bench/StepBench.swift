@@ -20,6 +20,7 @@ struct StepBench: ParsableCommand {
     @Option(help: "Untimed steps first (0 times the first step, page faults of the mapped file included).") var warmup = 1
     @Flag(name: .customLong("checkpointing")) var checkpointing = false
     @Flag(name: .customLong("cache-weights")) var cacheWeights = false
+    @Flag(name: .customLong("shapes"), help: "Also print the products' time by shape.") var shapes = false
     @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
 
     func run() throws {
@@ -60,6 +61,7 @@ struct StepBench: ParsableCommand {
             BLAS.setThreads(t)
             for _ in 0..<warmup { try trainingStep() }
             BLAS.measureGEMM = true
+            BLAS.measureShapes = shapes
             BLAS.resetGEMMCounts()
             let start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<steps { try trainingStep() }
@@ -71,7 +73,20 @@ struct StepBench: ParsableCommand {
                          t, elapsed, Double(n) / elapsed, 100 * gemm / elapsed, peakMemoryMB()))
             print(String(format: "  products: %.0f GFLOP issued per step (the step's minimum %.0f), %.0f GFLOP/s inside them",
                          issued, minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9, issued / gemm))
+            if shapes { printShapes(steps: steps, stepSeconds: elapsed) }
         }
+    }
+}
+
+/// The shapes that took the most time, with each call's rate on its own thread (op(A) is M×K, op(B) K×N; T: transposed).
+func printShapes(steps: Int, stepSeconds: Double) {
+    print("  product shapes by time (per step; rate of one call on its thread):")
+    for total in BLAS.shapeTotals.prefix(ProcessInfo.processInfo.environment["SHAPES_ALL"] != nil ? 512 : 16) {
+        let seconds = Double(total.nanoseconds) / 1e9 / Double(steps)
+        let rate = 2 * Double(total.m) * Double(total.n) * Double(total.k) * Double(total.calls) / Double(total.nanoseconds)
+        print(String(format: "    %@·%@ M %6d N %6d K %6d  %5d calls  %6.3f s (%4.1f%%)  %5.1f GFLOP/s",
+                     total.trans_a != 0 ? "Aᵀ" : "A ", total.trans_b != 0 ? "Bᵀ" : "B ", total.m, total.n, total.k,
+                     Int(total.calls) / steps, seconds, 100 * seconds / stepSeconds, rate))
     }
 }
 

@@ -47,4 +47,13 @@ uint64_t lk_counted_operations(void);
 uint64_t lk_counted_nanoseconds(void);
 void lk_reset_counts(void);
 
+/// Per-shape totals of the counted products (row-major C = op(A)·op(B), op(A) M×K); each call's time is its own
+/// thread's. Cleared by lk_reset_counts.
+typedef struct {
+    int trans_a, trans_b, m, n, k;
+    uint64_t calls, nanoseconds;
+} lk_shape_total;
+void lk_count_shape(int trans_a, int trans_b, int m, int n, int k, uint64_t nanoseconds);
+int lk_shape_totals(lk_shape_total *out, int capacity);
+
 #endif
