@@ -121,3 +121,13 @@ extension UnsafeMutablePointer {
         UnsafeMutableRawPointer(self).assumingMemoryBound(to: Float.self)
     }
 }
+
+extension Array where Element: KernelScalar {
+    /// Storage for `count` values that the caller writes completely before reading any (a product's output with
+    /// beta 0, a kernel's result). Skips the zero-fill of `init(repeating:count:)`, which on these buffers is a
+    /// serial pass over memory that the filling kernel then writes again.
+    @inlinable
+    public init(unfilled count: Int) {
+        self.init(unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
+    }
+}

@@ -65,7 +65,7 @@ enum LinearGroup<T: KernelScalar> {
             var offset = 0
             return widths.map { width in
                 defer { offset += width }
-                var part = [T](repeating: 0, count: n * width)
+                var part = [T](unfilled: n * width)
                 for r in 0..<n { for j in 0..<width { part[r * width + j] = y[r * total + offset + j] } }
                 return part
             }
@@ -86,7 +86,7 @@ enum LinearGroup<T: KernelScalar> {
             for (i, (w, dy)) in zip(weights, dParts).enumerated() { run(w, dy, accumulate: accumulate || i > 0) }
         case let .fused(weight, widths):
             let total = widths.reduce(0, +)
-            var dy = [T](repeating: 0, count: n * total), offset = 0
+            var dy = [T](unfilled: n * total), offset = 0
             for (part, width) in zip(dParts, widths) {
                 for r in 0..<n { for j in 0..<width { dy[r * total + offset + j] = part[r * width + j] } }
                 offset += width
@@ -189,7 +189,7 @@ struct TransformerBlock<T: KernelScalar> {
     }
 
     func norm(_ x: [T], _ weight: [T], rows n: Int, cols: Int? = nil) -> (y: [T], rstd: [T]) {
-        var y = [T](repeating: 0, count: x.count), rstd = [T](repeating: 0, count: n)
+        var y = [T](unfilled: x.count), rstd = [T](unfilled: n)
         RMSNorm.forward(x: x, weight: weight, y: &y, rstd: &rstd, rows: n, cols: cols ?? config.embedding, eps: epsilon)
         return (y, rstd)
     }
@@ -243,7 +243,7 @@ struct TransformerBlock<T: KernelScalar> {
     }
 
     func activate(_ gate: [T], _ up: [T]) -> [T] {
-        var act = [T](repeating: 0, count: gate.count)
+        var act = [T](unfilled: gate.count)
         switch description.feedForward {
         case .swiGLU: SwiGLU.forward(gate: gate, up: up, out: &act, count: gate.count)
         case .geGLU: GeGLU.forward(gate: gate, up: up, out: &act, count: gate.count)
@@ -268,16 +268,16 @@ struct TransformerBlock<T: KernelScalar> {
         let dDown = optionalNormBackward(dOut, present: description.postNorms, x: c.downPre,
                                          weight: weights.postFeedForwardNorm, rstd: c.rstdDown, cols: C)
         (c.downPre, c.rstdDown) = ([], [])
-        var dAct = [T](repeating: 0, count: n * F)
+        var dAct = [T](unfilled: n * F)
         linearBackward(weights.down, dDown, c.act, n, c, into: &dAct, accumulate: false)
         c.act = []
-        var dGate = [T](repeating: 0, count: n * F), dUp = [T](repeating: 0, count: n * F)
+        var dGate = [T](unfilled: n * F), dUp = [T](unfilled: n * F)
         switch description.feedForward {
         case .swiGLU: SwiGLU.backward(dOut: dAct, gate: c.gate, up: c.up, dGate: &dGate, dUp: &dUp, count: n * F)
         case .geGLU: GeGLU.backward(dOut: dAct, gate: c.gate, up: c.up, dGate: &dGate, dUp: &dUp, count: n * F)
         }
         (c.gate, c.up, dAct) = ([], [], [])
-        var dh2 = [T](repeating: 0, count: n * C)
+        var dh2 = [T](unfilled: n * C)
         weights.gateUp.backward([dGate, dUp], x: c.h2, rows: n, activations: c, into: &dh2, accumulate: false)
         (c.h2, dGate, dUp) = ([], [], [])
         var dxMid = dOut
@@ -286,7 +286,7 @@ struct TransformerBlock<T: KernelScalar> {
         let dO = optionalNormBackward(dxMid, present: description.postNorms, x: c.oPre,
                                       weight: weights.postAttentionNorm, rstd: c.rstdO, cols: C)
         (c.oPre, c.rstdO) = ([], [])
-        var dAttn = [T](repeating: 0, count: n * config.qDim)
+        var dAttn = [T](unfilled: n * config.qDim)
         linearBackward(weights.o, dO, c.attn, n, c, into: &dAttn, accumulate: false)
         var dq = [T](repeating: 0, count: n * config.qDim)
         var dk = [T](repeating: 0, count: n * config.kvDim), dv = dk
@@ -298,7 +298,7 @@ struct TransformerBlock<T: KernelScalar> {
         dq = optionalNormBackward(dq, present: description.qkNorm, x: c.qPre, weight: weights.qNorm, rstd: c.rstdQ, cols: d)
         dk = optionalNormBackward(dk, present: description.qkNorm, x: c.kPre, weight: weights.kNorm, rstd: c.rstdK, cols: d)
         (c.qPre, c.kPre, c.rstdQ, c.rstdK) = ([], [], [], [])
-        var dh1 = [T](repeating: 0, count: n * C)
+        var dh1 = [T](unfilled: n * C)
         weights.qkv.backward([dq, dk, dv], x: c.h1, rows: n, activations: c, into: &dh1, accumulate: false)
         var dx = dxMid
         RMSNorm.backward(dy: dh1, x: c.xIn, weight: weights.attnNorm, rstd: c.rstd1, dx: &dx, rows: n, cols: C)

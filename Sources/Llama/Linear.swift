@@ -92,7 +92,7 @@ struct LinearWeight<T: KernelScalar> {
 
     /// y = x·Wᵀ + Σ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ; returns y and, per adapter, uᵢ = x·Aᵢᵀ (what backward needs).
     func forward(_ x: UnsafePointer<T>, rows n: Int) -> (y: [T], saved: [[T]]) {
-        var y = [T](repeating: 0, count: n * outFeatures)
+        var y = [T](unfilled: n * outFeatures)
         var saved: [[T]] = []
         y.withUnsafeMutableBufferPointer { LinearLoRA.forward(x: x, n: n, weight: self, y: $0.baseAddress!, saved: &saved) }
         return (y, saved)
@@ -128,7 +128,7 @@ enum LinearLoRA {
         saved.removeAll(keepingCapacity: true)
         for (pair, scale, _) in w.adapters.pairs {
             let r = pair.rank
-            var u = [T](repeating: 0, count: n * r)
+            var u = [T](unfilled: n * r)
             pair.a.withUnsafeBufferPointer { a in
                 u.withUnsafeMutableBufferPointer { u in
                     T.gemm(transA: false, transB: true, m: n, n: r, k: inF, alpha: 1, a: x, lda: inF,
@@ -158,7 +158,7 @@ enum LinearLoRA {
         }
         for (index, (pair, scale, trainable)) in w.adapters.pairs.enumerated() {
             let r = pair.rank
-            var dyB = [T](repeating: 0, count: n * r)  // dy·B [n, r]
+            var dyB = [T](unfilled: n * r)  // dy·B [n, r]
             pair.b.withUnsafeBufferPointer { b in
                 dyB.withUnsafeMutableBufferPointer { t in
                     T.gemm(transA: false, transB: false, m: n, n: r, k: outF, alpha: 1, a: dy, lda: outF,
