@@ -217,9 +217,11 @@ extension Float: KernelScalar {
                   b, Int32(ldb), beta, c, Int32(ldc))
                 return
             }
-            // By rows of C (rows of op(A)) when there are enough, else by columns (columns of op(B)); whole
-            // multiples of 16 so that the parts keep the kernels' full tiles.
-            let byRows = m >= 16 * parts || m >= n
+            // Each part packs the whole of the operand it shares: all of op(B) [K, N] when split by rows of C, all
+            // of op(A) [M, K] when split by columns. Split so that the shared operand is the smaller one (a head's
+            // forward, 160 rows against 49 152 columns, would otherwise stream the whole head through every
+            // thread), by whole multiples of 16 so that the parts keep the kernels' full tiles.
+            let byRows = n < 16 * parts || (m >= 16 * parts && n <= m)
             let extent = byRows ? m : n, per = ((extent + parts - 1) / parts + 15) / 16 * 16
             Parallel.run(parts: parts) { p in
                 let start = p * per, count = min(extent, start + per) - start

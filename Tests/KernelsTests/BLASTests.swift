@@ -51,14 +51,14 @@ final class BLASTests: XCTestCase {
         checkAgainstReference([(37, 29, 53), (1, 1, 1), (3, 5, 2), (8, 8, 8), (16, 8, 576), (64, 576, 8), (200, 96, 64), (130, 1, 77)])
     }
 
-    /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has few rows,
-    /// by columns, each part one single-threaded BLAS call: the parts together equal the reference, whatever the
+    /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
+    /// columns than rows (or few rows), by columns, each part one single-threaded BLAS call: the parts together equal the reference, whatever the
     /// transposes, leading dimensions and uneven part sizes, and the BLAS's own threads stay at one.
     func testSplitProductsEqualTheReference() {
         BLAS.setThreads(3)
         defer { BLAS.setThreads(1) }
         if let blasThreads = BLAS.currentThreads { XCTAssertEqual(blasThreads, 1) }
-        let shapes = [(301, 200, 64), (20, 2003, 100), (1000, 8, 576), (8, 1000, 576)]
+        let shapes = [(301, 200, 64), (100, 701, 40), (20, 2003, 100), (1000, 8, 576), (8, 1000, 576)]
         for (m, n, k) in shapes { XCTAssertGreaterThanOrEqual(m * n * k, BLAS.splitThreshold) }
         checkAgainstReference(shapes)
     }
