@@ -180,11 +180,17 @@ enum LinearLoRA {
                 }
             }
             if trainable {
+                // As uᵀ·dy [r, out], then added transposed: the BLAS runs a product with r rows faster than one
+                // with r columns (dyᵀ·u), and the transpose is only out·r values.
+                var gradBT = [T](unfilled: r * outF)
                 saved[index].withUnsafeBufferPointer { u in
-                    pair.gradB.withUnsafeMutableBufferPointer { gb in
-                        T.gemm(transA: true, transB: false, m: outF, n: r, k: n, alpha: scale, a: dy, lda: outF,
-                               b: u.baseAddress!, ldb: r, beta: 1, c: gb.baseAddress!, ldc: r)
+                    gradBT.withUnsafeMutableBufferPointer { g in
+                        T.gemm(transA: true, transB: false, m: r, n: outF, k: n, alpha: scale, a: u.baseAddress!, lda: r,
+                               b: dy, ldb: outF, beta: 0, c: g.baseAddress!, ldc: outF)
                     }
+                }
+                pair.gradB.withUnsafeMutableBufferPointer { gb in
+                    for o in 0..<outF { for j in 0..<r { gb[o * r + j] += gradBT[j * outF + o] } }
                 }
             }
         }
