@@ -144,8 +144,7 @@ uint64_t lk_counted_operations(void) { return atomic_load(&counted_operations); 
 uint64_t lk_counted_nanoseconds(void) { return atomic_load(&counted_nanoseconds); }
 
 // Per-shape totals, kept only while shape counting is on (a profiling aid: one mutex per product).
-#define SHAPE_SLOTS 512
-static lk_shape_total shape_totals[SHAPE_SLOTS];
+static lk_shape_total shape_totals[LK_SHAPE_SLOTS];
 static int shape_count;
 static pthread_mutex_t shape_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -154,7 +153,7 @@ void lk_count_shape(int trans_a, int trans_b, int m, int n, int k, uint64_t nano
     int i = 0;
     while (i < shape_count && !(shape_totals[i].trans_a == trans_a && shape_totals[i].trans_b == trans_b &&
                                 shape_totals[i].m == m && shape_totals[i].n == n && shape_totals[i].k == k)) i++;
-    if (i == shape_count && shape_count < SHAPE_SLOTS) {
+    if (i == shape_count && shape_count < LK_SHAPE_SLOTS) {
         shape_totals[i] = (lk_shape_total){trans_a, trans_b, m, n, k, 0, 0};
         shape_count++;
     }

@@ -162,7 +162,7 @@ public enum BLAS {
     nonisolated(unsafe) public static var measureShapes = false
     /// Calls and time by product shape since the last reset, most time first.
     public static var shapeTotals: [lk_shape_total] {
-        var totals = [lk_shape_total](repeating: lk_shape_total(), count: 512)
+        var totals = [lk_shape_total](repeating: lk_shape_total(), count: Int(LK_SHAPE_SLOTS))
         let count = Int(lk_shape_totals(&totals, Int32(totals.count)))
         return totals.prefix(count).sorted { $0.nanoseconds > $1.nanoseconds }
     }

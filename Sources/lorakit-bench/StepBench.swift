@@ -20,7 +20,7 @@ struct StepBench: ParsableCommand {
     @Option(help: "Untimed steps first (0 times the first step, page faults of the mapped file included).") var warmup = 1
     @Flag(name: .customLong("checkpointing")) var checkpointing = false
     @Flag(name: .customLong("cache-weights")) var cacheWeights = false
-    @Flag(name: .customLong("shapes"), help: "Also print the products' time by shape.") var shapes = false
+    @Flag(name: .customLong("shapes"), help: "Also print the products' time by shape, every shape, most time first.") var shapes = false
     @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
 
     func run() throws {
@@ -78,10 +78,10 @@ struct StepBench: ParsableCommand {
     }
 }
 
-/// The shapes that took the most time, with each call's rate on its own thread (op(A) is M×K, op(B) K×N; T: transposed).
+/// Every product shape, most time first, with each call's rate on its own thread (op(A) is M×K, op(B) K×N; T: transposed).
 func printShapes(steps: Int, stepSeconds: Double) {
     print("  product shapes by time (per step; rate of one call on its thread):")
-    for total in BLAS.shapeTotals.prefix(ProcessInfo.processInfo.environment["SHAPES_ALL"] != nil ? 512 : 16) {
+    for total in BLAS.shapeTotals {
         let seconds = Double(total.nanoseconds) / 1e9 / Double(steps)
         let rate = 2 * Double(total.m) * Double(total.n) * Double(total.k) * Double(total.calls) / Double(total.nanoseconds)
         print(String(format: "    %@·%@ M %6d N %6d K %6d  %5d calls  %6.3f s (%4.1f%%)  %5.1f GFLOP/s",

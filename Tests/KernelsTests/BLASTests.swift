@@ -52,8 +52,9 @@ final class BLASTests: XCTestCase {
     }
 
     /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
-    /// columns than rows (or few rows), by columns, each part one single-threaded BLAS call: the parts together equal the reference, whatever the
-    /// transposes, leading dimensions and uneven part sizes, and the BLAS's own threads stay at one.
+    /// columns than rows (or few rows), by columns, each part one single-threaded BLAS call: the parts together
+    /// equal the reference, whatever the transposes, leading dimensions and uneven part sizes, and the BLAS's own
+    /// threads stay at one.
     func testSplitProductsEqualTheReference() {
         BLAS.setThreads(3)
         defer { BLAS.setThreads(1) }

@@ -48,7 +48,8 @@ uint64_t lk_counted_nanoseconds(void);
 void lk_reset_counts(void);
 
 /// Per-shape totals of the counted products (row-major C = op(A)·op(B), op(A) M×K); each call's time is its own
-/// thread's. Cleared by lk_reset_counts.
+/// thread's. Cleared by lk_reset_counts. At most LK_SHAPE_SLOTS distinct shapes are kept.
+#define LK_SHAPE_SLOTS 512
 typedef struct {
     int trans_a, trans_b, m, n, k;
     uint64_t calls, nanoseconds;
