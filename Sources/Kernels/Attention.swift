@@ -1,3 +1,5 @@
+import CKernels
+
 /// How attention scores are formed and which keys a query sees: S = q·kᵀ·scale, optionally soft-capped
 /// (S ← cap·tanh(S/cap), Gemma 2), over the keys at most `window − 1` positions back (sliding-window layers of
 /// Gemma 2/3) or all earlier keys.
@@ -273,12 +275,16 @@ extension Attention {
 extension Attention where T == Float {
     /// The same attention one query head at a time, with vector dot products instead of BLAS calls (a token's
     /// products are a few thousand multiply-adds, less than a BLAS call costs to set up), and the (token, head)
-    /// pairs split over the pool, whose threads are spinning between the token's weight products.
+    /// pairs split over the pool, whose threads are spinning between the token's weight products. The products run
+    /// in CKernels' AVX2 kernels where the CPU has them (`nativeKernels: false` forces the Swift vector code that
+    /// other CPUs run).
     @inlinable
     public static func overCacheFast(q: UnsafePointer<Float>, n: Int, keys: UnsafePointer<Float>,
                                      values: UnsafePointer<Float>, position: Int, heads: Int, kvHeads: Int,
-                                     headDim d: Int, scoring: AttentionScoring<Float>, out: UnsafeMutablePointer<Float>) {
+                                     headDim d: Int, scoring: AttentionScoring<Float>, out: UnsafeMutablePointer<Float>,
+                                     nativeKernels: Bool = true) {
         let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d
+        let native = nativeKernels && lk_cache_attention_supported(Int32(d)) != 0
         let units = n * heads
         // Below ~32 K multiply-adds a part is too small to pay for waking a thread.
         let parts = units * (position + n) * d < 1 << 15 ? 1 : min(units, Parallel.threads)
@@ -290,10 +296,18 @@ extension Attention where T == Float {
                 let first = scoring.firstVisible(position + t), visible = position + t + 1 - first
                 let qh = q + t * qStride + h * d, oh = out + t * qStride + h * d
                 let k0 = keys + first * kvStride + kvh * d, v0 = values + first * kvStride + kvh * d
-                rowDots(qh, rows: k0, stride: kvStride, count: visible, width: d, scale: scoring.scale, into: scores)
+                if native {
+                    lk_cache_scores(qh, k0, kvStride, Int32(visible), Int32(d), scoring.scale, scores)
+                } else {
+                    rowDots(qh, rows: k0, stride: kvStride, count: visible, width: d, scale: scoring.scale, into: scores)
+                }
                 scoring.cap(scores, count: visible)
                 causalSoftmaxFast(scores, count: visible, visible: visible)
-                weightedRows(scores, rows: v0, stride: kvStride, count: visible, width: d, into: oh)
+                if native {
+                    lk_cache_weighted(scores, v0, kvStride, Int32(visible), Int32(d), oh)
+                } else {
+                    weightedRows(scores, rows: v0, stride: kvStride, count: visible, width: d, into: oh)
+                }
             }
         }
     }

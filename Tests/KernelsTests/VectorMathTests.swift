@@ -132,12 +132,13 @@ final class VectorMathTests: XCTestCase {
         }
     }
 
-    /// Generation's attention over the cache (vector dots, heads split over the per-token pool) equals the BLAS
-    /// reference: head sizes with and without a partial vector, several new tokens at once, Gemma's soft cap and
-    /// window, and 1–3 threads.
+    /// Generation's attention over the cache (vector dots, heads split over the per-token pool; CKernels' AVX2
+    /// kernels where the CPU has them and the Swift vector code) equals the BLAS reference: head sizes with and
+    /// without a partial vector, with and without a partial group of 64, several new tokens at once, Gemma's soft
+    /// cap and window, and 1–3 threads.
     func testCacheAttentionEqualsReference() {
         for (headDim, position, n, softCap, window) in [(40, 70, 3, nil, nil), (64, 300, 1, Float(50), 128), (256, 9, 1, nil, nil),
-                                                         (72, 90, 2, nil, 32)] as [(Int, Int, Int, Float?, Int?)] {
+                                                         (72, 90, 2, nil, 32), (36, 20, 1, nil, nil)] as [(Int, Int, Int, Float?, Int?)] {
             let heads = 6, kvHeads = 2, length = position + n
             let scoring = AttentionScoring<Float>(scale: 1 / Float(headDim).squareRoot(), softCap: softCap, window: window)
             let q = (0..<(n * heads * headDim)).map { _ in uniform(-2, 2) }
@@ -148,12 +149,15 @@ final class VectorMathTests: XCTestCase {
                                                 kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &expected)
             for threads in 1...3 {
                 lk_set_threads(Int32(threads))
-                var out = [Float](repeating: .nan, count: q.count)
-                Attention<Float>.overCacheFast(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
-                                               kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &out)
-                for i in 0..<out.count {
-                    XCTAssertEqual(out[i], expected[i], accuracy: 1e-5 * max(1, abs(expected[i])),
-                                   "d \(headDim), position \(position), \(threads) threads, element \(i)")
+                for native in [true, false] {
+                    var out = [Float](repeating: .nan, count: q.count)
+                    Attention<Float>.overCacheFast(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
+                                                   kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &out,
+                                                   nativeKernels: native)
+                    for i in 0..<out.count {
+                        XCTAssertEqual(out[i], expected[i], accuracy: 1e-5 * max(1, abs(expected[i])),
+                                       "d \(headDim), position \(position), \(threads) threads, native \(native), element \(i)")
+                    }
                 }
             }
             lk_set_threads(1)

@@ -30,6 +30,13 @@ void lk_matvec_int8_rows(int type, const void *data, size_t row_bytes, int cols,
 /// q = round(x/scale)), and half_sums[2b + h] = scales[b]·Σ q over the block's half h (16 values).
 void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, float *half_sums);
 
+/// Generation's attention of one query head over the key/value cache (rows `stride` floats apart, d [head size]
+/// floats each): scores out[j] = scale·(q·K_j) for j < count, and the weighted sum out [d] = Σ_j p_j·V_j.
+/// Only where lk_cache_attention_supported(d) (AVX2 + FMA, d a multiple of 8).
+int lk_cache_attention_supported(int d);
+void lk_cache_scores(const float *q, const float *keys, size_t stride, int count, int d, float scale, float *out);
+void lk_cache_weighted(const float *p, const float *values, size_t stride, int count, int d, float *out);
+
 /// Runs task(context, part) for part in [0, parts) on the pool's threads and the caller's; returns when all
 /// are done. Workers spin briefly between jobs (a token's products come microseconds apart), then sleep.
 /// Callers on other threads while a job runs do their parts themselves; a task must not call it again.
