@@ -216,6 +216,7 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
     const int blocks = cols / 32;
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
+        prefetch_ahead(data, row_bytes, r, end);
         switch (type) {
         // One call per type, so that each inlined copy is specialized to its layout.
         case Q4_0: y[r] = row_q4_q5(Q4_0, row, xp, sums, blocks); break;
@@ -234,6 +235,7 @@ LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes,
                                 const float *half_sums, const float *xp, float *y, int begin, int end) {
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
+        prefetch_ahead(data, row_bytes, r, end);
         y[r] = type == Q6_K ? row_q6_k(row, xp, half_sums, cols / 256) : row_q4_q5_k(type, row, xp, sums, cols / 256);
     }
 }

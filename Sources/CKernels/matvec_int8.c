@@ -218,6 +218,7 @@ LK_AVX2 static void rows_int8_avx2(int type, const uint8_t *data, size_t row_byt
                                    const float *dx, const float *hs, float *y, int begin, int end) {
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
+        prefetch_ahead(data, row_bytes, r, end);
         switch (type) {
         case Q8_0: y[r] = row_q8_0(row, q, dx, cols / 32); break;
         case Q4_K: case Q5_K: y[r] = row_q4_q5_k(type, row, q, dx, hs, cols / 256); break;
