@@ -19,7 +19,8 @@ final class RealTrainingTests: XCTestCase {
         return losses
     }
 
-    /// ctx 256, batch 4, rank 8, lr 1e-4, 30 steps: the loss on held-out Shakespeare (the perplexity's log) falls.
+    /// ctx 256, batch 4, rank 8, lr 1e-4, 15 steps: the loss on held-out Shakespeare (the perplexity's log) falls
+    /// (3.784 -> 3.738 with this seed, `lorakit train` with the same options).
     func testShakespeareHeldOutLossFalls() throws {
         let text = try Data(contentsOf: URL(fileURLWithPath: try shared("shakespeare.txt")))
         let dir = temporaryDirectory("lorakit-shk")
@@ -31,7 +32,7 @@ final class RealTrainingTests: XCTestCase {
         c.batch = 4
         c.rank = 8
         c.adam.learningRate = 1e-4
-        c.iterations = 30
+        c.iterations = 15
         c.saveEvery = 0
         c.checkpointOut = nil
         c.seed = 1
