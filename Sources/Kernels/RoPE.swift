@@ -55,19 +55,22 @@ public struct RoPE<T: KernelScalar> {
     public func apply(_ x: UnsafeMutablePointer<T>, tokens: Int, heads: Int, inverse: Bool = false) {
         cosines.withUnsafeBufferPointer { cs in
             sines.withUnsafeBufferPointer { ss in
-                for t in 0..<tokens {
-                    let c = cs.baseAddress! + t * half, s = ss.baseAddress! + t * half
-                    for h in 0..<heads {
-                        let v = x + (t * heads + h) * headDim
-                        switch (layout, T.self == Float.self && half % 8 == 0) {
-                        case (.adjacentPairs, true):
-                            RoPE.rotateFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
-                        case (.adjacentPairs, false):
-                            RoPE.rotateReference(v, cos: c, sin: s, half: half, inverse: inverse)
-                        case (.halves, true):
-                            RoPE.rotateHalvesFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
-                        case (.halves, false):
-                            RoPE.rotateHalvesReference(v, cos: c, sin: s, half: half, inverse: inverse)
+                // Tokens split over the pool: a training pass rotates thousands, a generated token stays on its thread.
+                Parallel.forEachRange(tokens, minimumPerThread: max(1, 16384 / max(1, heads * headDim))) { range in
+                    for t in range {
+                        let c = cs.baseAddress! + t * half, s = ss.baseAddress! + t * half
+                        for h in 0..<heads {
+                            let v = x + (t * heads + h) * headDim
+                            switch (layout, T.self == Float.self && half % 8 == 0) {
+                            case (.adjacentPairs, true):
+                                RoPE.rotateFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
+                            case (.adjacentPairs, false):
+                                RoPE.rotateReference(v, cos: c, sin: s, half: half, inverse: inverse)
+                            case (.halves, true):
+                                RoPE.rotateHalvesFast(v.asMutableFloat, cos: c.asFloat, sin: s.asFloat, half: half, inverse: inverse)
+                            case (.halves, false):
+                                RoPE.rotateHalvesReference(v, cos: c, sin: s, half: half, inverse: inverse)
+                            }
                         }
                     }
                 }

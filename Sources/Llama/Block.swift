@@ -251,10 +251,13 @@ struct TransformerBlock<T: KernelScalar> {
         return act
     }
 
-    /// a += b, element-wise.
+    /// a += b, element-wise, split over the pool.
     static func addInPlace(_ a: inout [T], _ b: [T]) {
         a.withUnsafeMutableBufferPointer { a in
-            b.withUnsafeBufferPointer { b in for i in 0..<a.count { a[i] += b[i] } }
+            b.withUnsafeBufferPointer { b in
+                guard let pa = a.baseAddress, let pb = b.baseAddress else { return }
+                Parallel.forEachRange(a.count) { range in for i in range { pa[i] += pb[i] } }
+            }
         }
     }
 

@@ -274,32 +274,39 @@ final class VectorMathTests: XCTestCase {
         }
     }
 
+    /// The vector rotation equals the reference one, on one thread and with a pass's tokens split over three.
     func testRoPEMatchesReference() {
-        for layout in [RoPELayout.adjacentPairs, .halves] { checkRoPE(layout) }
+        for layout in [RoPELayout.adjacentPairs, .halves] {
+            for threads in [1, 3] {
+                Parallel.threads = threads
+                checkRoPE(layout)
+            }
+        }
+        Parallel.threads = 1
     }
 
     func checkRoPE(_ layout: RoPELayout) {
-        let half = 32
-        let rope = RoPE<Float>(positions: [0, 1, 7, 300], frequencies: RoPE<Float>.frequencies(headDim: 64, base: 100_000),
+        let half = 32, tokens = 300, heads = 3
+        let rope = RoPE<Float>(positions: (0..<tokens).map { Int32($0 * 7 % 1000) }, frequencies: RoPE<Float>.frequencies(headDim: 64, base: 100_000),
                                layout: layout)
         let rotate = layout == .halves ? RoPE<Float>.rotateHalvesReference : RoPE<Float>.rotateReference
-        let x = (0..<(4 * 3 * 64)).map { _ in uniform(-2, 2) }
+        let x = (0..<(tokens * heads * 64)).map { _ in uniform(-2, 2) }
         for inverse in [false, true] {
             var fast = x, reference = x
-            fast.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: 4, heads: 3, inverse: inverse) }
+            fast.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: tokens, heads: heads, inverse: inverse) }
             rope.cosines.withUnsafeBufferPointer { c in
                 rope.sines.withUnsafeBufferPointer { s in
-                    for t in 0..<4 {
-                        for h in 0..<3 {
+                    for t in 0..<tokens {
+                        for h in 0..<heads {
                             reference.withUnsafeMutableBufferPointer {
-                                rotate($0.baseAddress! + (t * 3 + h) * 64, c.baseAddress! + t * half,
+                                rotate($0.baseAddress! + (t * heads + h) * 64, c.baseAddress! + t * half,
                                        s.baseAddress! + t * half, half, inverse)
                             }
                         }
                     }
                 }
             }
-            XCTAssertEqual(fast, reference, "the vector rotation does the same arithmetic (\(layout))")
+            XCTAssertEqual(fast, reference, "the vector rotation does the same arithmetic (\(layout), \(Parallel.threads) threads)")
             XCTAssertNotEqual(fast, x)
         }
     }
