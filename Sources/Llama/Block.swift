@@ -163,8 +163,8 @@ struct TransformerBlock<T: KernelScalar> {
         let (gate, up) = (gateUp[0], gateUp[1])
         let act = activate(gate, up)
         let downPre = linear(weights.down, act, n, c)
-        var (out, rstdDown) = postNorm(downPre, weights.postFeedForwardNorm, rows: n)
-        Self.addInPlace(&out, xMid)
+        let (normedDown, rstdDown) = postNorm(downPre, weights.postFeedForwardNorm, rows: n)
+        let out = Self.sum(normedDown, xMid)
         if let c {
             (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
             if description.qkNorm { (c.qPre, c.kPre, c.rstdQ, c.rstdK) = (qPre, kPre, rstdQ, rstdK) }
@@ -237,8 +237,8 @@ struct TransformerBlock<T: KernelScalar> {
     /// xMid = x + [postNorm](attn·Woᵀ), with the post-norm's input and rstd.
     func attentionResidual(_ attn: [T], _ x: [T], rows n: Int, _ c: BlockActivations<T>?) -> (xMid: [T], oPre: [T], rstdO: [T]) {
         let oPre = linear(weights.o, attn, n, c)
-        var (xMid, rstdO) = postNorm(oPre, weights.postAttentionNorm, rows: n)
-        Self.addInPlace(&xMid, x)
+        let (normedO, rstdO) = postNorm(oPre, weights.postAttentionNorm, rows: n)
+        let xMid = Self.sum(normedO, x)
         return (xMid, description.postNorms ? oPre : [], rstdO)
     }
 
@@ -251,14 +251,19 @@ struct TransformerBlock<T: KernelScalar> {
         return act
     }
 
-    /// a += b, element-wise, split over the pool.
-    static func addInPlace(_ a: inout [T], _ b: [T]) {
-        a.withUnsafeMutableBufferPointer { a in
-            b.withUnsafeBufferPointer { b in
-                guard let pa = a.baseAddress, let pb = b.baseAddress else { return }
-                Parallel.forEachRange(a.count) { range in for i in range { pa[i] += pb[i] } }
+    /// a + b, element-wise, into a fresh array, split over the pool (adding into `a` in place copied it first
+    /// whenever the caller still held it, serially).
+    static func sum(_ a: [T], _ b: [T]) -> [T] {
+        var c = [T](unfilled: a.count)
+        c.withUnsafeMutableBufferPointer { c in
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    guard let pa = a.baseAddress, let pb = b.baseAddress, let pc = c.baseAddress else { return }
+                    Parallel.forEachRange(c.count) { range in for i in range { pc[i] = pa[i] + pb[i] } }
+                }
             }
         }
+        return c
     }
 
     // MARK: Backward
