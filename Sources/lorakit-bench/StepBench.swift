@@ -1,4 +1,5 @@
 import ArgumentParser
+import CKernels
 import Foundation
 import GGUF
 import Kernels
@@ -71,11 +72,23 @@ struct StepBench: ParsableCommand {
             let issued = Double(BLAS.gemmOperations) / 1e9 / Double(steps)
             print(String(format: "threads %d: %.2f s/step, %.0f tokens/s, GEMM %.0f%% of the step, peak RSS %.0f MB",
                          t, elapsed, Double(n) / elapsed, 100 * gemm / elapsed, peakMemoryMB()))
+            let minimum = minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9
             print(String(format: "  products: %.0f GFLOP issued per step (the step's minimum %.0f), %.0f GFLOP/s inside them",
-                         issued, minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9, issued / gemm))
+                         issued, minimum, issued / gemm))
+            printFloor(minimumGFLOP: minimum, productRate: issued / gemm, threads: t, stepSeconds: elapsed)
             if shapes { printShapes(steps: steps, stepSeconds: elapsed) }
         }
     }
+}
+
+/// How far the step is from what this CPU's float32 arithmetic allows: the products' rate against the register
+/// peak of the cores used, and the step's minimum operations at the products' rate and at that peak.
+func printFloor(minimumGFLOP: Double, productRate: Double, threads: Int, stepSeconds: Double) {
+    let peak = lk_float32_peak_gflops() * Double(threads)
+    guard peak > 0 else { return }
+    print(String(format: "  float32 peak %.0f GFLOP/s (one core's register multiply-adds × %d): products at %.0f%% of it; "
+                 + "the minimum alone would take %.2f s at the products' rate, %.2f s at the peak (this step %.2f s)",
+                 peak, threads, 100 * productRate / peak, minimumGFLOP / productRate, minimumGFLOP / peak, stepSeconds))
 }
 
 /// Every product shape, most time first, with each call's rate on its own thread (op(A) is M×K, op(B) K×N; T: transposed).

@@ -64,4 +64,8 @@ typedef struct {
 void lk_count_shape(int trans_a, int trans_b, int m, int n, int k, uint64_t nanoseconds);
 int lk_shape_totals(lk_shape_total *out, int capacity);
 
+/// GFLOP/s of one core's float32 multiply-adds on registers alone (AVX2 + FMA; the best of five ~30 ms runs), the
+/// ceiling that benchmarks compare the products' rate with; 0 where there is no such kernel.
+double lk_float32_peak_gflops(void);
+
 #endif
