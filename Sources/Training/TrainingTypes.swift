@@ -186,8 +186,10 @@ extension TrainingConfiguration {
         try require(cosineDecayRestart.isFinite && cosineDecayRestart > 0, "--cos-decay-restart must be a finite, positive number")
         try require(relativeLossTolerance.isFinite, "--adam-epsf must be a finite number")
         try require(pastDelta.isFinite && past >= 0, "--opt-past must not be negative and --opt-delta must be finite")
-        try require(maxNoImprovement >= 0 && saveEvery >= 0 && validationEvery >= 0 && earlyStop >= 0,
-                    "--opt-max-no-improvement, --save-every, --val-every and --early-stop must not be negative")
+        for (name, value, zero) in [("--opt-max-no-improvement", maxNoImprovement, "off"), ("--save-every", saveEvery, "only at the end"),
+                                    ("--val-every", validationEvery, "only at the end"), ("--early-stop", earlyStop, "off")] {
+            try require(value >= 0, "\(name) must not be negative (0: \(zero))")
+        }
         try require(threads.map { (1...1024).contains($0) } ?? true, "--threads must be between 1 and 1024")
         try require(frozenAdapters.allSatisfy { $0.multiplier.isFinite }, "an adapter's scale must be a finite number")
         for (name, value) in [("--norm-rms-eps", overrides.rmsEpsilon), ("--rope-freq-base", overrides.ropeBase),

@@ -16,13 +16,13 @@ struct GenerateCommand: ParsableCommand {
     var prompt: String?
     @Option(name: [.customShort("n"), .customLong("n-predict")], parsing: .unconditional, help: "Tokens to generate at most (-1: until the end of generation or a full context).")
     var nPredict = 128
-    @Option(name: [.customShort("c"), .customLong("ctx")], help: "Context size (prompt + generated tokens).")
+    @Option(name: [.customShort("c"), .customLong("ctx")], parsing: .unconditional, help: "Context size (prompt + generated tokens).")
     var ctx = 2048
-    @Option(name: .customLong("temp"), help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
-    @Option(name: .customLong("top-k")) var topK = 40
-    @Option(name: .customLong("top-p")) var topP: Float = 0.95
-    @Option(name: .customLong("min-p")) var minP: Float = 0.05
-    @Option(name: .customLong("repeat-penalty")) var repeatPenalty: Float = 1.0
+    @Option(name: .customLong("temp"), parsing: .unconditional, help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), parsing: .unconditional) var topK = 40
+    @Option(name: .customLong("top-p"), parsing: .unconditional) var topP: Float = 0.95
+    @Option(name: .customLong("min-p"), parsing: .unconditional) var minP: Float = 0.05
+    @Option(name: .customLong("repeat-penalty"), parsing: .unconditional) var repeatPenalty: Float = 1.0
     @Option(name: .customLong("repeat-last-n"), parsing: .unconditional, help: "Tokens the repeat penalty looks back over (-1: the whole context).") var repeatLastN = 64
     @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Sampling seed (-1: from the clock).") var seed: Int64 = -1
     @Option(name: .customLong("stop"), help: "Stop when the output contains this text; repeatable.") var stop: [String] = []

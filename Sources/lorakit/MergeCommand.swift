@@ -20,7 +20,7 @@ struct MergeCommand: ParsableCommand {
     var type = "keep"
     @Option(name: .customLong("eval"), help: "Also print the perplexity of base, base + adapters at run time, and the merged model on this text.")
     var eval: String?
-    @Option(name: [.customShort("t"), .long], help: "Threads.") var threads: Int?
+    @Option(name: [.customShort("t"), .long], parsing: .unconditional, help: "Threads.") var threads: Int?
 
     var outputType: TensorType? { type == "keep" ? nil : TensorType(name: type) }
 

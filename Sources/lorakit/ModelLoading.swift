@@ -11,7 +11,7 @@ struct AdapterOptions: ParsableArguments {
     @Option(name: .customLong("lora"), help: "Apply an adapter (llama.cpp GGUF, PEFT directory, or a 2023 finetune file); repeatable.")
     var lora: [String] = []
 
-    @Option(name: .customLong("lora-scaled"), parsing: .upToNextOption,
+    @Option(name: .customLong("lora-scaled"), parsing: .unconditionalSingleValue,
             help: ArgumentHelp("Apply an adapter with a scale: --lora-scaled FILE S; repeatable.", valueName: "FILE S"))
     var loraScaled: [String] = []
 
@@ -50,7 +50,7 @@ struct ModelOptions: ParsableArguments {
 
     @OptionGroup var adapters: AdapterOptions
 
-    @Option(name: [.customShort("t"), .long], help: "Threads for matrix products (default: all cores).")
+    @Option(name: [.customShort("t"), .long], parsing: .unconditional, help: "Threads for matrix products (default: all cores).")
     var threads: Int?
 
     @Flag(name: .customLong("cache-weights"), help: "Keep every weight dequantized in memory (faster, more memory).")

@@ -19,13 +19,13 @@ struct PerplexityCommand: ParsableCommand {
     @Option(name: [.customShort("f"), .long], help: "The text file.")
     var file: String
 
-    @Option(name: [.customShort("c"), .customLong("ctx")], help: "Tokens per chunk.")
+    @Option(name: [.customShort("c"), .customLong("ctx")], parsing: .unconditional, help: "Tokens per chunk.")
     var ctx = 512
 
-    @Option(name: [.customShort("b"), .customLong("batch")], help: "Tokens evaluated together (a multiple of CTX chunks).")
+    @Option(name: [.customShort("b"), .customLong("batch")], parsing: .unconditional, help: "Tokens evaluated together (a multiple of CTX chunks).")
     var batch = 2048
 
-    @Option(name: .customLong("chunks"), help: "Score at most this many chunks (default: all).")
+    @Option(name: .customLong("chunks"), parsing: .unconditional, help: "Score at most this many chunks (default: all).")
     var chunks: Int?
 
     @Option(name: .customLong("activations"), help: ArgumentHelp(

@@ -45,7 +45,7 @@ struct TrainCommand: ParsableCommand {
     var checkpointIn: String?
     @Option(name: .customLong("checkpoint-out"), help: "Checkpoint output (default: <lora-out>.checkpoint.gguf).")
     var checkpointOut: String?
-    @Option(name: .customLong("save-every"), help: "Save checkpoint and adapter every N steps (≤ 0: only at the end).")
+    @Option(name: .customLong("save-every"), parsing: .unconditional, help: "Save checkpoint and adapter every N steps (0: only at the end).")
     var saveEvery = 10
     @Option(name: .customLong("pattern-fn-it"), help: "Text in output names replaced by the step number.")
     var patternFnIt = "ITERATION"
@@ -57,30 +57,30 @@ struct TrainCommand: ParsableCommand {
     var seed: Int64 = -1
 
     // LoRA
-    @Option(name: [.customLong("lora-r"), .customLong("rank")], help: "Rank of every adapted weight.")
+    @Option(name: [.customLong("lora-r"), .customLong("rank")], parsing: .unconditional, help: "Rank of every adapted weight.")
     var loraR = 8
-    @Option(name: [.customLong("lora-alpha"), .customLong("alpha")], help: "LoRA alpha: the update is scaled by alpha/r.")
+    @Option(name: [.customLong("lora-alpha"), .customLong("alpha")], parsing: .unconditional, help: "LoRA alpha: the update is scaled by alpha/r.")
     var loraAlpha: Float = 16
     @Flag(name: .customLong("rslora"), help: "Rank-stabilized LoRA: scale alpha/√r.")
     var rsLoRA = false
     @Option(name: .customLong("targets"), help: "Adapted weights: q,k,v,o,gate,up,down (default), output, embed.")
     var targets = "q,k,v,o,gate,up,down"
-    @Option(name: .customLong("rank-wq")) var rankWq: Int?
-    @Option(name: .customLong("rank-wk")) var rankWk: Int?
-    @Option(name: .customLong("rank-wv")) var rankWv: Int?
-    @Option(name: .customLong("rank-wo")) var rankWo: Int?
-    @Option(name: .customLong("rank-w1"), help: "Rank of ffn_gate.") var rankW1: Int?
-    @Option(name: .customLong("rank-w2"), help: "Rank of ffn_down.") var rankW2: Int?
-    @Option(name: .customLong("rank-w3"), help: "Rank of ffn_up.") var rankW3: Int?
-    @Option(name: .customLong("rank-out"), help: "Adapt the output head with this rank.") var rankOut: Int?
-    @Option(name: .customLong("rank-tok-embd"), help: "Adapt the token embeddings with this rank.") var rankTokEmbd: Int?
-    @Option(name: .customLong("rank-att-norm"), help: "Not supported: norm deltas cannot be expressed in adapters.") var rankAttNorm: Int?
-    @Option(name: .customLong("rank-ffn-norm"), help: "Not supported (see --rank-att-norm).") var rankFfnNorm: Int?
-    @Option(name: .customLong("rank-out-norm"), help: "Not supported (see --rank-att-norm).") var rankOutNorm: Int?
+    @Option(name: .customLong("rank-wq"), parsing: .unconditional) var rankWq: Int?
+    @Option(name: .customLong("rank-wk"), parsing: .unconditional) var rankWk: Int?
+    @Option(name: .customLong("rank-wv"), parsing: .unconditional) var rankWv: Int?
+    @Option(name: .customLong("rank-wo"), parsing: .unconditional) var rankWo: Int?
+    @Option(name: .customLong("rank-w1"), parsing: .unconditional, help: "Rank of ffn_gate.") var rankW1: Int?
+    @Option(name: .customLong("rank-w2"), parsing: .unconditional, help: "Rank of ffn_down.") var rankW2: Int?
+    @Option(name: .customLong("rank-w3"), parsing: .unconditional, help: "Rank of ffn_up.") var rankW3: Int?
+    @Option(name: .customLong("rank-out"), parsing: .unconditional, help: "Adapt the output head with this rank.") var rankOut: Int?
+    @Option(name: .customLong("rank-tok-embd"), parsing: .unconditional, help: "Adapt the token embeddings with this rank.") var rankTokEmbd: Int?
+    @Option(name: .customLong("rank-att-norm"), parsing: .unconditional, help: "Not supported: norm deltas cannot be expressed in adapters.") var rankAttNorm: Int?
+    @Option(name: .customLong("rank-ffn-norm"), parsing: .unconditional, help: "Not supported (see --rank-att-norm).") var rankFfnNorm: Int?
+    @Option(name: .customLong("rank-out-norm"), parsing: .unconditional, help: "Not supported (see --rank-att-norm).") var rankOutNorm: Int?
 
     // Data
-    @Option(name: [.customShort("c"), .customLong("ctx")], help: "Tokens per row.") var ctx = 256
-    @Option(name: [.customShort("b"), .customLong("batch")], help: "Rows per micro-batch.") var batch = 4
+    @Option(name: [.customShort("c"), .customLong("ctx")], parsing: .unconditional, help: "Tokens per row.") var ctx = 256
+    @Option(name: [.customShort("b"), .customLong("batch")], parsing: .unconditional, help: "Rows per micro-batch.") var batch = 4
     @Option(name: .customLong("sample-start"), help: "Text marking the start of each sample in plain-text data.") var sampleStart: String?
     @Flag(name: .customLong("include-sample-start"), help: "Keep the sample-start text in the samples.") var includeSampleStart = false
     @Flag(name: .customLong("escape"), help: "Process \\n \\r \\t \\' \\\" \\\\ in --sample-start.") var escape = false
@@ -90,51 +90,52 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("sample-random-offsets"), help: "Start each sample at a random offset.") var sampleRandomOffsets = false
     @Flag(name: .customLong("overlapping-samples"), help: "Let samples run past the next --sample-start (up to a full row).") var overlappingSamples = false
     @Flag(name: .customLong("force-reshuffle"), help: "Start a new shuffle instead of the checkpoint's.") var forceReshuffle = false
-    @Option(name: .customLong("epochs"), help: "Stop after this many passes over the data (≤ 0: no limit).") var epochs = -1
+    @Option(name: .customLong("epochs"), parsing: .unconditional, help: "Stop after this many passes over the data (≤ 0: no limit).") var epochs = -1
     @Flag(name: .customLong("inspect-data"), help: "Show the first samples with learned tokens marked, then exit.") var inspectData = false
-    @Option(name: .customLong("dry-run"), help: ArgumentHelp("Run N steps, print the measured speed and the whole run's time, write nothing.", valueName: "N")) var dryRun: Int?
+    @Option(name: .customLong("dry-run"), parsing: .unconditional, help: ArgumentHelp("Run N steps, print the measured speed and the whole run's time, write nothing.", valueName: "N")) var dryRun: Int?
 
     // Optimizer and schedule
-    @Option(name: [.customLong("adam-iter"), .customLong("iters")], help: "Optimizer steps in this run.") var adamIter = 100
-    @Option(name: [.customLong("adam-alpha"), .customLong("lr")], help: "Learning rate.") var adamAlpha: Float = 2e-4
-    @Option(name: .customLong("adam-min-alpha"), help: "Learning-rate floor.") var adamMinAlpha: Float = 0
-    @Option(name: .customLong("adam-decay"), help: "AdamW weight decay (multiplied by the learning rate).") var adamDecay: Float = 0.1
-    @Option(name: .customLong("adam-decay-min-ndim"), help: "Decay only tensors with at least this many dimensions.") var adamDecayMinNdim = 2
-    @Option(name: .customLong("adam-beta1")) var adamBeta1: Float = 0.9
-    @Option(name: .customLong("adam-beta2")) var adamBeta2: Float = 0.999
-    @Option(name: .customLong("adam-gclip"), help: "Clip the global gradient norm to this (0: off).") var adamGclip: Float = 1
-    @Option(name: .customLong("adam-epsf"), help: "Stop when the relative loss change falls below this (≤ 0: off).") var adamEpsf: Float = 0
-    @Option(name: .customLong("opt-past"), help: "Stop when the loss changed by less than --opt-delta (relative) over this many steps (0: off).") var optPast = 0
-    @Option(name: .customLong("opt-delta"), help: "Threshold of the --opt-past test.") var optDelta: Float = 1e-5
-    @Option(name: .customLong("opt-max-no-improvement"), help: "Stop after N steps without a new best loss (≤ 0: off).") var optMaxNoImprovement = 0
-    @Option(name: .customLong("grad-acc"), help: "Micro-batches accumulated per step.") var gradAcc = 1
-    @Option(name: .customLong("warmup"), help: "Linear warm-up steps (default: min(100, iters/10)).") var warmup: Int?
-    @Option(name: .customLong("cos-decay-steps"), help: "Cosine decay length (default: the iterations).") var cosDecaySteps: Int?
-    @Option(name: .customLong("cos-decay-restart"), help: "Decay length multiplier after each restart.") var cosDecayRestart: Float = 1.1
-    @Option(name: .customLong("cos-decay-min"), help: "Cosine floor (fraction of the learning rate).") var cosDecayMin: Float = 0.1
+    @Option(name: [.customLong("adam-iter"), .customLong("iters")], parsing: .unconditional, help: "Optimizer steps in this run.") var adamIter = 100
+    @Option(name: [.customLong("adam-alpha"), .customLong("lr")], parsing: .unconditional, help: "Learning rate.") var adamAlpha: Float = 2e-4
+    @Option(name: .customLong("adam-min-alpha"), parsing: .unconditional, help: "Learning-rate floor.") var adamMinAlpha: Float = 0
+    @Option(name: .customLong("adam-decay"), parsing: .unconditional, help: "AdamW weight decay (multiplied by the learning rate).") var adamDecay: Float = 0.1
+    @Option(name: .customLong("adam-decay-min-ndim"), parsing: .unconditional, help: "Decay only tensors with at least this many dimensions.") var adamDecayMinNdim = 2
+    @Option(name: .customLong("adam-beta1"), parsing: .unconditional) var adamBeta1: Float = 0.9
+    @Option(name: .customLong("adam-beta2"), parsing: .unconditional) var adamBeta2: Float = 0.999
+    @Option(name: .customLong("adam-gclip"), parsing: .unconditional, help: "Clip the global gradient norm to this (≤ 0: off).") var adamGclip: Float = 1
+    @Option(name: .customLong("adam-epsf"), parsing: .unconditional, help: "Stop when the relative loss change falls below this (≤ 0: off).") var adamEpsf: Float = 0
+    @Option(name: .customLong("opt-past"), parsing: .unconditional, help: "Stop when the loss changed by less than --opt-delta (relative) over this many steps (0: off).") var optPast = 0
+    @Option(name: .customLong("opt-delta"), parsing: .unconditional, help: "Threshold of the --opt-past test.") var optDelta: Float = 1e-5
+    @Option(name: .customLong("opt-max-no-improvement"), parsing: .unconditional, help: "Stop after N steps without a new best loss (0: off).") var optMaxNoImprovement = 0
+    @Option(name: .customLong("grad-acc"), parsing: .unconditional, help: "Micro-batches accumulated per step.") var gradAcc = 1
+    @Option(name: .customLong("warmup"), parsing: .unconditional, help: "Linear warm-up steps (default: min(100, iters/10)).") var warmup: Int?
+    @Option(name: .customLong("cos-decay-steps"), parsing: .unconditional, help: "Cosine decay length (default: the iterations).") var cosDecaySteps: Int?
+    @Option(name: .customLong("cos-decay-restart"), parsing: .unconditional, help: "Decay length multiplier after each restart.") var cosDecayRestart: Float = 1.1
+    @Option(name: .customLong("cos-decay-min"), parsing: .unconditional, help: "Cosine floor (fraction of the learning rate).") var cosDecayMin: Float = 0.1
     @Flag(name: .customLong("enable-restart"), inversion: .prefixedEnableDisable, help: "Cosine restarts.") var enableRestart = false
 
     // Validation and records
-    @Option(name: .customLong("val-every"), help: "Evaluate the validation data every N steps (and at the end).") var valEvery = 0
+    @Option(name: .customLong("val-every"), parsing: .unconditional, help: "Evaluate the validation data every N steps (and at the end).") var valEvery = 0
     @Flag(name: .customLong("keep-best"), help: "Also write <lora-out>.best.gguf with the lowest validation loss.") var keepBest = false
-    @Option(name: .customLong("early-stop"), help: "Stop after K evaluations without improvement.") var earlyStop = 0
+    @Option(name: .customLong("early-stop"), parsing: .unconditional, help: "Stop after K evaluations without improvement.") var earlyStop = 0
     @Option(name: .customLong("metrics"), help: "Write one JSON object per step and validation to this file.") var metrics: String?
     @Option(name: .customLong("plot"), help: "Draw the loss curves to this SVG file.") var plot: String?
 
     // Performance and model overrides
-    @Option(name: [.customShort("t"), .long], help: "Threads (default: all cores).") var threads: Int?
+    @Option(name: [.customShort("t"), .long], parsing: .unconditional, help: "Threads (default: all cores).") var threads: Int?
     @Flag(name: .customLong("use-checkpointing"), inversion: .prefixedNo, help: "Gradient checkpointing (default: on when activations would exceed 1 GiB).") var useCheckpointing: Bool?
     @Flag(name: .customLong("cache-weights"), help: "Keep all weights dequantized (faster, more memory).") var cacheWeights = false
-    @Option(name: .customLong("norm-rms-eps"), help: "Override the RMS-norm epsilon.") var normRmsEps: Float?
-    @Option(name: .customLong("rope-freq-base"), help: "Override the RoPE base.") var ropeFreqBase: Float?
-    @Option(name: .customLong("rope-freq-scale"), help: "Override the RoPE frequency scale.") var ropeFreqScale: Float?
+    @Option(name: .customLong("norm-rms-eps"), parsing: .unconditional, help: "Override the RMS-norm epsilon.") var normRmsEps: Float?
+    @Option(name: .customLong("rope-freq-base"), parsing: .unconditional, help: "Override the RoPE base.") var ropeFreqBase: Float?
+    @Option(name: .customLong("rope-freq-scale"), parsing: .unconditional, help: "Override the RoPE frequency scale.") var ropeFreqScale: Float?
 
     func validate() throws {
         for (name, v) in [("--rank-att-norm", rankAttNorm), ("--rank-ffn-norm", rankFfnNorm), ("--rank-out-norm", rankOutNorm)] where v != nil {
             throw ValidationError("\(name): norm weights are not adapted (llama.cpp and PEFT adapters cannot carry norm deltas)")
         }
-        if ctx < 2 || batch < 1 || gradAcc < 1 || loraR < 1 || adamIter < 0 {
-            throw ValidationError("--ctx ≥ 2, --batch ≥ 1, --grad-acc ≥ 1, --lora-r ≥ 1 and --adam-iter ≥ 0 are required")
+        for (name, value, least) in [("--ctx", ctx, 2), ("--batch", batch, 1), ("--grad-acc", gradAcc, 1), ("--lora-r", loraR, 1),
+                                     ("--adam-iter", adamIter, 0)] where value < least {
+            throw ValidationError("\(name) must be at least \(least) (got \(value))")
         }
         if !(adamAlpha.isFinite && adamAlpha >= 0) { throw ValidationError("--adam-alpha must be a finite, non-negative number") }
         if let f = dataFormat, DataFormat(rawValue: f) == nil {

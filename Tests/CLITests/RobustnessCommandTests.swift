@@ -73,6 +73,32 @@ final class RobustnessCommandTests: XCTestCase {
         try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "-1", "-s", "-1", "--ctx", "24", "--temp", "0"])
         try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n", "-1", "--repeat-penalty", "1.3"])
         try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n=-1", "--repeat-penalty", "1.3"])
+        // A number after a numeric option is its value even when negative: a documented one is used, a wrong one
+        // gets the option's own message instead of "missing value".
+        try expect(0, train(["--epochs", "-1", "--lora-out", dir + "/e.gguf"]))
+        try expect(64, train(["--save-every", "-1", "--lora-out", dir + "/e.gguf"]), contains: "--save-every must not be negative (0: only at the end)")
+        try expect(64, train(["--lr", "-1", "--lora-out", dir + "/e.gguf"]), contains: "--adam-alpha must be a finite, non-negative number")
+        try expect(64, train(["--lora-r", "0", "--lora-out", dir + "/e.gguf"]), contains: "--lora-r must be at least 1 (got 0)")
+        try expect(64, train(["--rank-wq", "-2", "--lora-out", dir + "/e.gguf"]), contains: "LoRA ranks must be between 1 and 65536")
+    }
+
+    /// `--lora-scaled FILE S` takes a negative S with a space: the same adapter at 1 and at −1 cancels to the base.
+    func testNegativeAdapterScale() throws {
+        try expect(0, train(["--lora-out", dir + "/a.gguf", "--iters", "6", "--lr", "0.02"]))
+        func estimate(_ extra: [String]) throws -> Double {
+            let (out, _) = try expect(0, ["perplexity", "-m", model, "-f", data, "-c", "16", "-t", "1"] + extra)
+            let line = out.split(separator: "\n").first { $0.hasPrefix("Final estimate: PPL = ") }
+            return try XCTUnwrap(line.flatMap { Double($0.dropFirst("Final estimate: PPL = ".count).split(separator: " ")[0]) }, out)
+        }
+        let adapter = dir + "/a.gguf"
+        let base = try estimate([]), added = try estimate(["--lora-scaled", adapter, "1"])
+        let cancelled = try estimate(["--lora-scaled", adapter, "1", "--lora-scaled", adapter, "-1"])
+        let subtracted = try estimate(["--lora-scaled=" + adapter, "-1"])
+        XCTAssertNotEqual(base, added)
+        XCTAssertEqual(cancelled, base, accuracy: base * 1e-5)
+        XCTAssertNotEqual(subtracted, base)
+        XCTAssertNotEqual(subtracted, added)
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--lora-scaled", adapter], contains: "--lora-scaled FILE S")
     }
 
     func testOutputsNeverOverwriteInputs() throws {
