@@ -18,11 +18,11 @@ struct GenerateCommand: ParsableCommand {
     var nPredict = 128
     @Option(name: [.customShort("c"), .customLong("ctx")], parsing: .unconditional, help: "Context size (prompt + generated tokens).")
     var ctx = 2048
-    @Option(name: .customLong("temp"), parsing: .unconditional, help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
-    @Option(name: .customLong("top-k"), parsing: .unconditional) var topK = 40
-    @Option(name: .customLong("top-p"), parsing: .unconditional) var topP: Float = 0.95
-    @Option(name: .customLong("min-p"), parsing: .unconditional) var minP: Float = 0.05
-    @Option(name: .customLong("repeat-penalty"), parsing: .unconditional) var repeatPenalty: Float = 1.0
+    @Option(name: .customLong("temp"), parsing: .unconditional, help: "Temperature; 0 or less is greedy.") var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Keep the K most likely tokens (0 or less: all).") var topK = 40
+    @Option(name: .customLong("top-p"), parsing: .unconditional, help: "Keep the most likely tokens up to this total probability (1: off).") var topP: Float = 0.95
+    @Option(name: .customLong("min-p"), parsing: .unconditional, help: "Drop tokens less likely than this fraction of the most likely one (0: off).") var minP: Float = 0.05
+    @Option(name: .customLong("repeat-penalty"), parsing: .unconditional, help: "Penalize the tokens of the last --repeat-last-n: positive logits divided by this, negative ones multiplied (1: off).") var repeatPenalty: Float = 1.0
     @Option(name: .customLong("repeat-last-n"), parsing: .unconditional, help: "Tokens the repeat penalty looks back over (-1: the whole context).") var repeatLastN = 64
     @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Sampling seed (-1: from the clock).") var seed: Int64 = -1
     @Option(name: .customLong("stop"), help: "Stop when the output contains this text; repeatable.") var stop: [String] = []
