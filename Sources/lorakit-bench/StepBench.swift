@@ -58,6 +58,7 @@ struct StepBench: ParsableCommand {
                              schedule: 1, clipFactor: 1, decays: true)
             }
         }
+        let corePeak = lk_float32_peak_gflops()  // one core's; measured once, before any step
         for t in threads.split(separator: ",").compactMap({ Int($0) }) {
             BLAS.setThreads(t)
             for _ in 0..<warmup { try trainingStep() }
@@ -75,7 +76,7 @@ struct StepBench: ParsableCommand {
             let minimum = minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9
             print(String(format: "  products: %.0f GFLOP issued per step (the step's minimum %.0f), %.0f GFLOP/s inside them",
                          issued, minimum, issued / gemm))
-            printFloor(minimumGFLOP: minimum, productRate: issued / gemm, threads: t, stepSeconds: elapsed)
+            printFloor(minimumGFLOP: minimum, productRate: issued / gemm, corePeak: corePeak, threads: t, stepSeconds: elapsed)
             if shapes { printShapes(steps: steps, stepSeconds: elapsed) }
         }
     }
@@ -83,8 +84,8 @@ struct StepBench: ParsableCommand {
 
 /// How far the step is from what this CPU's float32 arithmetic allows: the products' rate against the register
 /// peak of the cores used, and the step's minimum operations at the products' rate and at that peak.
-func printFloor(minimumGFLOP: Double, productRate: Double, threads: Int, stepSeconds: Double) {
-    let peak = lk_float32_peak_gflops() * Double(threads)
+func printFloor(minimumGFLOP: Double, productRate: Double, corePeak: Double, threads: Int, stepSeconds: Double) {
+    let peak = corePeak * Double(threads)
     guard peak > 0 else { return }
     print(String(format: "  float32 peak %.0f GFLOP/s (one core's register multiply-adds × %d): products at %.0f%% of it; "
                  + "the minimum alone would take %.2f s at the products' rate, %.2f s at the peak (this step %.2f s)",
