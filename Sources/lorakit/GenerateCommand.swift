@@ -36,12 +36,15 @@ struct GenerateCommand: ParsableCommand {
 
     func validate() throws {
         if !chat && prompt == nil { throw ValidationError("give a prompt with -p, or use --chat") }
-        if nPredict < -1 || ctx < 8 { throw ValidationError("-n must be ≥ 0 (or -1: no limit) and --ctx ≥ 8") }
-        guard temperature.isFinite else { throw ValidationError("--temp must be a finite number") }
-        guard topP.isFinite, (0...1).contains(topP) else { throw ValidationError("--top-p must be between 0 and 1") }
-        guard minP.isFinite, (0...1).contains(minP) else { throw ValidationError("--min-p must be between 0 and 1") }
-        guard repeatPenalty.isFinite, repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be a positive number") }
-        guard repeatLastN >= -1 else { throw ValidationError("--repeat-last-n must be ≥ 0, or -1 for the whole context") }
+        if nPredict < -1 { throw ValidationError("-n must be at least 0, or -1 for no limit (got \(nPredict))") }
+        if ctx < 8 { throw ValidationError("--ctx must be at least 8 (got \(ctx))") }
+        guard temperature.isFinite else { throw ValidationError("--temp must be a finite number (got \(temperature))") }
+        guard topP.isFinite, (0...1).contains(topP) else { throw ValidationError("--top-p must be between 0 and 1 (got \(topP))") }
+        guard minP.isFinite, (0...1).contains(minP) else { throw ValidationError("--min-p must be between 0 and 1 (got \(minP))") }
+        guard repeatPenalty.isFinite, repeatPenalty > 0 else {
+            throw ValidationError("--repeat-penalty must be a positive number (got \(repeatPenalty))")
+        }
+        guard repeatLastN >= -1 else { throw ValidationError("--repeat-last-n must be at least 0, or -1 for the whole context (got \(repeatLastN))") }
     }
 
     func run() throws {

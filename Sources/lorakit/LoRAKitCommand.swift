@@ -10,7 +10,7 @@ import Darwin
 struct LoRAKitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorakit",
-        abstract: "Fine-tune LLaMA-family GGUF models with LoRA on the CPU.",
+        abstract: "Fine-tune GGUF language models (Llama, Mistral, Qwen, Gemma, Phi-3) with LoRA on the CPU.",
         subcommands: [InfoCommand.self, TokenizeCommand.self, TrainCommand.self, GenerateCommand.self, PerplexityCommand.self, ConvertCommand.self, MergeCommand.self]
     )
 

@@ -57,7 +57,7 @@ struct ModelOptions: ParsableArguments {
     var cacheWeights = false
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
     }
 
     func applyThreads() {

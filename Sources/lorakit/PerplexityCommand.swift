@@ -33,9 +33,9 @@ struct PerplexityCommand: ParsableCommand {
         valueName: "exact|int8")) var activations: TokenActivations = .exact
 
     func validate() throws {
-        guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4") }
-        guard batch >= 1 else { throw ValidationError("--batch must be positive") }
-        if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1") }
+        guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4 (got \(ctx))") }
+        guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
+        if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1 (got \(chunks))") }
     }
 
     func run() throws {

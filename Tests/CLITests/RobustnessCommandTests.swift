@@ -80,6 +80,13 @@ final class RobustnessCommandTests: XCTestCase {
         try expect(64, train(["--lr", "-1", "--lora-out", dir + "/e.gguf"]), contains: "--adam-alpha must be a finite, non-negative number")
         try expect(64, train(["--lora-r", "0", "--lora-out", dir + "/e.gguf"]), contains: "--lora-r must be at least 1 (got 0)")
         try expect(64, train(["--rank-wq", "-2", "--lora-out", dir + "/e.gguf"]), contains: "LoRA ranks must be between 1 and 65536")
+        // generate and perplexity name the one option at fault and the value they got.
+        try expect(64, ["generate", "-m", model, "-p", "HI", "-n", "-5"], contains: "-n must be at least 0, or -1 for no limit (got -5)")
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--ctx", "4"], contains: "--ctx must be at least 8 (got 4)")
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--top-p", "2"], contains: "--top-p must be between 0 and 1 (got 2.0)")
+        try expect(64, ["generate", "-m", model, "-p", "HI", "--repeat-last-n", "-3"], contains: "(got -3)")
+        try expect(64, ["perplexity", "-m", model, "-f", data, "--chunks", "0"], contains: "--chunks must be at least 1 (got 0)")
+        try expect(64, ["perplexity", "-m", model, "-f", data, "-t", "0"], contains: "--threads must be at least 1 (got 0)")
     }
 
     /// `--lora-scaled FILE S` takes a negative S with a space: the same adapter at 1 and at −1 cancels to the base.
