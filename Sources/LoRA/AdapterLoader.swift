@@ -46,9 +46,36 @@ public enum AdapterLoader {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw LoRAError.format(path: path, reason: "no such file or directory")
         }
-        if isDirectory.boolValue { return .peft }
-        if let file = try? GGUFFile(path: path), try file.metadata.stringIfPresent("general.type") == "adapter" { return .gguf }
-        return .seed
+        let expected = "expected a llama.cpp adapter GGUF, a PEFT directory or a 2023 finetune ggla file or checkpoint"
+        if isDirectory.boolValue {
+            let config = (path as NSString).appendingPathComponent("adapter_config.json")
+            guard FileManager.default.fileExists(atPath: config) else {
+                throw LoRAError.format(path: path, reason: "a directory without adapter_config.json, so not a PEFT adapter (\(expected))")
+            }
+            return .peft
+        }
+        let magic = try leadingBytes(path, count: 4)
+        switch magic {
+        case Array("GGUF".utf8):
+            let file = try GGUFFile(path: path)
+            if try file.metadata.stringIfPresent("general.type") == "adapter" { return .gguf }
+            if try file.metadata.stringIfPresent("training.type") == "finetune_lora" { return .seed }
+            let kind = try file.metadata.stringIfPresent("general.type") ?? "model"
+            throw LoRAError.format(path: path, reason: "a GGUF \(kind), not an adapter (\(expected))")
+        case [0x61, 0x6C, 0x67, 0x67]:  // "ggla" as the finetune wrote its little-endian magic
+            return .seed
+        default:
+            throw LoRAError.format(path: path, reason: "not an adapter (\(expected))")
+        }
+    }
+
+    /// The first `count` bytes of a file (fewer when it is shorter).
+    private static func leadingBytes(_ path: String, count: Int) throws -> [UInt8] {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw LoRAError.format(path: path, reason: "cannot be read")
+        }
+        defer { try? handle.close() }
+        return [UInt8](try handle.read(upToCount: count) ?? Data())
     }
 
     /// Loads the adapter at `path`. `heads` (the base model's) is needed for PEFT directories, whose Q/K rows are

@@ -89,6 +89,15 @@ final class RobustnessCommandTests: XCTestCase {
         try expect(64, ["perplexity", "-m", model, "-f", data, "-t", "0"], contains: "--threads must be at least 1 (got 0)")
     }
 
+    /// A file that is not an adapter, given as one, is named for what it is, with the formats that are expected.
+    func testNotAnAdapter() throws {
+        try expect(1, ["generate", "-m", model, "-p", "HI", "-n", "1", "--lora", data], contains: "not an adapter (expected a llama.cpp adapter GGUF")
+        try expect(1, ["generate", "-m", model, "-p", "HI", "-n", "1", "--lora", model], contains: "a GGUF model, not an adapter")
+        try expect(1, ["merge", "-m", model, "--lora", dir, "-o", dir + "/merged.gguf"], contains: "a directory without adapter_config.json")
+        FileManager.default.createFile(atPath: dir + "/empty.gguf", contents: Data())
+        try expect(1, ["generate", "-m", model, "-p", "HI", "-n", "1", "--lora", dir + "/empty.gguf"], contains: "not an adapter")
+    }
+
     /// `--lora-scaled FILE S` takes a negative S with a space: the same adapter at 1 and at −1 cancels to the base.
     func testNegativeAdapterScale() throws {
         try expect(0, train(["--lora-out", dir + "/a.gguf", "--iters", "6", "--lr", "0.02"]))
