@@ -53,6 +53,16 @@ struct WeightAdapters<T: KernelScalar> {
     }
 }
 
+/// What the frozen-weight products (x·Wᵀ forward, dy·W backward) multiply. `.bf16` rounds both operands — the
+/// weight and the activations or incoming gradients — to bfloat16 (round to nearest even) and accumulates in
+/// float32: the numbers a bf16 matrix product (AVX512-BF16, AMX) computes. The products themselves still run in
+/// float32 on the rounded values, so this measures bf16's accuracy on any CPU and gains no speed. LoRA's products,
+/// norms, attention, the loss and the optimizer are float32 either way; single-token products (generation) are not
+/// affected.
+public enum FrozenProductInputs: String, Sendable, CaseIterable {
+    case float32, bf16
+}
+
 /// How single-row products read weights in place: over how many threads, with which activations.
 struct RowProducts {
     var threads: Int
@@ -77,6 +87,8 @@ struct LinearWeight<T: KernelScalar> {
     let adapters: WeightAdapters<T>
     /// A frozen bias [out] (Qwen2's Q, K, V): added to y, no gradient of its own.
     var bias: [T]? = nil
+    /// What the frozen product multiplies (`FrozenProductInputs`).
+    var productInputs: FrozenProductInputs = .float32
 
     /// The weight as [out, in] values (dequantizing `rows` sources).
     func withDense<R>(_ body: (UnsafePointer<T>) -> R) -> R {
@@ -87,6 +99,17 @@ struct LinearWeight<T: KernelScalar> {
             let floats = Dequantize.onAllThreads(type, from: data, rowLength: inFeatures, rows: [0..<outFeatures])
             if T.self == Float.self { return floats.withUnsafeBufferPointer { body(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: T.self)) } }
             return floats.map { T($0) }.withUnsafeBufferPointer { body($0.baseAddress!) }
+        }
+    }
+
+    /// The operands of the frozen product: `x` [count] and the dense weight, both rounded to bf16 when
+    /// `productInputs` is `.bf16` (copies; the caller's values are untouched).
+    func withProductOperands<R>(_ x: UnsafePointer<T>, count: Int, _ body: (UnsafePointer<T>, UnsafePointer<T>) -> R) -> R {
+        withDense { wp in
+            guard productInputs == .bf16 else { return body(x, wp) }
+            let roundedX = BFloat16Rounding.rounded(x, count: count)
+            let roundedW = BFloat16Rounding.rounded(wp, count: inFeatures * outFeatures)
+            return roundedX.withUnsafeBufferPointer { a in roundedW.withUnsafeBufferPointer { b in body(a.baseAddress!, b.baseAddress!) } }
         }
     }
 
@@ -117,8 +140,8 @@ enum LinearLoRA {
                             y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), threads: products.threads,
                             activations: products.activations)
         } else {
-            w.withDense { wp in
-                T.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: x, lda: inF,
+            w.withProductOperands(x, count: n * inF) { xp, wp in
+                T.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: xp, lda: inF,
                        b: wp, ldb: inF, beta: 0, c: y, ldc: outF)
             }
         }
@@ -151,8 +174,8 @@ enum LinearLoRA {
                                           saved: [[T]], dx: UnsafeMutablePointer<T>?, accumulate: Bool) {
         let inF = w.inFeatures, outF = w.outFeatures
         if let dx {
-            w.withDense { wp in
-                T.gemm(transA: false, transB: false, m: n, n: inF, k: outF, alpha: 1, a: dy, lda: outF,
+            w.withProductOperands(dy, count: n * outF) { dyp, wp in
+                T.gemm(transA: false, transB: false, m: n, n: inF, k: outF, alpha: 1, a: dyp, lda: outF,
                        b: wp, ldb: inF, beta: accumulate ? 1 : 0, c: dx, ldc: inF)
             }
         }
@@ -226,5 +249,22 @@ enum LinearLoRA {
                 }
             }
         }
+    }
+}
+
+/// Values rounded to bfloat16 (round to nearest even, NaN kept) and held as T.
+enum BFloat16Rounding {
+    static func rounded<T: KernelScalar>(_ p: UnsafePointer<T>, count: Int) -> [T] {
+        [T](unsafeUninitializedCapacity: count) { out, initialized in
+            Parallel.forEachRange(count, minimumPerThread: 1 << 16) { part in
+                for i in part { out[i] = rounded(p[i]) }
+            }
+            initialized = count
+        }
+    }
+
+    @inline(__always)
+    static func rounded<T: KernelScalar>(_ x: T) -> T {
+        T(Float(bitPattern: UInt32(HalfPrecision.bfloat16Bits(from: Float(x))) << 16))
     }
 }

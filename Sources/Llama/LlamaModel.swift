@@ -30,6 +30,12 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// Queries and keys per tile of the batched passes' attention (training, perplexity, prompts); 0: the plain
     /// path, which keeps the [T, T] probabilities (the reference the tiles are tested against).
     public var attentionTile = Attention<T>.defaultTile
+    /// What the frozen-weight products of batched passes multiply: float32, or bf16-rounded operands
+    /// (`FrozenProductInputs`).
+    public var frozenProductInputs: FrozenProductInputs {
+        get { weights.productInputs }
+        set { weights.productInputs = newValue }
+    }
 
     /// Whether the head is computed chunk by chunk of vocabulary rows (see `denseHeadLimit`).
     public var headIsChunked: Bool { config.vocabulary * config.embedding * MemoryLayout<T>.size > denseHeadLimit }
@@ -160,14 +166,15 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// gradients go back through `WeightAdapters.addGradients`).
     func headSlice(_ range: Range<Int>) throws -> LinearWeight<T> {
         LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: range.count,
-                     source: .dense(try weights.headRows([range])), adapters: try adaptersFor("output").slice(outputs: range))
+                     source: .dense(try weights.headRows([range])), adapters: try adaptersFor("output").slice(outputs: range),
+                     productInputs: weights.productInputs)
     }
 
     /// The head restricted to the vocabulary rows `rows`, in that order.
     func headSlice(rows: [Int]) throws -> LinearWeight<T> {
         LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: rows.count,
                      source: .dense(try weights.headRows(rows.map { $0..<($0 + 1) })),
-                     adapters: try adaptersFor("output").slice(outputs: rows))
+                     adapters: try adaptersFor("output").slice(outputs: rows), productInputs: weights.productInputs)
     }
 
     /// Token embeddings [N, C] with the embedding adapters applied, times the architecture's embedding scale.

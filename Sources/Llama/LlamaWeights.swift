@@ -11,6 +11,8 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     private var cache: [String: [T]] = [:]
     private var denseHead: [T]?
     let outputNorm: [T]
+    /// What the frozen products of the linear weights made here multiply.
+    var productInputs: FrozenProductInputs = .float32
 
     init(file: GGUFFile, config: LlamaConfig, cacheAll: Bool) throws {
         self.file = file
@@ -59,7 +61,7 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
             source = .dense(try self.tensor(tensorName))
         }
         return LinearWeight(name: base, inFeatures: inF, outFeatures: outF, source: source, adapters: adapters,
-                            bias: bias ? try self.tensor(base + ".bias") : nil)
+                            bias: bias ? try self.tensor(base + ".bias") : nil, productInputs: productInputs)
     }
 
     /// The head [vocabulary, embedding], dequantized once: every batch uses all of it.

@@ -138,6 +138,7 @@ public final class Trainer {
         model.override(rmsEpsilon: c.overrides.rmsEpsilon, ropeBase: c.overrides.ropeBase,
                        ropeScale: c.overrides.ropeScale.map { 1 / $0 })
         model.runContext = c.context
+        model.frozenProductInputs = c.frozenProductInputs
         let tokenizer = try Tokenizer(file: file)
         try model.check(tokenizer: tokenizer)
         let data = try Trainer.data(c, file: file, tokenizer: tokenizer)

@@ -61,6 +61,9 @@ public struct TrainingConfiguration: Sendable {
     /// nil: automatic (on when keeping every layer's activations would take more than 1 GiB).
     public var gradientCheckpointing: Bool?
     public var cacheWeights = false
+    /// What the frozen-weight products multiply: float32 (the default), or operands rounded to bf16
+    /// (`FrozenProductInputs`: bf16's numbers computed in float32, for measuring its accuracy; no speed-up).
+    public var frozenProductInputs: FrozenProductInputs = .float32
     /// Memory the run may plan to use, in bytes; nil: the machine's physical memory or its container's limit. A plan
     /// above it is refused before training starts (and automatic checkpointing turns on above 80 % of it).
     public var memoryLimit: Int?
