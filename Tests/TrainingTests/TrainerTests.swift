@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Llama
 import LoRA
 import TestSupport
 import Tokenizer
@@ -78,6 +79,26 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(adapter.order.count, 8)
         XCTAssertEqual(adapter["blk.0.attn_qkv"]?.rank, 3)
         XCTAssertEqual(adapter["blk.1.ffn_up"]?.outFeatures, 2 * tiny.feedForwardLength)
+    }
+
+    /// A run whose frozen products take bf16-rounded operands reaches them (its losses differ from float32's) and
+    /// follows float32's run closely, step by step.
+    func testBf16OperandsFollowTheFloat32Run() throws {
+        func losses(_ inputs: FrozenProductInputs) throws -> [Double] {
+            var c = config("p-\(inputs.rawValue).gguf", iterations: 6)
+            c.frozenProductInputs = inputs
+            var losses: [Double] = []
+            _ = try Trainer(configuration: c).run { event in
+                if case let .step(s) = event { losses.append(s.loss) }
+                return true
+            }
+            return losses
+        }
+        let float32 = try losses(.float32), bf16 = try losses(.bf16)
+        XCTAssertEqual(float32.count, 6)
+        XCTAssertEqual(bf16.count, 6)
+        XCTAssertNotEqual(float32, bf16)
+        for (a, b) in zip(float32, bf16) { XCTAssertEqual(b, a, accuracy: 0.02 * a) }
     }
 
     func testDeterminism() throws {
