@@ -2,9 +2,11 @@
 /// plain path, which stays the reference, without ever holding the [T, T] probabilities of a head. Forward keeps
 /// only each row's log-sum-exp; backward recomputes each tile's probabilities from it.
 ///
-/// Shapes (per sequence b and query head h; a tile is up to `tile` queries × `tile` keys):
+/// Shapes (per sequence b and key/value head, whose G = H/KV query heads are stacked; a tile is up to `tile`
+/// queries of each of them × `tile` keys):
 ///   q, dq, out, dOut [N, H·d]; k, v, dk, dv [N, KV·d]; lse [batch, H, T] (what forward saves)
-///   per tile: S, P, dP [tq, tk]; acc [tq, d]; per query row: m (running maximum), l (running sum), D
+///   per tile: the G heads' q, dOut, dq rows [G·tq, d]; S, P, dP [G·tq, tk]; acc [G·tq, d];
+///   per query row: m (running maximum), l (running sum), D
 /// Forward, for each query tile, over the key tiles it can see:
 ///   S = q·kᵀ·scale (capped, masked);  m′ = max(m, max S);  P = e^(S − m′);  l = l·e^(m − m′) + Σ P;
 ///   acc = acc·e^(m − m′) + P·v;  after the last tile out = acc / l, lse = m + log l
@@ -30,15 +32,15 @@ extension Attention {
         stride(from: scoring.firstVisible(i0) / tile * tile, to: i1, by: tile)
     }
 
-    /// S = q·kᵀ·scale for a tile [tq, tk], then capped on each row's visible keys.
+    /// The rows of the query heads h0 ..< h0 + group at positions i0 ..< i0 + tq of sequence b, stacked head after
+    /// head: row g·tq + r of `into` [group·tq, d] is position i0 + r of head h0 + g. Stacked, the heads that share a
+    /// key/value head make one product with each key and value tile instead of `group` small ones.
     @inlinable
-    func tileScores(q: UnsafePointer<T>, k: UnsafePointer<T>, b: Int, h: Int, i0: Int, tq: Int, j0: Int, tk: Int,
-                    into s: UnsafeMutablePointer<T>) {
-        let L = length, d = headDim
-        T.gemm(transA: false, transB: true, m: tq, n: tk, k: d, alpha: scale, a: q + (b * L + i0) * qStride + h * d,
-               lda: qStride, b: k + (b * L + j0) * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: s, ldc: tk)
-        guard scoring.softCap != nil else { return }
-        for r in 0..<tq { if let cols = visible(row: i0 + r, keys: j0, columns: tk) { scoring.cap(s + r * tk + cols.lowerBound, count: cols.count) } }
+    func gatherHeads(_ x: UnsafePointer<T>, b: Int, h0: Int, group: Int, i0: Int, tq: Int, into: UnsafeMutablePointer<T>) {
+        let d = headDim
+        for g in 0..<group {
+            for r in 0..<tq { (into + (g * tq + r) * d).update(from: x + (b * length + i0 + r) * qStride + (h0 + g) * d, count: d) }
+        }
     }
 
     /// xⱼ ← e^(xⱼ − shift) over a row's visible entries (vector exponentials for Float); returns their sum.
@@ -56,33 +58,38 @@ extension Attention {
     @inlinable
     public func tiledForward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>, out: UnsafeMutablePointer<T>,
                              lse: UnsafeMutablePointer<T>, tile: Int) {
-        let L = length, d = headDim
-        // (sequence, head) pairs are independent: split over the pool when there are enough of them; otherwise
-        // each tile's rows are.
-        let units = batch * heads, parts = units >= 2 * Parallel.threads ? Parallel.threads : 1
+        let L = length, d = headDim, group = heads / kvHeads
+        // (sequence, key/value head) pairs are independent: split over the pool when there are enough of them;
+        // otherwise each tile's rows are. Each takes its `group` query heads stacked (`gatherHeads`).
+        let units = batch * kvHeads, parts = units >= 2 * Parallel.threads ? Parallel.threads : 1
         Parallel.run(parts: parts) { part in
-            let s = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
-            let acc = UnsafeMutablePointer<T>.allocate(capacity: tile * d)
-            let maximum = UnsafeMutablePointer<Double>.allocate(capacity: tile)
-            let sum = UnsafeMutablePointer<Double>.allocate(capacity: tile)
-            defer { s.deallocate(); acc.deallocate(); maximum.deallocate(); sum.deallocate() }
+            let most = group * tile
+            let qg = UnsafeMutablePointer<T>.allocate(capacity: most * d)
+            let s = UnsafeMutablePointer<T>.allocate(capacity: most * tile)
+            let acc = UnsafeMutablePointer<T>.allocate(capacity: most * d)
+            let maximum = UnsafeMutablePointer<Double>.allocate(capacity: most)
+            let sum = UnsafeMutablePointer<Double>.allocate(capacity: most)
+            defer { qg.deallocate(); s.deallocate(); acc.deallocate(); maximum.deallocate(); sum.deallocate() }
             for unit in part * units / parts ..< (part + 1) * units / parts {
-                let b = unit / heads, h = unit % heads
+                let b = unit / kvHeads, h0 = unit % kvHeads * group, kvOffset = b * L * kvStride + unit % kvHeads * d
                 for i0 in stride(from: 0, to: L, by: tile) {
-                    let tq = min(tile, L - i0)
-                    acc.update(repeating: 0, count: tq * d)
-                    maximum.update(repeating: -.infinity, count: tq)
-                    sum.update(repeating: 0, count: tq)
+                    let tq = min(tile, L - i0), m = group * tq
+                    gatherHeads(q, b: b, h0: h0, group: group, i0: i0, tq: tq, into: qg)
+                    acc.update(repeating: 0, count: m * d)
+                    maximum.update(repeating: -.infinity, count: m)
+                    sum.update(repeating: 0, count: m)
                     for j0 in keyTiles(i0, i0 + tq, tile: tile) {
                         let tk = min(tile, L - j0)
-                        tileScores(q: q, k: k, b: b, h: h, i0: i0, tq: tq, j0: j0, tk: tk, into: s)
-                        Parallel.forEachRange(tq, minimumPerThread: 16) { rows in
+                        T.gemm(transA: false, transB: true, m: m, n: tk, k: d, alpha: scale, a: qg, lda: d,
+                               b: k + kvOffset + j0 * kvStride, ldb: kvStride, beta: 0, c: s, ldc: tk)
+                        Parallel.forEachRange(m, minimumPerThread: 16) { rows in
                             for r in rows {
                                 let row = s + r * tk
-                                guard let cols = visible(row: i0 + r, keys: j0, columns: tk) else {
+                                guard let cols = visible(row: i0 + r % tq, keys: j0, columns: tk) else {
                                     row.update(repeating: 0, count: tk)
                                     continue
                                 }
+                                if scoring.softCap != nil { scoring.cap(row + cols.lowerBound, count: cols.count) }
                                 var m = maximum[r]
                                 for j in cols { m = max(m, Double(row[j])) }
                                 let factor = LibM.exp(maximum[r] - m)
@@ -93,13 +100,14 @@ extension Attention {
                                 if factor != 1 { for c in 0..<d { acc[r * d + c] *= T(factor) } }
                             }
                         }
-                        T.gemm(transA: false, transB: false, m: tq, n: d, k: tk, alpha: 1, a: s, lda: tk,
-                               b: v + (b * L + j0) * kvStride + kvHead(h) * d, ldb: kvStride, beta: 1, c: acc, ldc: d)
+                        T.gemm(transA: false, transB: false, m: m, n: d, k: tk, alpha: 1, a: s, lda: tk,
+                               b: v + kvOffset + j0 * kvStride, ldb: kvStride, beta: 1, c: acc, ldc: d)
                     }
-                    for r in 0..<tq {
-                        let o = out + (b * L + i0 + r) * qStride + h * d, inverse = T(1 / sum[r])
+                    for r in 0..<m {
+                        let h = h0 + r / tq, i = i0 + r % tq
+                        let o = out + (b * L + i) * qStride + h * d, inverse = T(1 / sum[r])
                         for c in 0..<d { o[c] = acc[r * d + c] * inverse }
-                        lse[(b * heads + h) * L + i0 + r] = T(maximum[r] + LibM.log(sum[r]))
+                        lse[(b * heads + h) * L + i] = T(maximum[r] + LibM.log(sum[r]))
                     }
                 }
             }
@@ -116,57 +124,67 @@ extension Attention {
         let L = length, d = headDim, group = heads / kvHeads
         // The query heads of one key/value head add into the same dk, dv rows: (sequence, key/value head) groups
         // are independent and split over the pool when there are enough of them; otherwise each tile's rows are.
+        // Each group's query heads are stacked (`gatherHeads`), so Pᵀ·dOut and dSᵀ·q sum over them in one product.
         let units = batch * kvHeads, parts = units >= 2 * Parallel.threads ? Parallel.threads : 1
         Parallel.run(parts: parts) { part in
-            let p = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
-            let dP = UnsafeMutablePointer<T>.allocate(capacity: tile * tile)
-            let delta = UnsafeMutablePointer<T>.allocate(capacity: tile)
-            defer { p.deallocate(); dP.deallocate(); delta.deallocate() }
+            let most = group * tile
+            let qg = UnsafeMutablePointer<T>.allocate(capacity: most * d)
+            let dOutG = UnsafeMutablePointer<T>.allocate(capacity: most * d)
+            let dqG = UnsafeMutablePointer<T>.allocate(capacity: most * d)
+            let p = UnsafeMutablePointer<T>.allocate(capacity: most * tile)
+            let dP = UnsafeMutablePointer<T>.allocate(capacity: most * tile)
+            let delta = UnsafeMutablePointer<T>.allocate(capacity: most)
+            defer { qg.deallocate(); dOutG.deallocate(); dqG.deallocate(); p.deallocate(); dP.deallocate(); delta.deallocate() }
             for unit in part * units / parts ..< (part + 1) * units / parts {
-                let b = unit / kvHeads
-                for h in (unit % kvHeads) * group ..< (unit % kvHeads + 1) * group {
-                    let kvOffset = b * L * kvStride + kvHead(h) * d
-                    for i0 in stride(from: 0, to: L, by: tile) {
-                        let tq = min(tile, L - i0), qOffset = (b * L + i0) * qStride + h * d
-                        for r in 0..<tq {
-                            var dot: T = 0
-                            for c in 0..<d { dot += dOut[qOffset + r * qStride + c] * out[qOffset + r * qStride + c] }
-                            delta[r] = dot
-                        }
-                        for r in 0..<tq { (dq + qOffset + r * qStride).update(repeating: 0, count: d) }
-                        for j0 in keyTiles(i0, i0 + tq, tile: tile) {
-                            let tk = min(tile, L - j0), jOffset = j0 * kvStride
-                            tileScores(q: q, k: k, b: b, h: h, i0: i0, tq: tq, j0: j0, tk: tk, into: p)
-                            T.gemm(transA: false, transB: true, m: tq, n: tk, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
-                                   b: v + kvOffset + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
-                            Parallel.forEachRange(tq, minimumPerThread: 16) { rows in
-                                for r in rows {
-                                    let pr = p + r * tk, dr = dP + r * tk
-                                    guard let cols = visible(row: i0 + r, keys: j0, columns: tk) else {
-                                        pr.update(repeating: 0, count: tk)
-                                        dr.update(repeating: 0, count: tk)
-                                        continue
-                                    }
-                                    let capped = scoring.softCap.map { _ in Array(UnsafeBufferPointer(start: pr + cols.lowerBound, count: cols.count)) }
-                                    pr.update(repeating: 0, count: cols.lowerBound)
-                                    dr.update(repeating: 0, count: cols.lowerBound)
-                                    _ = Attention.exponentiate(pr + cols.lowerBound, count: cols.count,
-                                                               minus: Double(lse[(b * heads + h) * L + i0 + r]))
-                                    for j in cols { dr[j] = pr[j] * (dr[j] - delta[r]) }
-                                    if let capped, let cap = scoring.softCap {
-                                        for (n, j) in cols.enumerated() { let t = capped[n] / cap; dr[j] *= 1 - t * t }
-                                    }
-                                    (pr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
-                                    (dr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
+                let b = unit / kvHeads, h0 = unit % kvHeads * group, kvOffset = b * L * kvStride + unit % kvHeads * d
+                for i0 in stride(from: 0, to: L, by: tile) {
+                    let tq = min(tile, L - i0), m = group * tq
+                    gatherHeads(q, b: b, h0: h0, group: group, i0: i0, tq: tq, into: qg)
+                    gatherHeads(dOut, b: b, h0: h0, group: group, i0: i0, tq: tq, into: dOutG)
+                    for r in 0..<m {
+                        let o = out + (b * L + i0 + r % tq) * qStride + (h0 + r / tq) * d
+                        var dot: T = 0
+                        for c in 0..<d { dot += dOutG[r * d + c] * o[c] }
+                        delta[r] = dot
+                    }
+                    dqG.update(repeating: 0, count: m * d)
+                    for j0 in keyTiles(i0, i0 + tq, tile: tile) {
+                        let tk = min(tile, L - j0), jOffset = kvOffset + j0 * kvStride
+                        T.gemm(transA: false, transB: true, m: m, n: tk, k: d, alpha: scale, a: qg, lda: d,
+                               b: k + jOffset, ldb: kvStride, beta: 0, c: p, ldc: tk)
+                        T.gemm(transA: false, transB: true, m: m, n: tk, k: d, alpha: 1, a: dOutG, lda: d,
+                               b: v + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
+                        Parallel.forEachRange(m, minimumPerThread: 16) { rows in
+                            for r in rows {
+                                let pr = p + r * tk, dr = dP + r * tk, i = i0 + r % tq
+                                guard let cols = visible(row: i, keys: j0, columns: tk) else {
+                                    pr.update(repeating: 0, count: tk)
+                                    dr.update(repeating: 0, count: tk)
+                                    continue
                                 }
+                                if scoring.softCap != nil { scoring.cap(pr + cols.lowerBound, count: cols.count) }
+                                let capped = scoring.softCap.map { _ in Array(UnsafeBufferPointer(start: pr + cols.lowerBound, count: cols.count)) }
+                                pr.update(repeating: 0, count: cols.lowerBound)
+                                dr.update(repeating: 0, count: cols.lowerBound)
+                                _ = Attention.exponentiate(pr + cols.lowerBound, count: cols.count,
+                                                           minus: Double(lse[(b * heads + h0 + r / tq) * L + i]))
+                                for j in cols { dr[j] = pr[j] * (dr[j] - delta[r]) }
+                                if let capped, let cap = scoring.softCap {
+                                    for (n, j) in cols.enumerated() { let t = capped[n] / cap; dr[j] *= 1 - t * t }
+                                }
+                                (pr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
+                                (dr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
                             }
-                            T.gemm(transA: true, transB: false, m: tk, n: d, k: tq, alpha: 1, a: p, lda: tk,
-                                   b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset + jOffset, ldc: kvStride)
-                            T.gemm(transA: false, transB: false, m: tq, n: d, k: tk, alpha: scale, a: dP, lda: tk,
-                                   b: k + kvOffset + jOffset, ldb: kvStride, beta: 1, c: dq + qOffset, ldc: qStride)
-                            T.gemm(transA: true, transB: false, m: tk, n: d, k: tq, alpha: scale, a: dP, lda: tk,
-                                   b: q + qOffset, ldb: qStride, beta: 1, c: dk + kvOffset + jOffset, ldc: kvStride)
                         }
+                        T.gemm(transA: true, transB: false, m: tk, n: d, k: m, alpha: 1, a: p, lda: tk,
+                               b: dOutG, ldb: d, beta: 1, c: dv + jOffset, ldc: kvStride)
+                        T.gemm(transA: false, transB: false, m: m, n: d, k: tk, alpha: scale, a: dP, lda: tk,
+                               b: k + jOffset, ldb: kvStride, beta: 1, c: dqG, ldc: d)
+                        T.gemm(transA: true, transB: false, m: tk, n: d, k: m, alpha: scale, a: dP, lda: tk,
+                               b: qg, ldb: d, beta: 1, c: dk + jOffset, ldc: kvStride)
+                    }
+                    for r in 0..<m {
+                        (dq + (b * L + i0 + r % tq) * qStride + (h0 + r / tq) * d).update(from: dqG + r * d, count: d)
                     }
                 }
             }
