@@ -73,16 +73,16 @@ extension Attention {
             for unit in part * units / parts ..< (part + 1) * units / parts {
                 let b = unit / kvHeads, h0 = unit % kvHeads * group, kvOffset = b * L * kvStride + unit % kvHeads * d
                 for i0 in stride(from: 0, to: L, by: tile) {
-                    let tq = min(tile, L - i0), m = group * tq
+                    let tq = min(tile, L - i0), stacked = group * tq
                     gatherHeads(q, b: b, h0: h0, group: group, i0: i0, tq: tq, into: qg)
-                    acc.update(repeating: 0, count: m * d)
-                    maximum.update(repeating: -.infinity, count: m)
-                    sum.update(repeating: 0, count: m)
+                    acc.update(repeating: 0, count: stacked * d)
+                    maximum.update(repeating: -.infinity, count: stacked)
+                    sum.update(repeating: 0, count: stacked)
                     for j0 in keyTiles(i0, i0 + tq, tile: tile) {
                         let tk = min(tile, L - j0)
-                        T.gemm(transA: false, transB: true, m: m, n: tk, k: d, alpha: scale, a: qg, lda: d,
+                        T.gemm(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: scale, a: qg, lda: d,
                                b: k + kvOffset + j0 * kvStride, ldb: kvStride, beta: 0, c: s, ldc: tk)
-                        Parallel.forEachRange(m, minimumPerThread: 16) { rows in
+                        Parallel.forEachRange(stacked, minimumPerThread: 16) { rows in
                             for r in rows {
                                 let row = s + r * tk
                                 guard let cols = visible(row: i0 + r % tq, keys: j0, columns: tk) else {
@@ -100,10 +100,10 @@ extension Attention {
                                 if factor != 1 { for c in 0..<d { acc[r * d + c] *= T(factor) } }
                             }
                         }
-                        T.gemm(transA: false, transB: false, m: m, n: d, k: tk, alpha: 1, a: s, lda: tk,
+                        T.gemm(transA: false, transB: false, m: stacked, n: d, k: tk, alpha: 1, a: s, lda: tk,
                                b: v + kvOffset + j0 * kvStride, ldb: kvStride, beta: 1, c: acc, ldc: d)
                     }
-                    for r in 0..<m {
+                    for r in 0..<stacked {
                         let h = h0 + r / tq, i = i0 + r % tq
                         let o = out + (b * L + i) * qStride + h * d, inverse = T(1 / sum[r])
                         for c in 0..<d { o[c] = acc[r * d + c] * inverse }
@@ -138,23 +138,23 @@ extension Attention {
             for unit in part * units / parts ..< (part + 1) * units / parts {
                 let b = unit / kvHeads, h0 = unit % kvHeads * group, kvOffset = b * L * kvStride + unit % kvHeads * d
                 for i0 in stride(from: 0, to: L, by: tile) {
-                    let tq = min(tile, L - i0), m = group * tq
+                    let tq = min(tile, L - i0), stacked = group * tq
                     gatherHeads(q, b: b, h0: h0, group: group, i0: i0, tq: tq, into: qg)
                     gatherHeads(dOut, b: b, h0: h0, group: group, i0: i0, tq: tq, into: dOutG)
-                    for r in 0..<m {
+                    for r in 0..<stacked {
                         let o = out + (b * L + i0 + r % tq) * qStride + (h0 + r / tq) * d
                         var dot: T = 0
                         for c in 0..<d { dot += dOutG[r * d + c] * o[c] }
                         delta[r] = dot
                     }
-                    dqG.update(repeating: 0, count: m * d)
+                    dqG.update(repeating: 0, count: stacked * d)
                     for j0 in keyTiles(i0, i0 + tq, tile: tile) {
                         let tk = min(tile, L - j0), jOffset = kvOffset + j0 * kvStride
-                        T.gemm(transA: false, transB: true, m: m, n: tk, k: d, alpha: scale, a: qg, lda: d,
+                        T.gemm(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: scale, a: qg, lda: d,
                                b: k + jOffset, ldb: kvStride, beta: 0, c: p, ldc: tk)
-                        T.gemm(transA: false, transB: true, m: m, n: tk, k: d, alpha: 1, a: dOutG, lda: d,
+                        T.gemm(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: 1, a: dOutG, lda: d,
                                b: v + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
-                        Parallel.forEachRange(m, minimumPerThread: 16) { rows in
+                        Parallel.forEachRange(stacked, minimumPerThread: 16) { rows in
                             for r in rows {
                                 let pr = p + r * tk, dr = dP + r * tk, i = i0 + r % tq
                                 guard let cols = visible(row: i, keys: j0, columns: tk) else {
@@ -176,14 +176,14 @@ extension Attention {
                                 (dr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
                             }
                         }
-                        T.gemm(transA: true, transB: false, m: tk, n: d, k: m, alpha: 1, a: p, lda: tk,
+                        T.gemm(transA: true, transB: false, m: tk, n: d, k: stacked, alpha: 1, a: p, lda: tk,
                                b: dOutG, ldb: d, beta: 1, c: dv + jOffset, ldc: kvStride)
-                        T.gemm(transA: false, transB: false, m: m, n: d, k: tk, alpha: scale, a: dP, lda: tk,
+                        T.gemm(transA: false, transB: false, m: stacked, n: d, k: tk, alpha: scale, a: dP, lda: tk,
                                b: k + jOffset, ldb: kvStride, beta: 1, c: dqG, ldc: d)
-                        T.gemm(transA: true, transB: false, m: tk, n: d, k: m, alpha: scale, a: dP, lda: tk,
+                        T.gemm(transA: true, transB: false, m: tk, n: d, k: stacked, alpha: scale, a: dP, lda: tk,
                                b: qg, ldb: d, beta: 1, c: dk + jOffset, ldc: kvStride)
                     }
-                    for r in 0..<m {
+                    for r in 0..<stacked {
                         (dq + (b * L + i0 + r % tq) * qStride + (h0 + r / tq) * d).update(from: dqG + r * d, count: d)
                     }
                 }

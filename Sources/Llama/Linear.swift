@@ -265,6 +265,6 @@ enum BFloat16Rounding {
 
     @inline(__always)
     static func rounded<T: KernelScalar>(_ x: T) -> T {
-        T(Float(bitPattern: UInt32(HalfPrecision.bfloat16Bits(from: Float(x))) << 16))
+        T(HalfPrecision.floatFromBFloat16Bits(HalfPrecision.bfloat16Bits(from: Float(x))))
     }
 }

@@ -54,28 +54,29 @@ public enum AdapterLoader {
             }
             return .peft
         }
-        let magic = try leadingBytes(path, count: 4)
-        switch magic {
-        case Array("GGUF".utf8):
+        switch try leadingWord(path) {
+        case GGUFFile.magic:
             let file = try GGUFFile(path: path)
             if try file.metadata.stringIfPresent("general.type") == "adapter" { return .gguf }
             if try file.metadata.stringIfPresent("training.type") == "finetune_lora" { return .seed }
             let kind = try file.metadata.stringIfPresent("general.type") ?? "model"
             throw LoRAError.format(path: path, reason: "a GGUF \(kind), not an adapter (\(expected))")
-        case [0x61, 0x6C, 0x67, 0x67]:  // "ggla" as the finetune wrote its little-endian magic
+        case SeedAdapter.magic:
             return .seed
         default:
             throw LoRAError.format(path: path, reason: "not an adapter (\(expected))")
         }
     }
 
-    /// The first `count` bytes of a file (fewer when it is shorter).
-    private static func leadingBytes(_ path: String, count: Int) throws -> [UInt8] {
+    /// The file's first four bytes as a little-endian UInt32, where formats keep their magic (nil when shorter).
+    private static func leadingWord(_ path: String) throws -> UInt32? {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw LoRAError.format(path: path, reason: "cannot be read")
         }
         defer { try? handle.close() }
-        return [UInt8](try handle.read(upToCount: count) ?? Data())
+        let bytes = [UInt8](try handle.read(upToCount: 4) ?? Data())
+        guard bytes.count == 4 else { return nil }
+        return bytes.reversed().reduce(0) { $0 << 8 | UInt32($1) }
     }
 
     /// Loads the adapter at `path`. `heads` (the base model's) is needed for PEFT directories, whose Q/K rows are

@@ -5,6 +5,9 @@ import Kernels
 /// finetune_lora`). Both hold A as ne [r, in] (our Aᵀ) and B as ne [r, out] (our B), `token_embd` the other way
 /// round, norm deltas, and were trained with no alpha/r factor (ΔW = B·A).
 public enum SeedAdapter {
+    /// "ggla" as the finetune wrote it, a little-endian UInt32 at the start of its adapter files.
+    public static let magic: UInt32 = 0x6767_6C61
+
     public struct Result {
         /// Every expressible pair, scaled 1 (as the finetune trained it).
         public var adapter: LoRAAdapter<Float>
@@ -22,7 +25,7 @@ public enum SeedAdapter {
         let magic = raw.loadUnaligned(as: UInt32.self)
         var tensors: [(name: String, dims: [Int], values: [Float])] = []
         var headerRank: Int?, headerAlpha: Float?
-        if magic == 0x6767_6C61 {
+        if magic == SeedAdapter.magic {
             var c = 4
             func u32(_ what: String) throws -> Int {
                 guard c + 4 <= raw.count else { throw LoRAError.format(path: path, reason: "truncated at \(what) (offset \(c))") }

@@ -39,15 +39,17 @@ final class RobustnessCommandTests: XCTestCase {
         ["train", "-m", model, "--train-data", data, "--ctx", "16", "--batch", "1", "--iters", "1", "-t", "1"] + extra
     }
 
+    func generate(_ extra: [String]) -> [String] { ["generate", "-m", model, "-p", "HI"] + extra }
+
     func testHugeOrNonFiniteOptionsAreUsageErrors() throws {
         try expect(64, train(["-c", "4611686018427387904", "--lora-out", dir + "/a.gguf"]), contains: "--ctx")
         try expect(64, train(["-b", "1099511627776", "--lora-out", dir + "/a.gguf"]), contains: "--batch")
         try expect(64, train(["--alpha", "nan", "--lora-out", dir + "/a.gguf"]), contains: "--lora-alpha must be a finite")
         try expect(64, train(["--adam-beta1", "1", "--lora-out", dir + "/a.gguf"]), contains: "--adam-beta1")
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--temp", "nan"], contains: "--temp")
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--top-p", "nan"], contains: "--top-p")
+        try expect(64, generate(["--temp", "nan"]), contains: "--temp")
+        try expect(64, generate(["--top-p", "nan"]), contains: "--top-p")
         try expect(64, ["perplexity", "-m", model, "-f", data, "--chunks", "0"], contains: "--chunks")
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--lora-scaled", dir + "/x.gguf", "nan"], contains: "finite")
+        try expect(64, generate(["--lora-scaled", dir + "/x.gguf", "nan"]), contains: "finite")
     }
 
     /// --lora-in decides rank, alpha and targets: giving them too is refused rather than ignored; a frozen --lora
@@ -70,9 +72,9 @@ final class RobustnessCommandTests: XCTestCase {
     }
 
     func testNegativeValuesWithASpace() throws {
-        try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "-1", "-s", "-1", "--ctx", "24", "--temp", "0"])
-        try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n", "-1", "--repeat-penalty", "1.3"])
-        try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "4", "--repeat-last-n=-1", "--repeat-penalty", "1.3"])
+        try expect(0, generate(["-n", "-1", "-s", "-1", "--ctx", "24", "--temp", "0"]))
+        try expect(0, generate(["-n", "4", "--repeat-last-n", "-1", "--repeat-penalty", "1.3"]))
+        try expect(0, generate(["-n", "4", "--repeat-last-n=-1", "--repeat-penalty", "1.3"]))
         // A number after a numeric option is its value even when negative: a documented one is used, a wrong one
         // gets the option's own message instead of "missing value".
         try expect(0, train(["--epochs", "-1", "--lora-out", dir + "/e.gguf"]))
@@ -81,21 +83,21 @@ final class RobustnessCommandTests: XCTestCase {
         try expect(64, train(["--lora-r", "0", "--lora-out", dir + "/e.gguf"]), contains: "--lora-r must be at least 1 (got 0)")
         try expect(64, train(["--rank-wq", "-2", "--lora-out", dir + "/e.gguf"]), contains: "LoRA ranks must be between 1 and 65536")
         // generate and perplexity name the one option at fault and the value they got.
-        try expect(64, ["generate", "-m", model, "-p", "HI", "-n", "-5"], contains: "-n must be at least 0, or -1 for no limit (got -5)")
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--ctx", "4"], contains: "--ctx must be at least 8 (got 4)")
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--top-p", "2"], contains: "--top-p must be between 0 and 1 (got 2.0)")
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--repeat-last-n", "-3"], contains: "(got -3)")
+        try expect(64, generate(["-n", "-5"]), contains: "-n must be at least 0, or -1 for no limit (got -5)")
+        try expect(64, generate(["--ctx", "4"]), contains: "--ctx must be at least 8 (got 4)")
+        try expect(64, generate(["--top-p", "2"]), contains: "--top-p must be between 0 and 1 (got 2.0)")
+        try expect(64, generate(["--repeat-last-n", "-3"]), contains: "(got -3)")
         try expect(64, ["perplexity", "-m", model, "-f", data, "--chunks", "0"], contains: "--chunks must be at least 1 (got 0)")
         try expect(64, ["perplexity", "-m", model, "-f", data, "-t", "0"], contains: "--threads must be at least 1 (got 0)")
     }
 
     /// A file that is not an adapter, given as one, is named for what it is, with the formats that are expected.
     func testNotAnAdapter() throws {
-        try expect(1, ["generate", "-m", model, "-p", "HI", "-n", "1", "--lora", data], contains: "not an adapter (expected a llama.cpp adapter GGUF")
-        try expect(1, ["generate", "-m", model, "-p", "HI", "-n", "1", "--lora", model], contains: "a GGUF model, not an adapter")
+        try expect(1, generate(["-n", "1", "--lora", data]), contains: "not an adapter (expected a llama.cpp adapter GGUF")
+        try expect(1, generate(["-n", "1", "--lora", model]), contains: "a GGUF model, not an adapter")
         try expect(1, ["merge", "-m", model, "--lora", dir, "-o", dir + "/merged.gguf"], contains: "a directory without adapter_config.json")
         FileManager.default.createFile(atPath: dir + "/empty.gguf", contents: Data())
-        try expect(1, ["generate", "-m", model, "-p", "HI", "-n", "1", "--lora", dir + "/empty.gguf"], contains: "not an adapter")
+        try expect(1, generate(["-n", "1", "--lora", dir + "/empty.gguf"]), contains: "not an adapter")
     }
 
     /// `--lora-scaled FILE S` takes a negative S with a space: the same adapter at 1 and at −1 cancels to the base.
@@ -114,7 +116,7 @@ final class RobustnessCommandTests: XCTestCase {
         XCTAssertEqual(cancelled, base, accuracy: base * 1e-5)
         XCTAssertNotEqual(subtracted, base)
         XCTAssertNotEqual(subtracted, added)
-        try expect(64, ["generate", "-m", model, "-p", "HI", "--lora-scaled", adapter], contains: "--lora-scaled FILE S")
+        try expect(64, generate(["--lora-scaled", adapter]), contains: "--lora-scaled FILE S")
     }
 
     func testOutputsNeverOverwriteInputs() throws {
@@ -163,8 +165,8 @@ final class RobustnessCommandTests: XCTestCase {
                    contains: "no tensors (a vocabulary-only file?)")
         // A PEFT directory is an adapter like any other: the same output as its GGUF.
         try expect(0, ["convert", dir + "/a.gguf", dir + "/peft", "--to", "peft", "-m", model])
-        let (viaGGUF, _) = try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "6", "--temp", "0", "--lora", dir + "/a.gguf"])
-        let (viaPEFT, _) = try expect(0, ["generate", "-m", model, "-p", "HI", "-n", "6", "--temp", "0", "--lora", dir + "/peft"])
+        let (viaGGUF, _) = try expect(0, generate(["-n", "6", "--temp", "0", "--lora", dir + "/a.gguf"]))
+        let (viaPEFT, _) = try expect(0, generate(["-n", "6", "--temp", "0", "--lora", dir + "/peft"]))
         XCTAssertEqual(viaGGUF, viaPEFT)
         let (pplGGUF, _) = try expect(0, ["perplexity", "-m", model, "-f", data, "-c", "16", "--lora", dir + "/a.gguf"])
         let (pplPEFT, _) = try expect(0, ["perplexity", "-m", model, "-f", data, "-c", "16", "--lora", dir + "/peft"])

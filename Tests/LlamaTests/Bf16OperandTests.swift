@@ -22,7 +22,7 @@ final class Bf16OperandTests: XCTestCase {
         return (try LlamaModel<Float>(file: file), file)
     }
 
-    static func bf16(_ x: Float) -> Float { Float(bitPattern: UInt32(HalfPrecision.bfloat16Bits(from: x)) << 16) }
+    static func bf16(_ x: Float) -> Float { HalfPrecision.floatFromBFloat16Bits(HalfPrecision.bfloat16Bits(from: x)) }
 
     /// With a block whose output weights are zero, a logit is one frozen product: the final norm of the token's
     /// embedding times a head row.
