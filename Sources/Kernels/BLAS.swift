@@ -170,10 +170,44 @@ public enum BLAS {
     public static var gemmOperations: UInt64 { lk_counted_operations() }
     public static func resetGEMMCounts() { lk_reset_counts() }
 
+    /// Adds a product that started at `start` to the counts, when measuring (`measureGEMM`, `measureShapes`).
+    static func count(since start: UInt64, transA: Bool, transB: Bool, m: Int, n: Int, k: Int) {
+        guard measureGEMM else { return }
+        let elapsed = now() - start
+        lk_count_product(UInt64(2 * m * n * k), elapsed)
+        if measureShapes { lk_count_shape(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), elapsed) }
+    }
+
     static func now() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    /// One part of a split product: its rows and columns of C, and where its A, B and C start (in elements).
+    public struct Part { public var m: Int, n: Int, a: Int, b: Int, c: Int }
+
+    /// Runs an M×N×K product as parts over `Parallel`'s pool (one part on the calling thread when it is small).
+    ///
+    /// Each part packs the whole of the operand it shares: all of op(B) [K, N] when split by rows of C, all of
+    /// op(A) [M, K] when split by columns. Split so that the shared operand is the smaller one (a head's forward,
+    /// 160 rows against 49 152 columns, would otherwise stream the whole head through every thread), by whole
+    /// multiples of 16 so that the parts keep the kernels' full tiles.
+    public static func forEachPart(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int,
+                                   _ body: (Part) -> Void) {
+        let parts = parts(m: m, n: n, k: k)
+        if parts == 1 { body(Part(m: m, n: n, a: 0, b: 0, c: 0)); return }
+        let byRows = n < 16 * parts || (m >= 16 * parts && n <= m)
+        let extent = byRows ? m : n, per = ((extent + parts - 1) / parts + 15) / 16 * 16
+        Parallel.run(parts: parts) { p in
+            let start = p * per, count = min(extent, start + per) - start
+            guard count > 0 else { return }
+            if byRows {
+                body(Part(m: count, n: n, a: transA ? start : start * lda, b: 0, c: start * ldc))
+            } else {
+                body(Part(m: m, n: count, a: 0, b: transB ? start * ldb : start, c: start))
+            }
+        }
     }
 
     static let rowMajor: Int32 = 101
@@ -201,38 +235,11 @@ extension Float: KernelScalar {
                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
-        defer {
-            if BLAS.measureGEMM {
-                let elapsed = BLAS.now() - start
-                lk_count_product(UInt64(2 * m * n * k), elapsed)
-                if BLAS.measureShapes {
-                    lk_count_shape(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), elapsed)
-                }
-            }
-        }
+        defer { BLAS.count(since: start, transA: transA, transB: transB, m: m, n: n, k: k) }
         if let f = BLAS.library.sgemm {
-            let parts = BLAS.parts(m: m, n: n, k: k)
-            if parts == 1 {
-                f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
-                  b, Int32(ldb), beta, c, Int32(ldc))
-                return
-            }
-            // Each part packs the whole of the operand it shares: all of op(B) [K, N] when split by rows of C, all
-            // of op(A) [M, K] when split by columns. Split so that the shared operand is the smaller one (a head's
-            // forward, 160 rows against 49 152 columns, would otherwise stream the whole head through every
-            // thread), by whole multiples of 16 so that the parts keep the kernels' full tiles.
-            let byRows = n < 16 * parts || (m >= 16 * parts && n <= m)
-            let extent = byRows ? m : n, per = ((extent + parts - 1) / parts + 15) / 16 * 16
-            Parallel.run(parts: parts) { p in
-                let start = p * per, count = min(extent, start + per) - start
-                guard count > 0 else { return }
-                if byRows {
-                    f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(count), Int32(n), Int32(k), alpha,
-                      a + (transA ? start : start * lda), Int32(lda), b, Int32(ldb), beta, c + start * ldc, Int32(ldc))
-                } else {
-                    f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(m), Int32(count), Int32(k), alpha, a,
-                      Int32(lda), b + (transB ? start * ldb : start), Int32(ldb), beta, c + start, Int32(ldc))
-                }
+            BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
+                f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
+                  Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))
             }
         } else {
             ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,

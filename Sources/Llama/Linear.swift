@@ -55,10 +55,11 @@ struct WeightAdapters<T: KernelScalar> {
 
 /// What the frozen-weight products (x·Wᵀ forward, dy·W backward) multiply. `.bf16` rounds both operands — the
 /// weight and the activations or incoming gradients — to bfloat16 (round to nearest even) and accumulates in
-/// float32: the numbers a bf16 matrix product (AVX512-BF16, AMX) computes. The products themselves still run in
-/// float32 on the rounded values, so this measures bf16's accuracy on any CPU and gains no speed. LoRA's products,
-/// norms, attention, the loss and the optimizer are float32 either way; single-token products (generation) are not
-/// affected.
+/// float32. Where the CPU has bf16 products (`BFloat16GEMM.isAvailable`) the weights are kept in bf16 (half the
+/// memory of float32) and the products run on its bf16 instructions; elsewhere the same numbers are computed in
+/// float32 on the rounded values (no speed-up: `ProductPrecision` then chooses float32 for runs). LoRA's products,
+/// norms, attention, the loss and the optimizer are float32 either way; single-token products (generation) are
+/// not affected.
 public enum FrozenProductInputs: String, Sendable, CaseIterable {
     case float32, bf16
 }
@@ -76,6 +77,8 @@ struct RowProducts {
 struct LinearWeight<T: KernelScalar> {
     enum Source {
         case dense([T])
+        /// The weight rounded to bf16 [out, in] (bit patterns), for products on the CPU's bf16 instructions.
+        case bf16([UInt16])
         /// The tensor's blocks as the file stores them, for single-row products.
         case rows(type: TensorType, data: UnsafeRawBufferPointer, products: RowProducts)
     }
@@ -90,11 +93,13 @@ struct LinearWeight<T: KernelScalar> {
     /// What the frozen product multiplies (`FrozenProductInputs`).
     var productInputs: FrozenProductInputs = .float32
 
-    /// The weight as [out, in] values (dequantizing `rows` sources).
+    /// The weight as [out, in] values (dequantizing `rows` sources, widening `bf16` ones).
     func withDense<R>(_ body: (UnsafePointer<T>) -> R) -> R {
         switch source {
         case let .dense(w):
             return w.withUnsafeBufferPointer { body($0.baseAddress!) }
+        case let .bf16(bits):
+            return bits.map { T(Float(bitPattern: UInt32($0) << 16)) }.withUnsafeBufferPointer { body($0.baseAddress!) }
         case let .rows(type, data, _):
             let floats = Dequantize.onAllThreads(type, from: data, rowLength: inFeatures, rows: [0..<outFeatures])
             if T.self == Float.self { return floats.withUnsafeBufferPointer { body(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: T.self)) } }
@@ -102,14 +107,31 @@ struct LinearWeight<T: KernelScalar> {
         }
     }
 
-    /// The operands of the frozen product: `x` [count] and the dense weight, both rounded to bf16 when
-    /// `productInputs` is `.bf16` (copies; the caller's values are untouched).
-    func withProductOperands<R>(_ x: UnsafePointer<T>, count: Int, _ body: (UnsafePointer<T>, UnsafePointer<T>) -> R) -> R {
+    /// The frozen product over `n` rows: c [n, out] = x [n, in]·Wᵀ (`transposed`, forward), or c [n, in] (= or, when
+    /// `accumulate`, +=) x [n, out]·W (backward). With bf16 inputs, on the bf16 weight through the CPU's bf16
+    /// products, or else on both operands rounded to bf16 in float32 (the same numbers; the caller's x is untouched).
+    func frozenProduct(_ x: UnsafePointer<T>, rows n: Int, transposed: Bool, into c: UnsafeMutablePointer<T>, accumulate: Bool) {
+        let k = transposed ? inFeatures : outFeatures, cols = transposed ? outFeatures : inFeatures
+        if case let .bf16(bits) = source, T.self == Float.self {
+            let roundedX = BFloat16GEMM.rounded(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self), count: n * k)
+            roundedX.withUnsafeBufferPointer { xp in
+                bits.withUnsafeBufferPointer { wp in
+                    BFloat16GEMM.gemm(transA: false, transB: transposed, m: n, n: cols, k: k, a: xp.baseAddress!, lda: k,
+                                      b: wp.baseAddress!, ldb: inFeatures, accumulate: accumulate,
+                                      c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: cols)
+                }
+            }
+            return
+        }
         withDense { wp in
-            guard productInputs == .bf16 else { return body(x, wp) }
-            let roundedX = BFloat16Rounding.rounded(x, count: count)
+            func multiply(_ xp: UnsafePointer<T>, _ wp: UnsafePointer<T>) {
+                T.gemm(transA: false, transB: transposed, m: n, n: cols, k: k, alpha: 1, a: xp, lda: k, b: wp, ldb: inFeatures,
+                       beta: accumulate ? 1 : 0, c: c, ldc: cols)
+            }
+            guard productInputs == .bf16 else { return multiply(x, wp) }
+            let roundedX = BFloat16Rounding.rounded(x, count: n * k)
             let roundedW = BFloat16Rounding.rounded(wp, count: inFeatures * outFeatures)
-            return roundedX.withUnsafeBufferPointer { a in roundedW.withUnsafeBufferPointer { b in body(a.baseAddress!, b.baseAddress!) } }
+            roundedX.withUnsafeBufferPointer { a in roundedW.withUnsafeBufferPointer { b in multiply(a.baseAddress!, b.baseAddress!) } }
         }
     }
 
@@ -140,10 +162,7 @@ enum LinearLoRA {
                             y: UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), threads: products.threads,
                             activations: products.activations)
         } else {
-            w.withProductOperands(x, count: n * inF) { xp, wp in
-                T.gemm(transA: false, transB: true, m: n, n: outF, k: inF, alpha: 1, a: xp, lda: inF,
-                       b: wp, ldb: inF, beta: 0, c: y, ldc: outF)
-            }
+            w.frozenProduct(x, rows: n, transposed: true, into: y, accumulate: false)
         }
         if let bias = w.bias {
             for row in 0..<n { for o in 0..<outF { y[row * outF + o] += bias[o] } }
@@ -174,10 +193,7 @@ enum LinearLoRA {
                                           saved: [[T]], dx: UnsafeMutablePointer<T>?, accumulate: Bool) {
         let inF = w.inFeatures, outF = w.outFeatures
         if let dx {
-            w.withProductOperands(dy, count: n * outF) { dyp, wp in
-                T.gemm(transA: false, transB: false, m: n, n: inF, k: outF, alpha: 1, a: dyp, lda: outF,
-                       b: wp, ldb: inF, beta: accumulate ? 1 : 0, c: dx, ldc: inF)
-            }
+            w.frozenProduct(dy, rows: n, transposed: false, into: dx, accumulate: accumulate)
         }
         for (index, (pair, scale, trainable)) in w.adapters.pairs.enumerated() {
             let r = pair.rank

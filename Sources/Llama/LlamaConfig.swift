@@ -92,6 +92,8 @@ public struct LlamaConfig: Sendable, Equatable {
     /// A head whose dequantized float32 copy would exceed this is computed in chunks of `vocabularyChunk` rows
     /// read from the file instead (`LlamaModel.denseHeadLimit`).
     public static let denseHeadLimit = 512 << 20
+    /// Values dequantized to float32 at a time when a weight is made bf16 (the float copy never exceeds it).
+    public static let bf16RoundingChunk = 1 << 20
     public static let vocabularyChunk = 16384
     /// Rows of logits a dense head computes at once (`LlamaModel.headChunkRows`).
     public static let headRows = 160

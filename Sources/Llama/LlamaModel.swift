@@ -32,6 +32,9 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     public var attentionTile = Attention<T>.defaultTile
     /// What the frozen-weight products of batched passes multiply: float32, or bf16-rounded operands
     /// (`FrozenProductInputs`).
+    /// Whether dense weights are kept in bf16 for the CPU's bf16 products (bf16 inputs where the CPU has them).
+    public var keepsBF16Weights: Bool { weights.keepsBF16Weights }
+
     public var frozenProductInputs: FrozenProductInputs {
         get { weights.productInputs }
         set { weights.productInputs = newValue }
@@ -166,14 +169,14 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// gradients go back through `WeightAdapters.addGradients`).
     func headSlice(_ range: Range<Int>) throws -> LinearWeight<T> {
         LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: range.count,
-                     source: .dense(try weights.headRows([range])), adapters: try adaptersFor("output").slice(outputs: range),
+                     source: try weights.headRowsSource([range]), adapters: try adaptersFor("output").slice(outputs: range),
                      productInputs: weights.productInputs)
     }
 
     /// The head restricted to the vocabulary rows `rows`, in that order.
     func headSlice(rows: [Int]) throws -> LinearWeight<T> {
         LinearWeight(name: "output", inFeatures: config.embedding, outFeatures: rows.count,
-                     source: .dense(try weights.headRows(rows.map { $0..<($0 + 1) })),
+                     source: try weights.headRowsSource(rows.map { $0..<($0 + 1) }),
                      adapters: try adaptersFor("output").slice(outputs: rows), productInputs: weights.productInputs)
     }
 

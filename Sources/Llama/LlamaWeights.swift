@@ -10,9 +10,14 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     let cacheAll: Bool
     private var cache: [String: [T]] = [:]
     private var denseHead: [T]?
+    /// Weights kept as bf16 (the head always, every weight when `cacheAll`), when products run in bf16.
+    private var bf16Cache: [String: [UInt16]] = [:]
     let outputNorm: [T]
     /// What the frozen products of the linear weights made here multiply.
     var productInputs: FrozenProductInputs = .float32
+
+    /// Whether dense weights are kept in bf16 for the CPU's bf16 products (bf16 inputs on a CPU that has them).
+    var keepsBF16Weights: Bool { productInputs == .bf16 && T.self == Float.self && BFloat16GEMM.isAvailable }
 
     init(file: GGUFFile, config: LlamaConfig, cacheAll: Bool) throws {
         self.file = file
@@ -55,6 +60,8 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         if let products = rowProducts {
             let info = try file.requireTensor(tensorName)
             source = .rows(type: info.type, data: file.data(of: info), products: products)
+        } else if keepsBF16Weights {
+            source = .bf16(try bf16Tensor(tensorName))
         } else if tensorName == headTensorName {
             source = .dense(try head())
         } else {
@@ -70,6 +77,38 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         let values = try LlamaWeights.load(file, headTensorName)
         denseHead = values
         return values
+    }
+
+    /// A whole weight rounded to bf16: dequantized to float32 `bf16RoundingChunk` values at a time and rounded.
+    func bf16Tensor(_ name: String) throws -> [UInt16] {
+        if let cached = bf16Cache[name] { return cached }
+        let info = try file.requireTensor(name)
+        guard info.type.isDequantizable else {
+            throw GGUFError.badTensor(path: file.path, tensor: name, reason: "type \(info.type) cannot be converted to float")
+        }
+        let rowLength = max(1, info.dimensions.first ?? 1), rows = info.elementCount / rowLength
+        let chunkRows = max(1, LlamaConfig.bf16RoundingChunk / rowLength), data = file.data(of: info)
+        let bits = [UInt16](unsafeUninitializedCapacity: rows * rowLength) { out, initialized in
+            for start in stride(from: 0, to: rows, by: chunkRows) {
+                let range = start..<min(rows, start + chunkRows)
+                let floats = Dequantize.onAllThreads(info.type, from: data, rowLength: rowLength, rows: [range])
+                floats.withUnsafeBufferPointer {
+                    BFloat16GEMM.round($0.baseAddress!, count: $0.count, into: out.baseAddress! + start * rowLength)
+                }
+            }
+            initialized = rows * rowLength
+        }
+        if cacheAll || name == headTensorName { bf16Cache[name] = bits }
+        return bits
+    }
+
+    /// Rows `ranges` of the head as a dense source (bf16 when `keepsBF16Weights`).
+    func headRowsSource(_ ranges: [Range<Int>]) throws -> LinearWeight<T>.Source {
+        let rows = try headRows(ranges)
+        guard keepsBF16Weights else { return .dense(rows) }
+        return .bf16(rows.withUnsafeBufferPointer {
+            BFloat16GEMM.rounded(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: Float.self), count: $0.count)
+        })
     }
 
     /// Rows `ranges` of the head, one after the other [Σ count, embedding], dequantized (a chunk of the vocabulary,

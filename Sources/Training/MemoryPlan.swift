@@ -14,9 +14,11 @@ public struct MemoryPlan: Sendable, Equatable {
         public var trainableParameters: Int
         /// Every weight kept dequantized (`--cache-weights`) instead of one layer at a time.
         public var cacheWeights: Bool
+        /// Dequantized weights kept in bf16 (2 bytes a value) for bf16 products, instead of float32.
+        public var bf16Weights: Bool
 
         public init(config: LlamaConfig, fileSize: Int, parameterCount: Int, batch: Int, context: Int,
-                    trainableParameters: Int, cacheWeights: Bool) {
+                    trainableParameters: Int, cacheWeights: Bool, bf16Weights: Bool = false) {
             self.config = config
             self.fileSize = fileSize
             self.parameterCount = parameterCount
@@ -24,6 +26,7 @@ public struct MemoryPlan: Sendable, Equatable {
             self.context = context
             self.trainableParameters = trainableParameters
             self.cacheWeights = cacheWeights
+            self.bf16Weights = bf16Weights
         }
     }
 
@@ -40,6 +43,9 @@ public struct MemoryPlan: Sendable, Equatable {
     /// the tokenized data and OpenBLAS's per-thread buffers (measured: SmolLM2 runs peaked 48–70 MB above the other
     /// parts).
     public static let runtimeBytes = 48 << 20
+    /// What oneDNN adds for bf16 products: its code, generated kernels and per-thread scratchpads (measured: 14 MB
+    /// after loading it and running a model's products).
+    public static let bf16LibraryBytes = 16 << 20
 
     /// The plan with or without gradient checkpointing.
     public init(_ i: Inputs, checkpointing: Bool) {
@@ -48,19 +54,24 @@ public struct MemoryPlan: Sendable, Equatable {
         // The layer in flight also holds its normalized inputs, residual, attention output and what the tiled
         // attention saves (one value per row and head), the gated activation and their gradients.
         let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward) + i.batch * mc.heads * i.context)
+            + (i.bf16Weights ? 2 * tokens * mc.feedForward : 0)  // a product's input rounded to bf16
         // The head stays dequantized, or (large vocabularies) one chunk of it and that chunk's logits at a time.
-        let denseHead = mc.vocabulary * mc.embedding * 4
+        // bf16 weights are dequantized a chunk of rows at a time and rounded, so the float32 copy is one chunk.
+        let weightValueBytes = i.bf16Weights ? 2 : 4
+        let bf16Chunk = i.bf16Weights ? 4 * LlamaConfig.bf16RoundingChunk : 0
+        let denseHead = mc.vocabulary * mc.embedding * weightValueBytes
         let chunk = LlamaConfig.vocabularyChunk
         // A chunk holds its weights and the chunk's logits for every row (twice with a final soft cap, which keeps the
         // capped logits for its backward).
         let logitCopies = mc.finalSoftCap == nil ? 1 : 2
-        let headIsDense = denseHead <= LlamaConfig.denseHeadLimit
-        let headPhase = headIsDense ? 4 * logitCopies * min(tokens, LlamaConfig.headRows) * mc.vocabulary
-                                    : 4 * chunk * (mc.embedding + logitCopies * tokens)
+        let headIsDense = mc.vocabulary * mc.embedding * 4 <= LlamaConfig.denseHeadLimit  // decided on float32's size
+        // With bf16 products the logits' gradient is also rounded to bf16 for dlogits·W.
+        let headPhase = headIsDense ? (4 * logitCopies + (i.bf16Weights ? 2 : 0)) * min(tokens, LlamaConfig.headRows) * mc.vocabulary
+                                    : 4 * chunk * (mc.embedding + logitCopies * tokens) + (i.bf16Weights ? 2 * chunk * tokens : 0)
         // Block weights are dequantized one layer at a time, or all kept with --cache-weights (the head and the
         // embedding are read apart from them).
         let blockParameters = i.parameterCount - mc.vocabulary * mc.embedding * (mc.tiedEmbeddings ? 1 : 2)
-        let dequantizedBytes = 4 * (i.cacheWeights ? blockParameters : blockParameters / mc.layers)
+        let dequantizedBytes = weightValueBytes * (i.cacheWeights ? blockParameters : blockParameters / mc.layers) + bf16Chunk
         // The head's scratch and a layer's (its working buffers, and with checkpointing its rebuilt activations) are
         // never held at once: the head runs between the last layer's forward and the first layer's backward, and
         // the heap reuses one's memory for the other, so the peak holds the larger of the two.
@@ -72,7 +83,8 @@ public struct MemoryPlan: Sendable, Equatable {
                  ("activations kept for backward", kept),
                  (layerPhase >= headPhase ? "layer in flight (dequantized weights, buffers)" : "head in flight (vocabulary chunk, logits)", layerOrHead),
                  ("LoRA, gradients, AdamW moments", i.trainableParameters * 16),
-                 ("runtime, tokenizer, data, BLAS buffers", MemoryPlan.runtimeBytes)]
+                 ("runtime, tokenizer, data, BLAS buffers" + (i.bf16Weights ? ", oneDNN" : ""),
+                  MemoryPlan.runtimeBytes + (i.bf16Weights ? MemoryPlan.bf16LibraryBytes : 0))]
         gradientCheckpointing = checkpointing
     }
 

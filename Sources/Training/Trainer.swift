@@ -138,7 +138,10 @@ public final class Trainer {
         model.override(rmsEpsilon: c.overrides.rmsEpsilon, ropeBase: c.overrides.ropeBase,
                        ropeScale: c.overrides.ropeScale.map { 1 / $0 })
         model.runContext = c.context
-        model.frozenProductInputs = c.frozenProductInputs
+        let precision = c.frozenProductInputs.map { ProductPrecision.Resolution(inputs: $0, note: $0 == .bf16 && !BFloat16GEMM.isAvailable
+                ? "bf16 operands computed in float32 (no bf16 products here)" : $0.rawValue) }
+            ?? c.precision.resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
+        model.frozenProductInputs = precision.inputs
         let tokenizer = try Tokenizer(file: file)
         try model.check(tokenizer: tokenizer)
         let data = try Trainer.data(c, file: file, tokenizer: tokenizer)
@@ -179,7 +182,7 @@ public final class Trainer {
         }
         let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
                                        batch: c.batch, context: c.context, trainableParameters: trainable,
-                                       cacheWeights: c.cacheWeights)
+                                       cacheWeights: c.cacheWeights, bf16Weights: model.keepsBF16Weights)
         let memory = MemoryPlan.choose(inputs, checkpointing: c.gradientCheckpointing,
                                        limit: c.memoryLimit ?? Trainer.availableMemory())
         model.gradientCheckpointing = memory.gradientCheckpointing
@@ -187,7 +190,7 @@ public final class Trainer {
         let plan = TrainingPlan(
             targets: targets, trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * ranks * c.context,
             steps: max(0, c.iterations - startStep), startStep: startStep, samples: trainStream.sampleCount,
-            validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing,
+            validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing, precision: precision.note,
             memory: memory.parts.map { ($0.name, $0.bytes) }, ranks: ranks,
             bytesExchangedPerStep: ranks > 1 ? 4 * trainable + 8 * 3 : 0)
         return Run(file: file, model: model, batcher: batcher, validationRows: validationRows,

@@ -61,9 +61,13 @@ public struct TrainingConfiguration: Sendable {
     /// nil: automatic (on when keeping every layer's activations would take more than 1 GiB).
     public var gradientCheckpointing: Bool?
     public var cacheWeights = false
-    /// What the frozen-weight products multiply: float32 (the default), or operands rounded to bf16
-    /// (`FrozenProductInputs`: bf16's numbers computed in float32, for measuring its accuracy; no speed-up).
-    public var frozenProductInputs: FrozenProductInputs = .float32
+    /// The precision of the frozen-weight products (`--precision`): float32 (the default), bf16 on the CPU's bf16
+    /// instructions, or auto; resolved against the CPU when the run starts (`TrainingPlan.precision` says what runs).
+    /// A resumed run is bit-exact when it runs in the same precision.
+    public var precision: ProductPrecision = .fp32
+    /// Overrides `precision` with what the frozen products multiply, whatever the CPU: `.bf16` on a CPU without
+    /// bf16 products computes bf16's numbers in float32 (for measuring bf16's accuracy anywhere; no speed-up).
+    public var frozenProductInputs: FrozenProductInputs?
     /// Memory the run may plan to use, in bytes; nil: the machine's physical memory or its container's limit. A plan
     /// above it is refused before training starts (and automatic checkpointing turns on above 80 % of it).
     public var memoryLimit: Int?
@@ -119,6 +123,8 @@ public struct TrainingPlan: Sendable {
     public var samples: Int
     public var validationRows: Int
     public var gradientCheckpointing: Bool
+    /// What the frozen products compute in, in a line (`ProductPrecision.Resolution.note`).
+    public var precision = "float32"
     /// Bytes by part (see `MemoryPlan`).
     public var memory: [(String, Int)]
     /// Processes sharing each step (MPI ranks; 1 alone) and what each sends per step in the gradient exchange.

@@ -22,6 +22,7 @@ struct StepBench: ParsableCommand {
     @Flag(name: .customLong("checkpointing")) var checkpointing = false
     @Flag(name: .customLong("cache-weights")) var cacheWeights = false
     @Flag(name: .customLong("shapes"), help: "Also print the products' time by shape, every shape, most time first.") var shapes = false
+    @Option(help: "Frozen products: fp32, bf16 or auto.") var precision: ProductPrecision = .fp32
     @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
 
     func run() throws {
@@ -29,6 +30,9 @@ struct StepBench: ParsableCommand {
         let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
         llama.gradientCheckpointing = checkpointing
         llama.attentionTile = attentionTile
+        let resolution = precision.resolved(embedding: llama.config.embedding, hidden: llama.config.feedForward)
+        llama.frozenProductInputs = resolution.inputs
+        print("precision: \(resolution.note)")
         let adapter = try LoRAAdapter<Float>.initialized(layers: llama.config.layers, shapes: { llama.config.features(of: $0) },
                                                          targets: llama.config.resolve(LoRATarget.defaultTargets), rank: { _ in rank }, alpha: 16,
                                                          rsLoRA: false, seed: 1)
@@ -118,3 +122,4 @@ func minimumOperations(_ config: LlamaConfig, batch: Int, length: Int, rank: Int
 }
 
 func peakMemoryMB() -> Double { Double(ResidentMemory.peakBytes()) / 1_048_576 }
+extension ProductPrecision: ExpressibleByArgument {}

@@ -126,3 +126,4 @@ struct GenerateCommand: ParsableCommand {
 }
 
 extension TokenActivations: ExpressibleByArgument {}
+extension ProductPrecision: ExpressibleByArgument {}

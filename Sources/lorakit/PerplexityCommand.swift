@@ -32,6 +32,9 @@ struct PerplexityCommand: ParsableCommand {
         "exact or int8: int8 scores as generation computes with --activations int8 (each chunk's first half as a prompt, then token by token), to measure what 8-bit activations cost.",
         valueName: "exact|int8")) var activations: TokenActivations = .exact
 
+    @Option(name: .customLong("precision"), help: "Frozen-weight products over whole chunks: fp32, bf16 (on AVX512-BF16/AMX CPUs; float32 elsewhere, said on the first line) or auto (bf16 where it is faster).")
+    var precision: ProductPrecision = .fp32
+
     func validate() throws {
         guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4 (got \(ctx))") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1 (got \(batch))") }
@@ -40,6 +43,9 @@ struct PerplexityCommand: ParsableCommand {
 
     func run() throws {
         let (_, model, tokenizer) = try modelOptions.load()
+        let resolution = precision.resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
+        model.frozenProductInputs = resolution.inputs
+        if precision != .fp32 { print("precision: \(resolution.note)") }
         let data: [UInt8]
         do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }
         let tokens = tokenizer.encode(bytes: Array(data), addSpecial: true, parseSpecial: false)

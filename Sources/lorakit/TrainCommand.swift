@@ -2,6 +2,7 @@ import ArgumentParser
 import Distributed
 import Foundation
 import GGUF
+import Llama
 import LoRA
 import Training
 
@@ -125,6 +126,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: [.customShort("t"), .long], parsing: .unconditional, help: "Threads (default: all cores).") var threads: Int?
     @Flag(name: .customLong("use-checkpointing"), inversion: .prefixedNo, help: "Gradient checkpointing (default: on when activations would exceed 1 GiB).") var useCheckpointing: Bool?
     @Flag(name: .customLong("cache-weights"), help: "Keep all weights dequantized (faster, more memory).") var cacheWeights = false
+    @Option(name: .customLong("precision"), help: "Frozen-weight products: fp32, bf16 (on AVX512-BF16/AMX CPUs; float32 elsewhere, said in the plan) or auto (bf16 where it is faster).") var precision: ProductPrecision = .fp32
     @Option(name: .customLong("norm-rms-eps"), parsing: .unconditional, help: "Override the RMS-norm epsilon.") var normRmsEps: Float?
     @Option(name: .customLong("rope-freq-base"), parsing: .unconditional, help: "Override the RoPE base.") var ropeFreqBase: Float?
     @Option(name: .customLong("rope-freq-scale"), parsing: .unconditional, help: "Override the RoPE frequency scale.") var ropeFreqScale: Float?
@@ -210,6 +212,7 @@ struct TrainCommand: ParsableCommand {
         c.threads = threads ?? CLI.coreCount
         c.gradientCheckpointing = useCheckpointing
         c.cacheWeights = cacheWeights
+        c.precision = precision
         c.checkpointIn = checkpointIn
         c.checkpointOut = checkpointOut ?? (loraOut.hasSuffix(".gguf") ? String(loraOut.dropLast(5)) : loraOut) + ".checkpoint.gguf"
         c.saveEvery = saveEvery

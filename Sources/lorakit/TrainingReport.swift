@@ -42,7 +42,8 @@ struct TrainingReport {
                       + "(\(config.batch * config.gradientAccumulation) per rank), \(TrainingReport.mb(p.bytesExchangedPerStep)) exchanged per step")
             }
             print("      compute: \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")\(p.ranks > 1 ? " per rank" : ""), BLAS "
-                  + (BLAS.libraryPath.map { "\($0) (\(BLAS.coreName ?? "?") kernels)" } ?? "none (Swift reference GEMM)"))
+                  + (BLAS.libraryPath.map { "\($0) (\(BLAS.coreName ?? "?") kernels)" } ?? "none (Swift reference GEMM)")
+                  + "; frozen products: \(p.precision)")
             if BLAS.libraryPath == nil {
                 CLI.printError("warning: OpenBLAS was not found, so matrix products run in plain Swift, tens of times slower; "
                                + "install it (Debian/Ubuntu: apt-get install libopenblas0)")

@@ -68,4 +68,16 @@ int lk_shape_totals(lk_shape_total *out, int capacity);
 /// ceiling that benchmarks compare the products' rate with; 0 where there is no such kernel.
 double lk_float32_peak_gflops(void);
 
+// --- bf16 products (bf16_gemm.c): oneDNN 2.x loaded at run time ---
+/// Whether bf16 products can run here: oneDNN 2.x is installed and has a bf16 kernel for this CPU.
+int lk_bf16_gemm_available(void);
+/// "oneDNN 2.6.3" when available, otherwise why not, in a few words.
+const char *lk_bf16_gemm_description(void);
+/// C [m, n] (= or, with `accumulate`, +=) op(A)·op(B), row-major, A and B bf16 bit patterns, float32 accumulation.
+/// Returns 0, or oneDNN's status (or -1) when the product could not run.
+int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
+                 int accumulate, float *c, int ldc);
+/// y = x rounded to bf16 (nearest even; NaN stays NaN).
+void lk_float_to_bf16(const float *x, uint16_t *y, size_t count);
+
 #endif
