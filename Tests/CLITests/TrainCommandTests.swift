@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TestSupport
 import XCTest
 
@@ -55,18 +56,49 @@ final class TrainCommandTests: XCTestCase {
         let dir = temporaryDirectory("lorakit-peak")
         // The peak is the child's own (VmHWM): getrusage's survives exec and once reported this test runner's 941 MB
         // for a checkpointed run that peaked at 415 MB.
-        for checkpointing in [false, true] {
+        // bf16 (where the CPU has bf16 products) keeps its weights in half the memory, and oneDNN besides.
+        let precisions = BFloat16GEMM.isAvailable ? ["fp32", "bf16"] : ["fp32"]
+        for precision in precisions {
+          for checkpointing in [false, true] {
             let (status, out, err) = try LoRAKitBinary.run([
                 "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"), "--ctx", "256",
-                "--batch", "4", "--iters", "2", "--lora-out", dir + "/a.gguf", "-t", "2", "--save-every", "0"]
-                + (checkpointing ? ["--use-checkpointing"] : []))
+                "--batch", "4", "--iters", "2", "--lora-out", dir + "/a.gguf", "-t", "2", "--save-every", "0",
+                "--precision", precision] + (checkpointing ? ["--use-checkpointing"] : []))
             XCTAssertEqual(status, 0, err)
+            XCTAssertTrue(out.contains(precision == "bf16" ? "frozen products: bf16 products on oneDNN" : "frozen products: float32"), out)
             let line = try XCTUnwrap(out.split(separator: "\n").first { $0.hasPrefix("peak memory ") }, out)
             let numbers = line.split(separator: " ").compactMap { Double($0) }
             XCTAssertEqual(numbers.count, 2, String(line))
             let (peak, plan) = (numbers[0], numbers[1])
-            XCTAssertLessThan(abs(plan - peak) / peak, 0.15, "checkpointing \(checkpointing): \(line)")
+            XCTAssertLessThan(abs(plan - peak) / peak, 0.15, "\(precision), checkpointing \(checkpointing): \(line)")
+          }
         }
+    }
+
+    /// --precision bf16 where bf16 products are unavailable (forced here with LORAKIT_BF16=off) trains in float32,
+    /// says so in the plan, and writes the float32 run's adapter, byte for byte.
+    func testBf16FallsBackToFloat32AndSaysSo() throws {
+        _ = try TestData.smolLM2()
+        let dir = temporaryDirectory("lorakit-precision")
+        func train(_ precision: String, _ out: String) throws -> String {
+            let (status, text, err) = try LoRAKitBinary.run([
+                "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"), "--ctx", "32",
+                "--batch", "2", "--iters", "2", "--seed", "3", "--lora-out", dir + "/" + out, "-t", "2", "--save-every", "0",
+                "--precision", precision], environment: ["LORAKIT_BF16": "off"])
+            XCTAssertEqual(status, 0, err)
+            return text
+        }
+        let fallback = try train("bf16", "bf16.gguf")
+        XCTAssertTrue(fallback.contains("frozen products: float32: bf16 was asked for, but bf16 products are turned off (LORAKIT_BF16=off); running float32"), fallback)
+        let auto = try train("auto", "auto.gguf")
+        XCTAssertTrue(auto.contains("frozen products: float32 (auto: bf16 products are turned off"), auto)
+        _ = try train("fp32", "fp32.gguf")
+        let fp32 = try Data(contentsOf: URL(fileURLWithPath: dir + "/fp32.gguf"))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/bf16.gguf")), fp32)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/auto.gguf")), fp32)
+        let (status, _, err) = try LoRAKitBinary.run(["train", "-m", model, "--train-data", "x.txt", "--precision", "fp16"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("precision") && err.contains("fp16"), err)
     }
 
     /// --dry-run trains a few real steps, projects the whole run's time and writes nothing.

@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Kernels
 import Llama
 import TestSupport
 import XCTest
@@ -80,5 +81,43 @@ final class Bf16OperandTests: XCTestCase {
         XCTAssertLessThan(change, 0.05 * scale)
         model.frozenProductInputs = .float32
         XCTAssertEqual(try model.logits(tokens: tokens), float32, "and float32 again is float32 exactly")
+    }
+
+    /// On a CPU with bf16 products the model keeps its weights in bf16 and multiplies on them; its logits equal the
+    /// float32 computation on rounded operands (the reference, `BFloat16GEMM.disabled`) up to summation order.
+    func testBf16InstructionsMatchTheRoundedOperandsInFloat32() throws {
+        guard BFloat16GEMM.isAvailable else { throw XCTSkip("no bf16 products here: \(BFloat16GEMM.unavailableReason ?? "")") }
+        let (model, _) = try tinyModel { $0.blockCount = 2 }
+        let tokens: [Int32] = (0..<12).map { Int32(($0 * 5 + 1) % 64) }
+        model.frozenProductInputs = .bf16
+        XCTAssertTrue(model.keepsBF16Weights)
+        let instructions = try model.logits(tokens: tokens)
+        BFloat16GEMM.disabled = true
+        defer { BFloat16GEMM.disabled = false }
+        XCTAssertFalse(model.keepsBF16Weights)
+        let emulated = try model.logits(tokens: tokens)
+        let scale = emulated.map { abs($0) }.max()!
+        for (a, b) in zip(instructions, emulated) { XCTAssertEqual(a, b, accuracy: 1e-4 * scale) }
+    }
+
+    /// What each `--precision` resolves to: fp32 always float32; bf16 and auto float32 where bf16 products are
+    /// unavailable, saying why; bf16 on them where they are.
+    func testPrecisionResolution() {
+        XCTAssertEqual(ProductPrecision.fp32.resolved(embedding: 64, hidden: 128).inputs, .float32)
+        let available = BFloat16GEMM.isAvailable
+        BFloat16GEMM.disabled = true
+        let off = ProductPrecision.bf16.resolved(embedding: 64, hidden: 128)
+        let autoOff = ProductPrecision.auto.resolved(embedding: 64, hidden: 128)
+        BFloat16GEMM.disabled = false
+        XCTAssertEqual(off.inputs, .float32)
+        XCTAssertTrue(off.note.hasPrefix("float32: bf16 was asked for, but bf16 products are turned off"), off.note)
+        XCTAssertEqual(autoOff.inputs, .float32)
+        if available {
+            let on = ProductPrecision.bf16.resolved(embedding: 64, hidden: 128)
+            XCTAssertEqual(on.inputs, .bf16)
+            XCTAssertTrue(on.note.hasPrefix("bf16 products on oneDNN"), on.note)
+        } else {
+            XCTAssertEqual(ProductPrecision.bf16.resolved(embedding: 64, hidden: 128).inputs, .float32)
+        }
     }
 }

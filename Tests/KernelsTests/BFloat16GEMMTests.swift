@@ -1,0 +1,93 @@
+import Foundation
+import GGUF
+import Kernels
+import XCTest
+
+/// bf16 products (oneDNN on AVX512-BF16/AMX) against their plain reference, the float32 product of the rounded
+/// operands, and against float32 itself, on the shapes of SmolLM2's frozen products.
+final class BFloat16GEMMTests: XCTestCase {
+    /// The vector rounding equals the scalar rule (`HalfPrecision.bfloat16Bits`: nearest even, NaN kept) on ties,
+    /// NaNs, infinities, denormals, the largest floats and random values, across whole vectors and their tails.
+    func testRoundingMatchesTheScalarRule() {
+        var bits: [UInt32] = [0x3F80_8000, 0x3F81_8000, 0x3F80_7FFF, 0x3F80_8001, 0xBF80_8000, 0x7FC0_0001, 0x7F80_0001,
+                              0xFF80_0001, 0x7F80_0000, 0xFF80_0000, 0x0000_0001, 0x0000_8000, 0x0001_8000, 0x8000_0000,
+                              0x7F7F_FFFF, 0xFF7F_FFFF, 0x0000_0000]
+        var state: UInt64 = 12345
+        for _ in 0..<4000 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            bits.append(UInt32(truncatingIfNeeded: state >> 32))
+        }
+        let values = bits.map { Float(bitPattern: $0) }
+        for count in [values.count, 17, 15, 1] {
+            let got = BFloat16GEMM.rounded(Array(values.prefix(count)))
+            for i in 0..<count {
+                XCTAssertEqual(got[i], HalfPrecision.bfloat16Bits(from: values[i]), "value \(String(bits[i], radix: 16))")
+            }
+        }
+    }
+
+    struct Shape { var transB: Bool, m: Int, n: Int, k: Int, accumulate: Bool }
+
+    /// Forward x·Wᵀ of the attention and feed-forward weights, backward dy·W (accumulating, as the fused groups do),
+    /// and one product large enough to be split over two threads.
+    static let shapes = [Shape(transB: true, m: 48, n: 576, k: 576, accumulate: false),
+                         Shape(transB: true, m: 40, n: 1536, k: 576, accumulate: false),
+                         Shape(transB: false, m: 40, n: 576, k: 1536, accumulate: true),
+                         Shape(transB: false, m: 33, n: 192, k: 576, accumulate: false),
+                         Shape(transB: true, m: 256, n: 1536, k: 576, accumulate: false)]
+
+    func testProductsMatchTheReferenceAndStayWithinBf16OfFloat32() throws {
+        guard BFloat16GEMM.isAvailable else { throw XCTSkip("no bf16 products here: \(BFloat16GEMM.unavailableReason ?? "")") }
+        let savedThreads = Parallel.threads
+        defer { Parallel.threads = savedThreads }
+        Parallel.threads = 2
+        var state: UInt64 = 99
+        func value() -> Float {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int64(bitPattern: state) >> 40) / Float(1 << 23)  // in [-1, 1)
+        }
+        for s in Self.shapes {
+            let x = (0..<(s.m * s.k)).map { _ in value() }
+            let w = (0..<(s.n * s.k)).map { _ in value() }  // [n, k] when transposed, [k, n] otherwise
+            let start = (0..<(s.m * s.n)).map { _ in s.accumulate ? value() : 0 }
+            let xb = BFloat16GEMM.rounded(x), wb = BFloat16GEMM.rounded(w)
+            let ldb = s.transB ? s.k : s.n
+            var fast = start, reference = start, float32 = start
+            BFloat16GEMM.gemm(transA: false, transB: s.transB, m: s.m, n: s.n, k: s.k, a: xb, lda: s.k, b: wb, ldb: ldb,
+                              accumulate: s.accumulate, c: &fast, ldc: s.n)
+            BFloat16GEMM.referenceGEMM(transA: false, transB: s.transB, m: s.m, n: s.n, k: s.k, a: xb, lda: s.k, b: wb,
+                                       ldb: ldb, accumulate: s.accumulate, c: &reference, ldc: s.n)
+            ReferenceGEMM.gemm(transA: false, transB: s.transB, m: s.m, n: s.n, k: s.k, alpha: Float(1), a: x, lda: s.k,
+                               b: w, ldb: ldb, beta: s.accumulate ? 1 : 0, c: &float32, ldc: s.n)
+            var largestChange: Float = 0
+            for i in 0..<s.m {
+                for j in 0..<s.n {
+                    var magnitude: Float = abs(start[i * s.n + j])
+                    for p in 0..<s.k {
+                        magnitude += abs(x[i * s.k + p] * (s.transB ? w[j * s.k + p] : w[p * s.n + j]))
+                    }
+                    let at = i * s.n + j
+                    // Both add exact products of bf16 values in float32, in different orders: |Δ| ≤ 2·γₖ·Σ|x·w|,
+                    // γₖ ≈ k·2⁻²⁴.
+                    XCTAssertEqual(fast[at], reference[at], accuracy: 2 * Float(s.k + 1) * 0x1p-24 * magnitude,
+                                   "\(s) at (\(i), \(j))")
+                    // Against float32: each operand's rounding moves a term by at most (2u + u²), u = 2⁻⁸.
+                    XCTAssertLessThanOrEqual(abs(fast[at] - float32[at]), (2 * 0x1p-8 + 0x1p-16 + Float(s.k + 1) * 0x1p-23) * magnitude,
+                                             "\(s) at (\(i), \(j))")
+                    largestChange = max(largestChange, abs(fast[at] - float32[at]))
+                }
+            }
+            XCTAssertGreaterThan(largestChange, 0, "\(s): the product ran on bf16 operands")
+        }
+    }
+
+    /// Turned off, bf16 products are unavailable and say why (the float32 fallback's switch).
+    func testTurningOffMakesThemUnavailable() {
+        let saved = BFloat16GEMM.disabled
+        defer { BFloat16GEMM.disabled = saved }
+        BFloat16GEMM.disabled = true
+        XCTAssertFalse(BFloat16GEMM.isAvailable)
+        XCTAssertNil(BFloat16GEMM.engine)
+        XCTAssertEqual(BFloat16GEMM.unavailableReason, "bf16 products are turned off (LORAKIT_BF16=off)")
+    }
+}
