@@ -17,6 +17,9 @@ public struct Checkpoint {
     public var bestLoss: Float
     public var previousLoss: Float
     public var noImprovement: Int
+    /// What the frozen products computed in ("float32", "bf16"; `FrozenProductInputs`), nil in older checkpoints: a
+    /// run resumed in the same precision continues bit for bit.
+    public var frozenProducts: String? = nil
 
     static func momentKey(_ name: String, _ half: String) -> String { name + ".weight." + half }
 
@@ -40,6 +43,7 @@ public struct Checkpoint {
         md.set("optimizer.adam.no_improvement_count", .uint32(UInt32(noImprovement)))
         md.set("lorakit.alpha", .float32(alpha))
         md.set("lorakit.rslora", .bool(rsLoRA))
+        if let frozenProducts { md.set("lorakit.frozen_products", .string(frozenProducts)) }
         var writer = GGUFWriter(metadata: md)
         for name in adapter.order {
             let p = adapter[name]!
@@ -90,7 +94,8 @@ public struct Checkpoint {
                           seed: UInt64(try md.string("training.shuffle.rng_state")) ?? 0, alpha: alpha, rsLoRA: rs,
                           tokensSeen: try md.int("training.token_count"),
                           bestLoss: try md.float("optimizer.adam.best_loss"), previousLoss: try md.float("optimizer.adam.previous_loss"),
-                          noImprovement: try md.int("optimizer.adam.no_improvement_count"))
+                          noImprovement: try md.int("optimizer.adam.no_improvement_count"),
+                          frozenProducts: try md.stringIfPresent("lorakit.frozen_products"))
     }
 }
 

@@ -167,6 +167,10 @@ public final class Trainer {
             try model.attach(loaded.adapter, multiplier: frozen.multiplier, source: frozen.path)
         }
         var notes: [String] = []
+        if let cp = checkpoint, let was = cp.frozenProducts, was != precision.inputs.rawValue, let path = c.checkpointIn {
+            notes.append("\(path): trained with \(was) frozen products, continued in \(precision.inputs.rawValue) (--precision): "
+                         + "the run goes on, but not bit for bit as an uninterrupted one would")
+        }
         let continued = try c.adapterIn.map { path -> AdapterLoader.Loaded in
             let loaded = try AdapterLoader.load(path, heads: heads)
             try model.validate(loaded.adapter, source: path)
@@ -315,7 +319,8 @@ public final class Trainer {
         guard writes else { return }
         for path in try writeAdapter(run, path: c.adapterOut, step: run.state.step) { _ = report(.saved(kind: "adapter", path: path)) }
         guard let out = c.checkpointOut else { return }
-        let cp = run.state.checkpoint(seed: c.seed, alpha: run.alpha, rsLoRA: run.rsLoRA)
+        let cp = run.state.checkpoint(seed: c.seed, alpha: run.alpha, rsLoRA: run.rsLoRA,
+                                      frozenProducts: run.model.frozenProductInputs.rawValue)
         for path in Trainer.outputNames(out, step: run.state.step, pattern: c.iterationPattern, latest: c.latestName) {
             try cp.write(to: path)
             _ = report(.saved(kind: "checkpoint", path: path))

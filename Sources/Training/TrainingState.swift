@@ -31,10 +31,10 @@ public struct TrainingState {
         noImprovement = cp.noImprovement
     }
 
-    public func checkpoint(seed: UInt64, alpha: Float, rsLoRA: Bool) -> Checkpoint {
+    public func checkpoint(seed: UInt64, alpha: Float, rsLoRA: Bool, frozenProducts: String? = nil) -> Checkpoint {
         Checkpoint(adapter: adapter, moments: moments, iteration: step, batcher: data, seed: seed, alpha: alpha,
                    rsLoRA: rsLoRA, tokensSeen: tokensSeen, bestLoss: bestLoss, previousLoss: previousLoss,
-                   noImprovement: noImprovement)
+                   noImprovement: noImprovement, frozenProducts: frozenProducts)
     }
 
     /// One AdamW update of every pair from its accumulated gradients (clipped by the global norm); returns that

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GGUF
+import Kernels
 import Llama
 import LoRA
 import Tokenizer
@@ -51,7 +52,9 @@ struct Bf16AccuracyBench: ParsableCommand {
         }
         func change(_ a: Double, _ b: Double) -> String { String(format: "%+.3f %%", (b - a) / a * 100) }
 
-        print("model \(model), \(threads) threads; bf16: both operands of every frozen-weight product rounded to nearest even")
+        print("model \(model), \(threads) threads; bf16: both operands of every frozen-weight product rounded to nearest even, "
+              + (BFloat16GEMM.engine.map { "multiplied on the CPU's bf16 instructions (\($0))" }
+                 ?? "multiplied in float32 (\(BFloat16GEMM.unavailableReason ?? "no bf16 products"))"))
         let base32 = try perplexity(bytes[..<baseBytes], inputs: .float32, adapter: nil)
         let base16 = try perplexity(bytes[..<baseBytes], inputs: .bf16, adapter: nil)
         print(String(format: "base perplexity, first %d bytes, -c %d: float32 %.4f, bf16 %.4f (%@)", baseBytes, ctx, base32, base16,

@@ -101,6 +101,38 @@ final class TrainerTests: XCTestCase {
         for (a, b) in zip(float32, bf16) { XCTAssertEqual(b, a, accuracy: 0.02 * a) }
     }
 
+    /// A bf16 run resumes bit for bit in bf16; resumed in float32 it goes on and says that it is no longer bit-exact.
+    func testBf16ResumeIsBitExactAndAChangeOfPrecisionIsSaid() throws {
+        func bf16(_ out: String, _ iterations: Int) -> TrainingConfiguration {
+            var c = config(out, iterations: iterations)
+            c.frozenProductInputs = .bf16
+            return c
+        }
+        _ = try Trainer(configuration: bf16("bf-full.gguf", 6)).run { _ in true }
+        _ = try Trainer(configuration: bf16("bf-half.gguf", 3)).run { _ in true }
+        XCTAssertEqual(try Checkpoint.read(path: dir + "/bf-half.gguf.ckpt").frozenProducts, "bf16")
+        var second = bf16("bf-half.gguf", 6)
+        second.checkpointIn = dir + "/bf-half.gguf.ckpt"
+        var warnings: [String] = []
+        _ = try Trainer(configuration: second).run { event in
+            if case let .warning(w) = event { warnings.append(w) }
+            return true
+        }
+        XCTAssertEqual(warnings.filter { $0.contains("bit for bit") }, [])
+        XCTAssertTrue(try adapterBytes(dir + "/bf-full.gguf") == adapterBytes(dir + "/bf-half.gguf"), "resumed bf16 run differs")
+
+        _ = try Trainer(configuration: bf16("bf-other.gguf", 3)).run { _ in true }
+        var float32 = config("bf-other.gguf", iterations: 6)
+        float32.checkpointIn = dir + "/bf-other.gguf.ckpt"
+        warnings = []
+        let summary = try Trainer(configuration: float32).run { event in
+            if case let .warning(w) = event { warnings.append(w) }
+            return true
+        }
+        XCTAssertEqual(summary.steps, 3)
+        XCTAssertTrue(warnings.contains { $0.contains("trained with bf16 frozen products, continued in float32") }, "\(warnings)")
+    }
+
     func testDeterminism() throws {
         _ = try Trainer(configuration: config("d1.gguf", iterations: 4)).run { _ in true }
         _ = try Trainer(configuration: config("d2.gguf", iterations: 4)).run { _ in true }
