@@ -43,6 +43,7 @@ static struct {
     dnnl_status_t (*attr_destroy)(dnnl_handle);
     dnnl_status_t (*attr_set_scratchpad_mode)(dnnl_handle, int);
     dnnl_status_t (*attr_set_post_ops)(dnnl_handle, dnnl_handle);
+    dnnl_status_t (*attr_set_output_scales)(dnnl_handle, dnnl_dim_t, int, const float *);
     dnnl_status_t (*post_ops_create)(dnnl_handle *);
     dnnl_status_t (*post_ops_destroy)(dnnl_handle);
     dnnl_status_t (*post_ops_append_sum)(dnnl_handle, float);
@@ -66,7 +67,8 @@ static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 
 // One product shape, made once.
 typedef struct {
-    int trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate;
+    int type, trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate;  // type: DNNL_BF16 or DNNL_F32 operands
+    float alpha;                                                      // C (+)= alpha · op(A)·op(B)
     lk_memory_desc a, b, c, scratchpad;
     size_t scratchpad_bytes;
     dnnl_handle primitive;
@@ -81,8 +83,8 @@ static _Thread_local dnnl_handle thread_stream;
 static _Thread_local void *thread_scratchpad;
 static _Thread_local size_t thread_scratchpad_bytes;
 
-static lk_bf16_shape *make_shape(int trans_a, int trans_b, int m, int n, int k, int lda, int ldb, int ldc,
-                                 int accumulate, dnnl_status_t *status);
+static lk_bf16_shape *make_shape(int type, int trans_a, int trans_b, int m, int n, int k, int lda, int ldb, int ldc,
+                                 int accumulate, float alpha, dnnl_status_t *status);
 
 static void load(void) {
     dnnl.loaded = -1;
@@ -110,6 +112,7 @@ static void load(void) {
     LK_SYM(attr_destroy, "dnnl_primitive_attr_destroy")
     LK_SYM(attr_set_scratchpad_mode, "dnnl_primitive_attr_set_scratchpad_mode")
     LK_SYM(attr_set_post_ops, "dnnl_primitive_attr_set_post_ops")
+    LK_SYM(attr_set_output_scales, "dnnl_primitive_attr_set_output_scales")
     LK_SYM(post_ops_create, "dnnl_post_ops_create")
     LK_SYM(post_ops_destroy, "dnnl_post_ops_destroy")
     LK_SYM(post_ops_append_sum, "dnnl_post_ops_append_sum")
@@ -132,7 +135,7 @@ static void load(void) {
     // Whether this CPU has bf16 products at all: oneDNN answers `unimplemented` where it has no kernel for them
     // (no AVX512-BF16, AVX512 or AMX).
     dnnl_status_t status = 0;
-    lk_bf16_shape *probe = make_shape(0, 1, 64, 64, 64, 64, 64, 64, 0, &status);
+    lk_bf16_shape *probe = make_shape(DNNL_BF16, 0, 1, 64, 64, 64, 64, 64, 64, 0, 1.0f, &status);
     if (!probe) {
         snprintf(dnnl.why, sizeof dnnl.why, "%s has no bf16 matrix product for this CPU%s", dnnl.description,
                  status == DNNL_UNIMPLEMENTED ? "" : " (it reported an error)");
@@ -148,18 +151,19 @@ static dnnl_status_t matrix_desc(lk_memory_desc *md, int rows, int cols, int tra
     return dnnl.md_init_by_strides(md, 2, dims, type, strides);
 }
 
-static lk_bf16_shape *make_shape(int trans_a, int trans_b, int m, int n, int k, int lda, int ldb, int ldc,
-                                 int accumulate, dnnl_status_t *status) {
+static lk_bf16_shape *make_shape(int type, int trans_a, int trans_b, int m, int n, int k, int lda, int ldb, int ldc,
+                                 int accumulate, float alpha, dnnl_status_t *status) {
     lk_bf16_shape *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    *s = (lk_bf16_shape){trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate};
+    *s = (lk_bf16_shape){type, trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate, alpha};
     lk_matmul_desc desc;
     dnnl_handle attr = NULL, post_ops = NULL, pd = NULL;
     dnnl_status_t st;
-    if ((st = matrix_desc(&s->a, m, k, trans_a, lda, DNNL_BF16)) || (st = matrix_desc(&s->b, k, n, trans_b, ldb, DNNL_BF16)) ||
+    if ((st = matrix_desc(&s->a, m, k, trans_a, lda, type)) || (st = matrix_desc(&s->b, k, n, trans_b, ldb, type)) ||
         (st = matrix_desc(&s->c, m, n, 0, ldc, DNNL_F32)) || (st = dnnl.matmul_desc_init(&desc, &s->a, &s->b, NULL, &s->c)) ||
         (st = dnnl.attr_create(&attr)) || (st = dnnl.attr_set_scratchpad_mode(attr, DNNL_SCRATCHPAD_USER)))
         goto fail;
+    if (alpha != 1.0f && (st = dnnl.attr_set_output_scales(attr, 1, 0, &alpha))) goto fail;  // before the sum
     if (accumulate) {  // C += A·B as a sum post-op
         if ((st = dnnl.post_ops_create(&post_ops)) || (st = dnnl.post_ops_append_sum(post_ops, 1.0f)) ||
             (st = dnnl.attr_set_post_ops(attr, post_ops)))
@@ -192,18 +196,18 @@ const char *lk_bf16_gemm_description(void) {
     return dnnl.loaded == 1 ? dnnl.description : dnnl.why;
 }
 
-static lk_bf16_shape *find_shape(int trans_a, int trans_b, int m, int n, int k, int lda, int ldb, int ldc, int accumulate,
-                                 dnnl_status_t *status) {
+static lk_bf16_shape *find_shape(int type, int trans_a, int trans_b, int m, int n, int k, int lda, int ldb, int ldc,
+                                 int accumulate, float alpha, dnnl_status_t *status) {
     pthread_mutex_lock(&shapes_lock);
     lk_bf16_shape *found = NULL;
     for (int i = 0; i < shape_count && !found; i++) {
         lk_bf16_shape *s = shapes[i];
-        if (s->trans_a == trans_a && s->trans_b == trans_b && s->m == m && s->n == n && s->k == k && s->lda == lda &&
-            s->ldb == ldb && s->ldc == ldc && s->accumulate == accumulate)
+        if (s->type == type && s->trans_a == trans_a && s->trans_b == trans_b && s->m == m && s->n == n && s->k == k && s->lda == lda &&
+            s->ldb == ldb && s->ldc == ldc && s->accumulate == accumulate && s->alpha == alpha)
             found = s;
     }
     if (!found) {
-        found = make_shape(trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate, status);
+        found = make_shape(type, trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate, alpha, status);
         if (found && shape_count < SHAPE_SLOTS) shapes[shape_count++] = found;
         // Past SHAPE_SLOTS the shape is made for this call and kept anyway (a leak bounded by the shapes a run
         // meets, which are few: a model has a handful of products and batches of one or two lengths).
@@ -212,11 +216,11 @@ static lk_bf16_shape *find_shape(int trans_a, int trans_b, int m, int n, int k, 
     return found;
 }
 
-int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
-                 int accumulate, float *c, int ldc) {
+static int run_product(int type, int trans_a, int trans_b, int m, int n, int k, float alpha, const void *a, int lda,
+                       const void *b, int ldb, int accumulate, float *c, int ldc) {
     if (!lk_bf16_gemm_available()) return -1;
     dnnl_status_t st = 0;
-    lk_bf16_shape *s = find_shape(trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate, &st);
+    lk_bf16_shape *s = find_shape(type, trans_a, trans_b, m, n, k, lda, ldb, ldc, accumulate, alpha, &st);
     if (!s) return st ? st : -1;
     if (!thread_stream && (st = dnnl.stream_create(&thread_stream, dnnl.engine, DNNL_STREAM_IN_ORDER))) return st;
     if (s->scratchpad_bytes > thread_scratchpad_bytes) {
@@ -239,6 +243,16 @@ done:
     if (cm) dnnl.memory_destroy(cm);
     if (sm) dnnl.memory_destroy(sm);
     return st;
+}
+
+int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
+                 int accumulate, float *c, int ldc) {
+    return run_product(DNNL_BF16, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, accumulate, c, ldc);
+}
+
+int lk_onednn_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                    int ldb, int accumulate, float *c, int ldc) {
+    return run_product(DNNL_F32, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
 }
 
 static inline uint16_t bf16_bits(uint32_t u) {

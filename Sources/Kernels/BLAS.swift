@@ -145,6 +145,13 @@ public enum BLAS {
     /// The threads the BLAS's own products use (one), when the library says (OpenBLAS).
     public static var currentThreads: Int? { library.getThreads.map { Int($0()) } }
 
+    /// Products with a result this narrow (LoRA's with rank r outputs: x·Aᵀ, dy·B and dA) go through oneDNN where
+    /// it runs bf16 products: in a Zen 4 EPYC's training step its kernels ran them 1.3–1.5× OpenBLAS's rate
+    /// (BENCHMARKS.md). Products with only a short inner side (u·Bᵀ added into y) ran slower there and stay with the
+    /// BLAS, as does every other product.
+    public static let skinnyDimension = 16
+    nonisolated(unsafe) public static var skinnyThroughOneDNN: Bool = lk_bf16_gemm_available() != 0
+
     /// Products below this many multiply-adds run whole on the calling thread (a part must outweigh waking a thread).
     public static let splitThreshold = 1 << 21
 
@@ -236,7 +243,13 @@ extension Float: KernelScalar {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
         defer { BLAS.count(since: start, transA: transA, transB: transB, m: m, n: n, k: k) }
-        if let f = BLAS.library.sgemm {
+        if BLAS.skinnyThroughOneDNN, min(m, n) <= BLAS.skinnyDimension, beta == 0 || beta == 1 {
+            BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
+                let status = lk_onednn_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
+                                             Int32(lda), b + p.b, Int32(ldb), beta == 1 ? 1 : 0, c + p.c, Int32(ldc))
+                precondition(status == 0, "oneDNN float32 product \(p.m)×\(p.n)×\(k) failed with status \(status)")
+            }
+        } else if let f = BLAS.library.sgemm {
             BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
                 f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
                   Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TestSupport
 import XCTest
 
@@ -22,6 +23,28 @@ final class PerplexityCommandTests: XCTestCase {
         XCTAssertTrue(out.contains("[1]") && out.contains(",[2]") && out.contains("[3]"), out)
         let line = out.split(separator: "\n").first { $0.hasPrefix("Final estimate: PPL = ") }
         XCTAssertNotNil(line.flatMap { Double($0.dropFirst("Final estimate: PPL = ".count).split(separator: " ")[0]) }, out)
+    }
+
+    /// --precision bf16 scores within bf16's accuracy bar (0.5 %) of float32 where the CPU has bf16 products, and is
+    /// float32 exactly, saying so, where it does not (forced with LORAKIT_BF16=off).
+    func testBf16PrecisionScoresCloseOrFallsBack() throws {
+        let model = try TestData.smolLM2(), path = try shakespeare(6000)
+        func estimate(_ extra: [String], environment: [String: String] = [:]) throws -> (Double, String) {
+            let (status, out, err) = try LoRAKitBinary.run(["perplexity", "-m", model, "-f", path, "-c", "256", "-t", "2"] + extra,
+                                                           environment: environment)
+            XCTAssertEqual(status, 0, err)
+            let line = out.split(separator: "\n").first { $0.hasPrefix("Final estimate: PPL = ") }
+            return (try XCTUnwrap(line.flatMap { Double($0.dropFirst("Final estimate: PPL = ".count).split(separator: " ")[0]) }, out), out)
+        }
+        let (float32, _) = try estimate([])
+        let (fallback, said) = try estimate(["--precision", "bf16"], environment: ["LORAKIT_BF16": "off"])
+        XCTAssertEqual(fallback, float32)
+        XCTAssertTrue(said.contains("precision: float32: bf16 was asked for, but bf16 products are turned off"), said)
+        guard BFloat16GEMM.isAvailable else { return }
+        let (bf16, out) = try estimate(["--precision", "bf16"])
+        XCTAssertTrue(out.contains("precision: bf16 products on oneDNN"), out)
+        XCTAssertNotEqual(bf16, float32)
+        XCTAssertEqual(bf16, float32, accuracy: float32 * 0.005)
     }
 
     /// --activations int8 scores token by token with 8-bit activations: a different, close estimate.

@@ -51,6 +51,12 @@ final class BLASTests: XCTestCase {
         checkAgainstReference([(37, 29, 53), (1, 1, 1), (3, 5, 2), (8, 8, 8), (16, 8, 576), (64, 576, 8), (200, 96, 64), (130, 1, 77)])
     }
 
+    /// Where oneDNN runs (CPUs with bf16 products), products with a result of at most 16 rows or columns go through
+    /// it, with alpha as its output scale and beta = 1 as its sum: equal to the reference on LoRA's shapes.
+    func testNarrowProductsEqualTheReference() {
+        checkAgainstReference([(1024, 8, 576), (8, 576, 1024), (300, 16, 40), (16, 300, 40), (5, 7, 3)])
+    }
+
     /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
     /// columns than rows (or few rows), by columns, each part one single-threaded BLAS call: the parts together
     /// equal the reference, whatever the transposes, leading dimensions and uneven part sizes, and the BLAS's own
@@ -90,7 +96,7 @@ final class BLASTests: XCTestCase {
         func next() -> Float { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return Float(Int64(bitPattern: seed) >> 40) / Float(1 << 23) }
         for (m, n, k) in shapes {
             for (transA, transB) in [(false, false), (false, true), (true, false), (true, true)] {
-                for (alpha, beta): (Float, Float) in [(0.5, 2), (1, 0)] {
+                for (alpha, beta): (Float, Float) in [(0.5, 2), (1, 0), (2, 1), (0.25, 0)] {
                     let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 2, ldc = n + 5
                     let a = (0..<((transA ? k : m) * lda)).map { _ in next() }
                     let b = (0..<((transB ? n : k) * ldb)).map { _ in next() }

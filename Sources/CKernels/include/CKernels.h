@@ -77,6 +77,9 @@ const char *lk_bf16_gemm_description(void);
 /// Returns 0, or oneDNN's status (or -1) when the product could not run.
 int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
                  int accumulate, float *c, int ldc);
+/// C (= or +=) alpha · op(A)·op(B) with float32 operands, through oneDNN as well (where `lk_bf16_gemm_available`).
+int lk_onednn_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                    int ldb, int accumulate, float *c, int ldc);
 /// y = x rounded to bf16 (nearest even; NaN stays NaN).
 void lk_float_to_bf16(const float *x, uint16_t *y, size_t count);
 
