@@ -247,7 +247,15 @@ extension Float: KernelScalar {
             BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
                 let status = lk_onednn_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
                                              Int32(lda), b + p.b, Int32(ldb), beta == 1 ? 1 : 0, c + p.c, Int32(ldc))
-                precondition(status == 0, "oneDNN float32 product \(p.m)×\(p.n)×\(k) failed with status \(status)")
+                if status != 0 {  // refused (out of memory for a new kernel): the BLAS or the reference instead
+                    if let f = BLAS.library.sgemm {
+                        f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
+                          Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))
+                    } else {
+                        ReferenceGEMM.gemm(transA: transA, transB: transB, m: p.m, n: p.n, k: k, alpha: alpha, a: a + p.a,
+                                           lda: lda, b: b + p.b, ldb: ldb, beta: beta, c: c + p.c, ldc: ldc)
+                    }
+                }
             }
         } else if let f = BLAS.library.sgemm {
             BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
