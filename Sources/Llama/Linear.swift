@@ -99,7 +99,7 @@ struct LinearWeight<T: KernelScalar> {
         case let .dense(w):
             return w.withUnsafeBufferPointer { body($0.baseAddress!) }
         case let .bf16(bits):
-            return bits.map { T(Float(bitPattern: UInt32($0) << 16)) }.withUnsafeBufferPointer { body($0.baseAddress!) }
+            return bits.map { T(HalfPrecision.floatFromBFloat16Bits($0)) }.withUnsafeBufferPointer { body($0.baseAddress!) }
         case let .rows(type, data, _):
             let floats = Dequantize.onAllThreads(type, from: data, rowLength: inFeatures, rows: [0..<outFeatures])
             if T.self == Float.self { return floats.withUnsafeBufferPointer { body(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: T.self)) } }

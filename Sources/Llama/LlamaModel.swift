@@ -30,11 +30,11 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// Queries and keys per tile of the batched passes' attention (training, perplexity, prompts); 0: the plain
     /// path, which keeps the [T, T] probabilities (the reference the tiles are tested against).
     public var attentionTile = Attention<T>.defaultTile
-    /// What the frozen-weight products of batched passes multiply: float32, or bf16-rounded operands
-    /// (`FrozenProductInputs`).
     /// Whether dense weights are kept in bf16 for the CPU's bf16 products (bf16 inputs where the CPU has them).
     public var keepsBF16Weights: Bool { weights.keepsBF16Weights }
 
+    /// What the frozen-weight products of batched passes multiply: float32, or bf16-rounded operands
+    /// (`FrozenProductInputs`).
     public var frozenProductInputs: FrozenProductInputs {
         get { weights.productInputs }
         set { weights.productInputs = newValue }

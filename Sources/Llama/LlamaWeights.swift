@@ -26,11 +26,17 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
         outputNorm = try LlamaWeights.load(file, "output_norm.weight")
     }
 
-    static func load(_ file: GGUFFile, _ name: String) throws -> [T] {
+    /// The tensor `name`, which must be of a type that converts to float.
+    static func dequantizable(_ file: GGUFFile, _ name: String) throws -> TensorInfo {
         let info = try file.requireTensor(name)
         guard info.type.isDequantizable else {
             throw GGUFError.badTensor(path: file.path, tensor: name, reason: "type \(info.type) cannot be converted to float")
         }
+        return info
+    }
+
+    static func load(_ file: GGUFFile, _ name: String) throws -> [T] {
+        let info = try dequantizable(file, name)
         let rowLength = info.dimensions.first ?? 1
         return converted(Dequantize.onAllThreads(info.type, from: file.data(of: info), rowLength: rowLength,
                                                  rows: [0..<(info.elementCount / max(1, rowLength))]))
@@ -82,10 +88,7 @@ final class LlamaWeights<T: KernelScalar>: @unchecked Sendable {
     /// A whole weight rounded to bf16: dequantized to float32 `bf16RoundingChunk` values at a time and rounded.
     func bf16Tensor(_ name: String) throws -> [UInt16] {
         if let cached = bf16Cache[name] { return cached }
-        let info = try file.requireTensor(name)
-        guard info.type.isDequantizable else {
-            throw GGUFError.badTensor(path: file.path, tensor: name, reason: "type \(info.type) cannot be converted to float")
-        }
+        let info = try LlamaWeights<Float>.dequantizable(file, name)
         let rowLength = max(1, info.dimensions.first ?? 1), rows = info.elementCount / rowLength
         let chunkRows = max(1, LlamaConfig.bf16RoundingChunk / rowLength), data = file.data(of: info)
         let bits = [UInt16](unsafeUninitializedCapacity: rows * rowLength) { out, initialized in

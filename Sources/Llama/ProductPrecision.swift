@@ -19,6 +19,13 @@ public enum ProductPrecision: String, Sendable, CaseIterable, Codable {
             self.inputs = inputs
             self.note = note
         }
+
+        /// What the products multiply whatever the CPU (`TrainingConfiguration.frozenProductInputs`): bf16 without
+        /// bf16 products is bf16's numbers computed in float32.
+        public static func forced(_ inputs: FrozenProductInputs) -> Resolution {
+            Resolution(inputs: inputs, note: inputs == .bf16 && !BFloat16GEMM.isAvailable
+                       ? "bf16 operands computed in float32 (no bf16 products here)" : inputs.rawValue)
+        }
     }
 
     /// Resolves against this CPU; `embedding` and `hidden` give a product of the model's shape for `auto`'s timing.

@@ -138,8 +138,7 @@ public final class Trainer {
         model.override(rmsEpsilon: c.overrides.rmsEpsilon, ropeBase: c.overrides.ropeBase,
                        ropeScale: c.overrides.ropeScale.map { 1 / $0 })
         model.runContext = c.context
-        let precision = c.frozenProductInputs.map { ProductPrecision.Resolution(inputs: $0, note: $0 == .bf16 && !BFloat16GEMM.isAvailable
-                ? "bf16 operands computed in float32 (no bf16 products here)" : $0.rawValue) }
+        let precision = c.frozenProductInputs.map(ProductPrecision.Resolution.forced)
             ?? c.precision.resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
         model.frozenProductInputs = precision.inputs
         let tokenizer = try Tokenizer(file: file)
