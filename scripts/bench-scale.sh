@@ -8,6 +8,7 @@
 #   PEFT=/tmp/peftenv/bin/python scripts/bench-scale.sh ...   also runs PEFT on the same row after LoRAKit's
 #   (scripts/bench-peft.py: transformers builds the shape with random float32 weights; 3 steps, the third timed),
 #   in float32 and, with PEFT_BF16=1, with bf16 autocast too.
+#   PRECISION=bf16 scripts/bench-scale.sh ...   LoRAKit's frozen products in bf16 (`--precision`, default fp32).
 # Each row times one step after STEP_WARMUP untimed ones (default 1: the first step also reads the mapped file).
 # The models carry SmolLM2's tokenizer padded to the shape's vocabulary (when models/ has it), so `lorakit train`
 # runs on them too (`--dry-run`).
@@ -34,7 +35,8 @@ for row in "${ROWS[@]}"; do
     flag=""
     [ "$checkpointing" = on ] && flag=--checkpointing
     echo "== $shape $type, 1 × $ctx tokens, $threads threads, checkpointing $checkpointing"
-    "$bench" step -m "$model" --batch 1 --ctx "$ctx" --rank 16 --threads "$threads" --steps 1 --warmup "${STEP_WARMUP:-1}" $flag | tail -3
+    "$bench" step -m "$model" --batch 1 --ctx "$ctx" --rank 16 --threads "$threads" --steps 1 --warmup "${STEP_WARMUP:-1}" \
+        --precision "${PRECISION:-fp32}" $flag | grep -v '^model '
     if [ -n "${PEFT:-}" ]; then
         for bf16 in "" ${PEFT_BF16:+--bf16}; do
             status=0

@@ -44,7 +44,8 @@ struct StepBench: ParsableCommand {
         print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), attention \(llama.attentionTile(batch: batch, length: ctx).map { "tiled (\($0))" } ?? "plain"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
         let plan = MemoryPlan(MemoryPlan.Inputs(config: llama.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
                                                 batch: batch, context: ctx, trainableParameters: adapter.parameterCount,
-                                                cacheWeights: cacheWeights), checkpointing: checkpointing)
+                                                cacheWeights: cacheWeights, bf16Weights: llama.keepsBF16Weights),
+                              checkpointing: checkpointing)
         print(String(format: "memory plan %.0f MB (%@)", Double(plan.total) / 1048576,
                      plan.parts.map { String(format: "%@ %.0f MB", $0.name, Double($0.bytes) / 1048576) }.joined(separator: ", ")))
         // A whole training step: forward, backward and the AdamW update (whose moments the plan counts).
@@ -80,7 +81,12 @@ struct StepBench: ParsableCommand {
             let minimum = minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9
             print(String(format: "  products: %.0f GFLOP issued per step (the step's minimum %.0f), %.0f GFLOP/s inside them",
                          issued, minimum, issued / gemm))
-            printFloor(minimumGFLOP: minimum, productRate: issued / gemm, corePeak: corePeak, threads: t, stepSeconds: elapsed)
+            if resolution.inputs == .float32 {
+                printFloor(minimumGFLOP: minimum, productRate: issued / gemm, corePeak: corePeak, threads: t, stepSeconds: elapsed)
+            } else {
+                print(String(format: "  bf16 products (float32's register peak does not bound them): the minimum alone would take %.2f s at the products' rate (this step %.2f s)",
+                             minimum / (issued / gemm), elapsed))
+            }
             if shapes { printShapes(steps: steps, stepSeconds: elapsed) }
         }
     }
