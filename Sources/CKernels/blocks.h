@@ -70,10 +70,16 @@ LK_AVX2 static inline __m256i fifth_bits_32(uint32_t bits) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
+// Whether the per-token kernels ask for rows ahead: decided once per process by lk_decide_prefetching (prefetch.c),
+// which measures both ways on this CPU.
+extern int lk_prefetching_rows;
+
 // Asks for the row that starts about 4 KB after row r (within the part's rows [.., end)) while row r is computed.
-// A token's product streams the whole matrix from memory once; the hardware's own prefetch left a Q8_0 head of
-// 262 144 × 640 at 5-7 weights/ns on one core where this reaches 8.8-10 (lorakit-bench matvec, alternating builds).
+// A token's product streams the whole matrix from memory once. On a Zen 3 EPYC the hardware's own prefetch left a
+// Q8_0 head of 262 144 × 640 at 5-7 weights/ns on one core where this reaches 8.8-10; on a Zen 4 the hardware does
+// better alone (15.4-15.7 against 10.6-11.6 at 65 536 × 1024), hence the measurement.
 static inline void prefetch_ahead(const uint8_t *data, size_t row_bytes, int r, int end) {
+    if (!lk_prefetching_rows) return;
     const int ahead = (int)((4096 + row_bytes - 1) / row_bytes);
     if (r + ahead >= end) return;
     const uint8_t *p = data + (size_t)(r + ahead) * row_bytes;

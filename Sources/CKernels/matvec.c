@@ -270,6 +270,7 @@ static void matvec_range(const void *context, int begin, int end) {
 
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y) {
     pthread_once(&half_table_once, fill_half_table);
+    lk_decide_prefetching();
     // x in the lanes' order, its sums over halves of 16 (Q6_K's scale groups) and over blocks of 32.
     enum { stack_cols = 8192 };
     float stack[stack_cols + stack_cols / 32 * 3];

@@ -263,6 +263,7 @@ void lk_matvec_int8(int type, const void *data, size_t row_bytes, int rows, int 
     float stack_scales[stack_blocks];
     float stack_sums[2 * stack_blocks];
     const int blocks = cols / 32, on_stack = blocks <= stack_blocks;
+    lk_decide_prefetching();
     int8_t *q = on_stack ? stack_q : malloc((size_t)cols);
     float *scales = on_stack ? stack_scales : malloc(sizeof(float) * (size_t)blocks);
     float *sums = on_stack ? stack_sums : malloc(sizeof(float) * 2 * (size_t)blocks);

@@ -17,6 +17,11 @@ struct MatVecBench: ParsableCommand {
         let x = (0..<cols).map { Float($0 % 255 - 127) / 128 }
         var y = [Float](repeating: 0, count: rows)
         print("\(rows) × \(cols) weights, random blocks (f16 scales kept small)")
+        var with = 0.0, without = 0.0
+        lk_prefetch_timings(&with, &without)
+        print(lk_prefetching() != 0 ? "rows prefetched ahead" : "rows not prefetched (the hardware's prefetch alone)",
+              with > 0 ? String(format: "(measured: %.1f ms with, %.1f ms without)", with * 1e3, without * 1e3)
+                       : "(LORAKIT_PREFETCH)")
         let supported = int8 ? lk_matvec_int8_supported : lk_matvec_supported, multiply = int8 ? lk_matvec_int8 : lk_matvec
         for type in benchmarkTypes where supported(Int32(type.rawValue)) != 0 {
             let rowBytes = cols / type.blockSize * type.blockBytes

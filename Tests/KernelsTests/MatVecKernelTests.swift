@@ -1,5 +1,6 @@
 import CKernels
 import Dispatch
+import Foundation
 import GGUF
 import XCTest
 
@@ -39,6 +40,41 @@ final class MatVecKernelTests: XCTestCase {
             }
         }
         lk_set_threads(1)
+    }
+
+    /// Prefetching rows ahead is decided by measuring both ways (unless LORAKIT_PREFETCH says), and either way
+    /// the products are the same bits: it only changes when memory is read.
+    func testPrefetchingIsMeasuredAndChangesNoResult() throws {
+        guard lk_matvec_supported(Int32(TensorType.q8_0.rawValue)) != 0 else { return }
+        var with = 0.0, without = 0.0
+        lk_prefetch_timings(&with, &without)
+        if ProcessInfo.processInfo.environment["LORAKIT_PREFETCH"] == nil {
+            XCTAssertGreaterThan(with, 0)
+            XCTAssertGreaterThan(without, 0)
+            XCTAssertEqual(lk_prefetching() != 0, with < 0.95 * without, "the faster way is chosen (with a 5 % margin for prefetch)")
+        }
+        let chosen = lk_prefetching()
+        defer { lk_set_prefetching(chosen) }
+        let rows = 3000, cols = 512
+        let weights = (0..<(rows * cols)).map { Float(($0 * 7919) % 1001) / 500 - 1 }
+        let x = (0..<cols).map { Float(($0 * 31) % 17) / 8 - 1 }
+        for type in [TensorType.q8_0, .q5_0] {
+            let data = try Quantize.quantize(weights, to: type)
+            for (name, multiply) in [("exact", lk_matvec), ("int8", lk_matvec_int8)] {
+                var results: [[Float]] = []
+                for on in [Int32(1), 0] {
+                    lk_set_prefetching(on)
+                    XCTAssertEqual(lk_prefetching(), on)
+                    var y = [Float](repeating: .nan, count: rows)
+                    data.withUnsafeBytes { raw in
+                        multiply(Int32(type.rawValue), raw.baseAddress!, data.count / rows, Int32(rows), Int32(cols), x, &y)
+                    }
+                    results.append(y)
+                }
+                XCTAssertEqual(results[0].map(\.bitPattern), results[1].map(\.bitPattern), "\(type) \(name)")
+                XCTAssertFalse(results[0].contains { !$0.isFinite })
+            }
+        }
     }
 
     /// K-quant blocks: any bytes are a valid block once the f16 scales are finite, so random superblocks with

@@ -26,6 +26,15 @@ void lk_matvec_int8(int type, const void *data, size_t row_bytes, int rows, int 
 void lk_matvec_int8_rows(int type, const void *data, size_t row_bytes, int cols, const int8_t *q, const float *scales,
                          const float *half_sums, float *y, int row_begin, int row_end);
 
+/// Whether the per-token kernels (lk_matvec, lk_matvec_int8) ask for the rows ahead of the one they compute. Decided
+/// once per process, before the first product: LORAKIT_PREFETCH=on|off when set, else by timing a product over a
+/// matrix twice the size of the last-level cache both ways (some CPUs' hardware prefetch crosses pages well, others'
+/// does not). lk_prefetch_timings gives the seconds measured (0 when not measured); lk_set_prefetching overrides.
+void lk_decide_prefetching(void);
+int lk_prefetching(void);
+void lk_set_prefetching(int on);
+void lk_prefetch_timings(double *with_prefetch, double *without_prefetch);
+
 /// x [cols] (a multiple of 32) as int8 q [cols] with scales[b] = max|x_b|/127 per block of 32 (x̂ = scales[b]·q,
 /// q = round(x/scale)), and half_sums[2b + h] = scales[b]·Σ q over the block's half h (16 values).
 void lk_quantize_activations(const float *x, int cols, int8_t *q, float *scales, float *half_sums);
