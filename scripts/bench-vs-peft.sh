@@ -3,6 +3,7 @@
 #   scripts/bench-vs-peft.sh [THREADS] [ROUNDS] [PYTHON] [MODEL]
 #   CHECKPOINTING=1 scripts/bench-vs-peft.sh …   (gradient checkpointing on both sides)
 #   PRECISION=bf16 scripts/bench-vs-peft.sh …     (lorakit --precision bf16 against PEFT under bf16 autocast)
+#   PRECISION=bf16 PEFT_PRECISION=fp32 …           (each side's precision apart: lorakit bf16 against PEFT float32)
 #   (defaults: 1, 2, /tmp/peftenv/bin/python, models/SmolLM2-135M-Instruct.Q4_1.gguf; scripts/fetch-model.sh all
 #   fetches Qwen2.5-Coder-0.5B and Gemma 3 270M too)
 # Both run the model on 4 × 256 random tokens, LoRA r = 8 on the seven linear weights (lorakit-bench step and
@@ -18,7 +19,8 @@ checkpointing=()
 [ "${CHECKPOINTING:-0}" = 1 ] && checkpointing=(--checkpointing)
 precision=${PRECISION:-fp32}
 ours_precision=(--precision "$precision"); theirs_precision=()
-[ "$precision" = bf16 ] && theirs_precision=(--bf16)
+peft_precision=${PEFT_PRECISION:-$precision}
+[ "$peft_precision" = bf16 ] && theirs_precision=(--bf16)
 [ -s "$model" ] || scripts/fetch-model.sh >/dev/null
 swift build -c release --product lorakit-bench $(scripts/swift-flags.sh) 2>&1 | tail -1
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') [$(grep -m1 -o -wE 'avx512f|avx512_bf16|amx_bf16|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')]"
@@ -33,4 +35,4 @@ for round in $(seq "$rounds"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 a=$(median "${ours[@]}"); b=$(median "${theirs[@]}")
-echo "median tokens/s with $threads thread(s)${checkpointing:+, checkpointing}, $precision: lorakit $a, peft $b, ratio $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')×"
+echo "median tokens/s with $threads thread(s)${checkpointing:+, checkpointing}, lorakit $precision $a, peft $peft_precision $b, ratio $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')×"

@@ -146,8 +146,11 @@ struct TransformerBlock<T: KernelScalar> {
     // MARK: Forward
 
     /// The block's output [N, C]. With `keep`, fills it with what backward needs (`everything`: also what
-    /// `restore` would rebuild).
-    func forward(_ x: [T], attention: AttentionMode<T>, keep c: BlockActivations<T>? = nil, everything: Bool = false) -> [T] {
+    /// `restore` would rebuild). Without `output` (a forward recomputed for backward, gradient checkpointing) the
+    /// down projection's product is skipped where backward does not read it (no post-norm), and [] is returned:
+    /// backward needs only its input and its adapters' x·Aᵀ.
+    func forward(_ x: [T], attention: AttentionMode<T>, keep c: BlockActivations<T>? = nil, everything: Bool = false,
+                 output: Bool = true) -> [T] {
         let n = x.count / config.embedding
         let (h1, rstd1) = norm(x, weights.attnNorm, rows: n)
         let qkv = weights.qkv.forward(h1, rows: n, keep: c)
@@ -162,13 +165,19 @@ struct TransformerBlock<T: KernelScalar> {
         let gateUp = weights.gateUp.forward(h2, rows: n, keep: c)
         let (gate, up) = (gateUp[0], gateUp[1])
         let act = activate(gate, up)
-        let downPre = linear(weights.down, act, n, c)
-        let (normedDown, rstdDown) = postNorm(downPre, weights.postFeedForwardNorm, rows: n)
-        let out = Self.sum(normedDown, xMid)
+        var out: [T] = []
+        if let c, !output, !description.postNorms {
+            let saved = act.withUnsafeBufferPointer { LinearLoRA.adapterInputs(x: $0.baseAddress!, n: n, weight: weights.down) }
+            if !saved.isEmpty { c.lora[weights.down.name] = saved }
+        } else {
+            let downPre = linear(weights.down, act, n, c)
+            let (normedDown, rstdDown) = postNorm(downPre, weights.postFeedForwardNorm, rows: n)
+            out = Self.sum(normedDown, xMid)
+            if let c, description.postNorms { (c.downPre, c.rstdDown) = (downPre, rstdDown) }
+        }
         if let c {
             (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
             if description.qkNorm { (c.qPre, c.kPre, c.rstdQ, c.rstdK) = (qPre, kPre, rstdQ, rstdK) }
-            if description.postNorms { (c.downPre, c.rstdDown) = (downPre, rstdDown) }
             if everything {
                 (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act)
                 (c.oPre, c.rstdO) = (oPre, rstdO)

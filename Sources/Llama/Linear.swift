@@ -167,23 +167,29 @@ enum LinearLoRA {
         if let bias = w.bias {
             for row in 0..<n { for o in 0..<outF { y[row * outF + o] += bias[o] } }
         }
-        saved.removeAll(keepingCapacity: true)
-        for (pair, scale, _) in w.adapters.pairs {
-            let r = pair.rank
-            var u = [T](unfilled: n * r)
-            pair.a.withUnsafeBufferPointer { a in
-                u.withUnsafeMutableBufferPointer { u in
-                    T.gemm(transA: false, transB: true, m: n, n: r, k: inF, alpha: 1, a: x, lda: inF,
-                           b: a.baseAddress!, ldb: inF, beta: 0, c: u.baseAddress!, ldc: r)
-                }
-            }
+        saved = adapterInputs(x: x, n: n, weight: w)
+        for ((pair, scale, _), u) in zip(w.adapters.pairs, saved) {
             u.withUnsafeBufferPointer { u in
                 pair.b.withUnsafeBufferPointer { b in
-                    T.gemm(transA: false, transB: true, m: n, n: outF, k: r, alpha: scale, a: u.baseAddress!, lda: r,
-                           b: b.baseAddress!, ldb: r, beta: 1, c: y, ldc: outF)
+                    T.gemm(transA: false, transB: true, m: n, n: outF, k: pair.rank, alpha: scale, a: u.baseAddress!,
+                           lda: pair.rank, b: b.baseAddress!, ldb: pair.rank, beta: 1, c: y, ldc: outF)
                 }
             }
-            saved.append(u)
+        }
+    }
+
+    /// uᵢ = x·Aᵢᵀ of every pair: what backward needs of the forward besides x (a recomputed forward whose output
+    /// is not needed computes only these).
+    static func adapterInputs<T: KernelScalar>(x: UnsafePointer<T>, n: Int, weight w: LinearWeight<T>) -> [[T]] {
+        w.adapters.pairs.map { pair, _, _ in
+            var u = [T](unfilled: n * pair.rank)
+            pair.a.withUnsafeBufferPointer { a in
+                u.withUnsafeMutableBufferPointer { u in
+                    T.gemm(transA: false, transB: true, m: n, n: pair.rank, k: w.inFeatures, alpha: 1, a: x, lda: w.inFeatures,
+                           b: a.baseAddress!, ldb: w.inFeatures, beta: 0, c: u.baseAddress!, ldc: pair.rank)
+                }
+            }
+            return u
         }
     }
 

@@ -29,7 +29,7 @@ extension LlamaModel {
             let kept: BlockActivations<T>
             if gradientCheckpointing {
                 kept = BlockActivations<T>()
-                _ = block.forward(inputs[l], attention: .causal(attention), keep: kept, everything: true)
+                _ = block.forward(inputs[l], attention: .causal(attention), keep: kept, everything: true, output: false)
                 inputs[l] = []
             } else {
                 kept = activations[l]

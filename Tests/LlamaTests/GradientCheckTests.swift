@@ -234,11 +234,21 @@ final class GradientCheckTests: XCTestCase {
                 }
                 model.denseHeadLimit = 0
             }
+            var withoutCheckpointing: [[Double]] = []
             for checkpointing in [false, true] {
                 model.gradientCheckpointing = checkpointing
                 adapter.zeroGradients()
                 let (sum, count) = try model.forwardBackward(tokens: tokens, targets: targets, batch: 2, lossScale: 1.0 / 11)
                 XCTAssertEqual(count, 11)
+                // The recomputed forward (which skips what backward does not read) gives the same gradients.
+                let gradients = adapter.order.map { adapter[$0]!.gradA + adapter[$0]!.gradB }
+                if checkpointing {
+                    let largestChange = zip(gradients.joined(), withoutCheckpointing.joined()).map { abs($0 - $1) }.max() ?? .infinity
+                    XCTAssertEqual(gradients.map(\.count), withoutCheckpointing.map(\.count))
+                    XCTAssertEqual(largestChange, 0, "\(tiny.architecture): checkpointing changes no gradient")
+                } else {
+                    withoutCheckpointing = gradients
+                }
                 let lossOnly = try model.loss(tokens: tokens, targets: targets, batch: 2)
                 XCTAssertEqual(sum, lossOnly.sum, accuracy: 1e-10)
                 for name in adapter.order {
