@@ -43,12 +43,25 @@ static inline void scale_min_k4(const uint8_t *q, int j, int *scale, int *minimu
 #include <immintrin.h>
 
 #define LK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
+// For a kernel written once with AVX2 intrinsics and compiled into both an AVX2 and an AVX-512 caller.
+#define LK_INLINE __attribute__((always_inline))
 
 static inline int has_avx2(void) {
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached;
+}
+
+static inline int has_avx512(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     }
     return cached;
 }

@@ -78,7 +78,7 @@ static inline float half_from_table(const uint8_t *p) {
     return half_table[h];
 }
 
-LK_AVX2 __attribute__((always_inline)) static inline float row_q4_q5(int type, const uint8_t *row, const float *xp,
+LK_AVX2 LK_INLINE static inline float row_q4_q5(int type, const uint8_t *row, const float *xp,
                                                                     const float *sums, int blocks) {
     const int five = type == Q5_0 || type == Q5_1, with_minimum = type == Q4_1 || type == Q5_1;
     const int header = with_minimum ? 4 : 2, quants = header + (five ? 4 : 0), bytes = quants + 16;
@@ -99,7 +99,7 @@ LK_AVX2 __attribute__((always_inline)) static inline float row_q4_q5(int type, c
     return horizontal_sum(total) + offsets;
 }
 
-LK_AVX2 static float row_q8_0(const uint8_t *row, const float *x, int blocks) {
+LK_AVX2 LK_INLINE static inline float row_q8_0(const uint8_t *row, const float *x, int blocks) {
     __m256 total = _mm256_setzero_ps();
     for (int b = 0; b < blocks; b++, row += 34) {
         const float *xb = x + 32 * b;
@@ -115,7 +115,7 @@ LK_AVX2 static float row_q8_0(const uint8_t *row, const float *x, int blocks) {
 
 // Q4_K / Q5_K with x in permute_32's order: sub-block 2g holds the low nibbles of quant bytes [32g, 32g + 32),
 // sub-block 2g + 1 their high nibbles, so one 32-byte load serves two sub-blocks in the lanes' layout.
-LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const float *xp, const float *sums, int superblocks) {
+LK_AVX2 LK_INLINE static inline float row_q4_q5_k(int type, const uint8_t *row, const float *xp, const float *sums, int superblocks) {
     const int five = type == Q5_K, bytes = five ? 176 : 144, quants = five ? 48 : 16;
     const __m256i mask = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(0x10);
     __m256 total = _mm256_setzero_ps();
@@ -147,7 +147,7 @@ LK_AVX2 static float row_q4_q5_k(int type, const uint8_t *row, const float *xp, 
 // consecutive bytes of ql and its top two from the 32 bytes of qh, elements 0..15 (scale 2·quarter) in the low
 // lane and 16..31 (scale 2·quarter + 1) in the high one. The −32 of every quant is applied once per superblock
 // from x's sums over 16 (Σ_i sc_i·hs_i, as the scale index of element e is e / 16).
-LK_AVX2 static float row_q6_k(const uint8_t *row, const float *xp, const float *half_sums, int superblocks) {
+LK_AVX2 LK_INLINE static inline float row_q6_k(const uint8_t *row, const float *xp, const float *half_sums, int superblocks) {
     const __m256i mask = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30);
     __m256 total = _mm256_setzero_ps(), centre = _mm256_setzero_ps();
     for (int b = 0; b < superblocks; b++, row += 210) {
@@ -180,7 +180,7 @@ LK_AVX2 static float row_q6_k(const uint8_t *row, const float *xp, const float *
 }
 
 // F32, F16, BF16 rows: cols is a multiple of 8 (checked by the caller); the tail is summed one by one.
-LK_AVX2 static float row_float(int type, const uint8_t *row, const float *x, int cols) {
+LK_AVX2 LK_INLINE static inline float row_float(int type, const uint8_t *row, const float *x, int cols) {
     __m256 acc = _mm256_setzero_ps();
     int c = 0;
     for (; c + 8 <= cols; c += 8) {
@@ -211,8 +211,9 @@ LK_AVX2 static float row_float(int type, const uint8_t *row, const float *x, int
     return sum;
 }
 
-LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
-                              const float *xp, const float *sums, float *y, int begin, int end) {
+LK_AVX2 LK_INLINE static inline void rows_blocks(int type, const uint8_t *data, size_t row_bytes, int cols,
+                                                const float *x, const float *xp, const float *sums, float *y,
+                                                int begin, int end) {
     const int blocks = cols / 32;
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
@@ -231,13 +232,36 @@ LK_AVX2 static void rows_avx2(int type, const uint8_t *data, size_t row_bytes, i
 
 // K-quant rows in a function of their own: sharing one with the 32-element block types made the compiler lay out
 // the Q4 and Q8_0 loops 15–50 % slower.
-LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
-                                const float *half_sums, const float *xp, float *y, int begin, int end) {
+LK_AVX2 LK_INLINE static inline void rows_k(int type, const uint8_t *data, size_t row_bytes, int cols,
+                                           const float *sums, const float *half_sums, const float *xp, float *y,
+                                           int begin, int end) {
     for (int r = begin; r < end; r++) {
         const uint8_t *row = data + (size_t)r * row_bytes;
         prefetch_ahead(data, row_bytes, r, end);
         y[r] = type == Q6_K ? row_q6_k(row, xp, half_sums, cols / 256) : row_q4_q5_k(type, row, xp, sums, cols / 256);
     }
+}
+
+// Each row loop is compiled twice from the same source, with the row kernels inlined into it (a call per row had
+// cost Qwen2.5's 896-column rows up to a quarter of their time): for AVX2, and for AVX-512, where the compiler has
+// 32 vector registers, mask compares and three-input logic for the same intrinsics (on a Zen 4, 4-7 % more weights
+// per ns on Q5_0/Q5_1/Q6_K, level elsewhere: lorakit-bench matvec prints both builds). The int8 kernels measured
+// slower when compiled for AVX-512 and stay AVX2 only.
+LK_AVX2 static void rows_blocks_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
+                                     const float *xp, const float *sums, float *y, int begin, int end) {
+    rows_blocks(type, data, row_bytes, cols, x, xp, sums, y, begin, end);
+}
+LK_AVX512 static void rows_blocks_avx512(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
+                                         const float *xp, const float *sums, float *y, int begin, int end) {
+    rows_blocks(type, data, row_bytes, cols, x, xp, sums, y, begin, end);
+}
+LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
+                                const float *half_sums, const float *xp, float *y, int begin, int end) {
+    rows_k(type, data, row_bytes, cols, sums, half_sums, xp, y, begin, end);
+}
+LK_AVX512 static void rows_k_avx512(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
+                                    const float *half_sums, const float *xp, float *y, int begin, int end) {
+    rows_k(type, data, row_bytes, cols, sums, half_sums, xp, y, begin, end);
 }
 #endif
 
@@ -255,13 +279,39 @@ int lk_matvec_supported(int type) {
 }
 
 
+// -1 until the first product: then whether the CPU has AVX-512 (F, BW, VL, DQ) and LORAKIT_AVX512 is not "off".
+static int avx512_kernels = -1;
+
+int lk_matvec_avx512(void) {
+#if defined(__x86_64__)
+    if (avx512_kernels < 0) {
+        const char *setting = getenv("LORAKIT_AVX512");
+        avx512_kernels = has_avx512() && !(setting && strcmp(setting, "off") == 0);
+    }
+    return avx512_kernels;
+#else
+    return 0;
+#endif
+}
+
+void lk_set_matvec_avx512(int on) {
+#if defined(__x86_64__)
+    avx512_kernels = on && has_avx512();
+#else
+    (void)on;
+#endif
+}
+
 static void matvec_range(const void *context, int begin, int end) {
 #if defined(__x86_64__)
     const lk_product *job = context;
+    const int wide = avx512_kernels > 0;
     if (job->type == Q4_K || job->type == Q5_K || job->type == Q6_K) {
-        rows_k_avx2(job->type, job->data, job->row_bytes, job->cols, job->sums, job->half_sums, job->xp, job->y, begin, end);
+        (wide ? rows_k_avx512 : rows_k_avx2)(job->type, job->data, job->row_bytes, job->cols, job->sums,
+                                             job->half_sums, job->xp, job->y, begin, end);
     } else {
-        rows_avx2(job->type, job->data, job->row_bytes, job->cols, job->x, job->xp, job->sums, job->y, begin, end);
+        (wide ? rows_blocks_avx512 : rows_blocks_avx2)(job->type, job->data, job->row_bytes, job->cols, job->x,
+                                                       job->xp, job->sums, job->y, begin, end);
     }
 #else
     (void)context; (void)begin; (void)end;
@@ -271,6 +321,7 @@ static void matvec_range(const void *context, int begin, int end) {
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y) {
     pthread_once(&half_table_once, fill_half_table);
     lk_decide_prefetching();
+    lk_matvec_avx512();
     // x in the lanes' order, its sums over halves of 16 (Q6_K's scale groups) and over blocks of 32.
     enum { stack_cols = 8192 };
     float stack[stack_cols + stack_cols / 32 * 3];

@@ -23,6 +23,14 @@ struct MatVecBench: ParsableCommand {
               with > 0 ? String(format: "(measured: %.1f ms with, %.1f ms without)", with * 1e3, without * 1e3)
                        : "(LORAKIT_PREFETCH)")
         let supported = int8 ? lk_matvec_int8_supported : lk_matvec_supported, multiply = int8 ? lk_matvec_int8 : lk_matvec
+        // The exact kernels' two builds side by side where the CPU has AVX-512, each the best of 7 rounds taken
+        // alternately (one round alone moved ±20 % between runs on a shared machine).
+        let chosen = lk_matvec_avx512()
+        defer { lk_set_matvec_avx512(chosen) }
+        lk_set_matvec_avx512(1)
+        let hasAVX512 = lk_matvec_avx512() != 0
+        lk_set_matvec_avx512(chosen)
+        let builds: [(name: String, avx512: Int32)] = !int8 && hasAVX512 ? [("AVX2", 0), ("AVX-512", 1)] : [("", chosen)]
         for type in benchmarkTypes where supported(Int32(type.rawValue)) != 0 {
             let rowBytes = cols / type.blockSize * type.blockBytes
             let data = randomBlocks(type, count: rows * cols)
@@ -30,16 +38,26 @@ struct MatVecBench: ParsableCommand {
             for t in threads.split(separator: ",").compactMap({ Int($0) }) {
                 lk_set_threads(Int32(t))
                 let repeats = 20
-                let elapsed = data.withUnsafeBytes { raw in
-                    seconds {
-                        for _ in 0..<repeats {
-                            multiply(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
+                var best = [Double](repeating: .infinity, count: builds.count)
+                for _ in 0..<7 {
+                    for (i, build) in builds.enumerated() {
+                        lk_set_matvec_avx512(build.avx512)
+                        let elapsed = data.withUnsafeBytes { raw in
+                            seconds {
+                                for _ in 0..<repeats {
+                                    multiply(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
+                                }
+                            }
                         }
+                        best[i] = min(best[i], elapsed)
                     }
                 }
-                let perNanosecond = Double(rows * cols * repeats) / (elapsed * 1e9)
-                let gigabytes = Double(data.count * repeats) / elapsed / 1e9
-                line += String(format: "  %d thread%@: %5.2f weights/ns (%5.1f GB/s)", t, t == 1 ? " " : "s", perNanosecond, gigabytes)
+                for (i, build) in builds.enumerated() {
+                    let perNanosecond = Double(rows * cols * repeats) / (best[i] * 1e9)
+                    let gigabytes = Double(data.count * repeats) / best[i] / 1e9
+                    line += String(format: "  %d thread%@%@: %5.2f weights/ns (%5.1f GB/s)", t, t == 1 ? " " : "s",
+                                   build.name.isEmpty ? "" : " " + build.name, perNanosecond, gigabytes)
+                }
             }
             print(line)
         }

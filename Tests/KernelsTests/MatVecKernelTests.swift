@@ -9,6 +9,20 @@ import XCTest
 final class MatVecKernelTests: XCTestCase {
     static let types: [TensorType] = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
 
+    /// The exact kernels' builds this CPU runs: AVX2 always, AVX-512 too where the CPU has it. Runs `body` with each
+    /// forced, then restores the chosen one.
+    func forEachBuild(_ body: (String) throws -> Void) rethrows {
+        let chosen = lk_matvec_avx512()
+        defer { lk_set_matvec_avx512(chosen) }
+        lk_set_matvec_avx512(1)
+        let builds: [(String, Int32)] = lk_matvec_avx512() != 0 ? [("AVX2", 0), ("AVX-512", 1)] : [("AVX2", 0)]
+        for (name, on) in builds {
+            lk_set_matvec_avx512(on)
+            XCTAssertEqual(lk_matvec_avx512(), on)
+            try body(name)
+        }
+    }
+
     func testEveryTypeMatchesDequantizeThenDot() throws {
         var seed: UInt64 = 11
         func next() -> Float {
@@ -27,14 +41,17 @@ final class MatVecKernelTests: XCTestCase {
                     return (0..<rows).map { r in (0..<cols).reduce(0.0) { $0 + Double(w[r * cols + $1]) * Double(x[$1]) } }
                 }
                 let scale = x.reduce(0.0) { $0 + Double(abs($1)) } * 2
-                for threads in [1, 2, 3] {
-                    lk_set_threads(Int32(threads))
-                    var y = [Float](repeating: .nan, count: rows)
-                    data.withUnsafeBytes { raw in
-                        lk_matvec(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
-                    }
-                    for r in 0..<rows {
-                        XCTAssertEqual(Double(y[r]), expected[r], accuracy: 1e-5 * scale, "\(type) \(rows)×\(cols) row \(r), \(threads) threads")
+                forEachBuild { build in
+                    for threads in [1, 2, 3] {
+                        lk_set_threads(Int32(threads))
+                        var y = [Float](repeating: .nan, count: rows)
+                        data.withUnsafeBytes { raw in
+                            lk_matvec(Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(rows), Int32(cols), x, &y)
+                        }
+                        for r in 0..<rows {
+                            XCTAssertEqual(Double(y[r]), expected[r], accuracy: 1e-5 * scale,
+                                           "\(type) \(rows)×\(cols) row \(r), \(threads) threads, \(build)")
+                        }
                     }
                 }
             }
@@ -103,12 +120,14 @@ final class MatVecKernelTests: XCTestCase {
                 let magnitude: Double = data.withUnsafeBytes { raw in
                     DequantizeReference.dequantize(type, from: raw, count: rows * cols).map { Double(abs($0)) }.max()! * Double(cols)
                 }
-                var y = [Float](repeating: .nan, count: rows)
-                data.withUnsafeBytes { raw in
-                    lk_matvec(Int32(type.rawValue), raw.baseAddress!, cols / 256 * bytes, Int32(rows), Int32(cols), x, &y)
-                }
-                for r in 0..<rows {
-                    XCTAssertEqual(Double(y[r]), expected[r], accuracy: 1e-6 * magnitude, "\(type) \(rows)×\(cols) row \(r)")
+                forEachBuild { build in
+                    var y = [Float](repeating: .nan, count: rows)
+                    data.withUnsafeBytes { raw in
+                        lk_matvec(Int32(type.rawValue), raw.baseAddress!, cols / 256 * bytes, Int32(rows), Int32(cols), x, &y)
+                    }
+                    for r in 0..<rows {
+                        XCTAssertEqual(Double(y[r]), expected[r], accuracy: 1e-6 * magnitude, "\(type) \(rows)×\(cols) row \(r), \(build)")
+                    }
                 }
             }
         }

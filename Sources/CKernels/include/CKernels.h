@@ -16,6 +16,11 @@ int lk_matvec_supported(int type);
 
 /// y = W·x with the vector kernel (the CPU must support it), rows split across the pool's threads.
 void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols, const float *x, float *y);
+/// Whether lk_matvec runs its kernels' AVX-512 build (the same source compiled with AVX-512 available; same
+/// results up to summation order): chosen on the first product when the CPU has AVX512F/BW/VL/DQ, unless
+/// LORAKIT_AVX512=off. lk_set_matvec_avx512 overrides (on is ignored on a CPU without AVX-512).
+int lk_matvec_avx512(void);
+void lk_set_matvec_avx512(int on);
 
 /// The same product with x rounded to 8 bits per block of 32 first (llama.cpp's activation rounding), multiplied
 /// in integers: y = W·x̂, x̂ = d_b·q (lk_quantize_activations). Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K and Q6_K.
