@@ -24,6 +24,7 @@ public final class InferenceSession: @unchecked Sendable {
         self.activations = activations
         model.runContext = capacity
         cache = KVCache(config: model.config, capacity: capacity)
+        MatVec.prepare()
     }
 
     /// Forgets everything after `position` (e.g. to reuse a shared prefix).

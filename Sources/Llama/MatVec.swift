@@ -20,6 +20,13 @@ public enum TokenActivations: String, Sendable, CaseIterable {
 ///
 /// Shapes: W [rows, cols] (GGUF ne = [cols, rows]); x [cols]; y [rows].
 enum MatVec {
+    /// Makes the kernels' once-per-process choices now (whether to prefetch rows, measured on this CPU in about
+    /// 0.1–0.3 s; which build of the exact kernels runs), so that they are not paid inside a prompt's or a token's time.
+    static func prepare() {
+        lk_decide_prefetching()
+        _ = lk_matvec_avx512()
+    }
+
     static func multiply(type: TensorType, data: UnsafeRawBufferPointer, rows: Int, cols: Int,
                          x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, threads: Int,
                          activations: TokenActivations = .exact) {
