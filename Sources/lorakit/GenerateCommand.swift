@@ -33,6 +33,8 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("activations"), help: ArgumentHelp(
         "exact or int8: int8 rounds each generated token's activations to 8 bits per block of 32 and multiplies the 4-, 5- and 8-bit weights in integers, as llama.cpp does (faster; perplexity cost in BENCHMARKS.md).",
         valueName: "exact|int8")) var activations: TokenActivations = .exact
+    @Option(name: .customLong("precision"), help: "The prompt's frozen-weight products (several tokens at once): fp32, bf16 (on AVX512-BF16/AMX CPUs; float32 elsewhere, said on standard error) or auto (bf16 where it is faster).")
+    var precision: ProductPrecision = .fp32
 
     func validate() throws {
         if !chat && prompt == nil { throw ValidationError("give a prompt with -p, or use --chat") }
@@ -49,6 +51,9 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let (file, model, tokenizer) = try modelOptions.load()
+        let resolution = precision.resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
+        model.frozenProductInputs = resolution.inputs
+        if precision != .fp32 { CLI.printError("precision: \(resolution.note)") }
         if ctx > model.config.contextLength {
             CLI.printError("warning: --ctx \(ctx) is beyond the \(model.config.contextLength) tokens the model was trained on; "
                            + "output past that point may degrade")

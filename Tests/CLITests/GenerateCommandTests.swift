@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TestSupport
 import XCTest
 
@@ -27,6 +28,27 @@ final class GenerateCommandTests: XCTestCase {
         let (bad, _, badErr) = try LoRAKitBinary.run(["generate", "-m", model, "-p", "Hi", "--activations", "int4"])
         XCTAssertNotEqual(bad, 0)
         XCTAssertTrue(badErr.contains("int4"), badErr)
+    }
+
+    /// --precision bf16 runs the prompt's batched products in bf16 where the CPU has them (still Paris, said on
+    /// standard error, not in the generated text) and in float32, saying so, where it does not: then the output is
+    /// float32's exactly.
+    func testBf16PromptPrecision() throws {
+        try requireModel()
+        let arguments = ["generate", "-m", model, "-p", "The capital of France is", "-n", "8", "--temp", "0", "--ids"]
+        let (_, float32, float32Err) = try LoRAKitBinary.run(arguments)
+        let (status, fallback, fallbackErr) = try LoRAKitBinary.run(arguments + ["--precision", "bf16"], environment: ["LORAKIT_BF16": "off"])
+        XCTAssertEqual(status, 0, fallbackErr)
+        XCTAssertTrue(fallbackErr.contains("precision: float32: bf16 was asked for, but bf16 products are turned off"), fallbackErr)
+        XCTAssertEqual(fallback, float32)
+        let ids = { (err: String) in err.split(separator: "\n").first { $0.hasPrefix("ids:") } }
+        XCTAssertEqual(ids(fallbackErr), ids(float32Err))
+        guard BFloat16GEMM.isAvailable else { return }
+        let (bf16Status, bf16, bf16Err) = try LoRAKitBinary.run(arguments + ["--precision", "bf16"])
+        XCTAssertEqual(bf16Status, 0, bf16Err)
+        XCTAssertTrue(bf16Err.contains("precision: bf16 products on oneDNN"), bf16Err)
+        XCTAssertFalse(bf16.contains("precision"), bf16)
+        XCTAssertTrue(bf16.hasPrefix("The capital of France is Paris."), bf16)
     }
 
     /// Two turns through standard input: the second answer sees the first turn (kept in the KV cache).
