@@ -242,11 +242,10 @@ LK_AVX2 LK_INLINE static inline void rows_k(int type, const uint8_t *data, size_
     }
 }
 
-// Each row loop is compiled twice from the same source, with the row kernels inlined into it (a call per row had
-// cost Qwen2.5's 896-column rows up to a quarter of their time): for AVX2, and for AVX-512, where the compiler has
-// 32 vector registers, mask compares and three-input logic for the same intrinsics (on a Zen 4, 4-7 % more weights
-// per ns on Q5_0/Q5_1/Q6_K, level elsewhere: lorakit-bench matvec prints both builds). The int8 kernels measured
-// slower when compiled for AVX-512 and stay AVX2 only.
+// Each row loop is compiled twice from the same source, with the row kernels inlined into it: for AVX2, and for
+// AVX-512, where the compiler has 32 vector registers, mask compares and three-input logic for the same intrinsics
+// (on a Zen 4, 4-10 % more weights per ns on Q5_0/Q5_1/Q5_K/Q6_K, level elsewhere: lorakit-bench matvec prints
+// both builds). The int8 kernels measured slower when compiled for AVX-512 and stay AVX2 only.
 LK_AVX2 static void rows_blocks_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
                                      const float *xp, const float *sums, float *y, int begin, int end) {
     rows_blocks(type, data, row_bytes, cols, x, xp, sums, y, begin, end);
