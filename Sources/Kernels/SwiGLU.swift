@@ -1,3 +1,5 @@
+import CKernels
+
 /// A gated feed-forward activation a = f(g)·u, with backward dg = da·u·f′(g), du = da·f(g).
 ///
 /// Shapes: g, u, a, da, dg, du [n] (any layout, element-wise).
@@ -8,9 +10,21 @@ public protocol GatedActivation {
     static func derivative<T: KernelScalar>(_ g: T) -> T
     static func value(_ g: VectorMath.Vector) -> VectorMath.Vector
     static func valueAndDerivative(_ g: VectorMath.Vector) -> (value: VectorMath.Vector, derivative: VectorMath.Vector)
+    /// Runs the fast forward (backward) in a CKernels loop where one exists for this activation on this CPU;
+    /// false leaves it to the Swift vectors.
+    static func forwardKernel(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                              count: Int) -> Bool
+    static func backwardKernel(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                               dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count: Int) -> Bool
 }
 
 extension GatedActivation {
+    public static func forwardKernel(gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                                     out: UnsafeMutablePointer<Float>, count: Int) -> Bool { false }
+    public static func backwardKernel(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                                      dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
+                                      count: Int) -> Bool { false }
+
     @inlinable
     public static func forward<T: KernelScalar>(gate: UnsafePointer<T>, up: UnsafePointer<T>,
                                                 out: UnsafeMutablePointer<T>, count: Int) {
@@ -60,6 +74,7 @@ extension GatedActivation {
     @inlinable
     public static func forwardFast(gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                                    out: UnsafeMutablePointer<Float>, count: Int) {
+        if forwardKernel(gate: gate, up: up, out: out, count: count) { return }
         var i = 0
         while i < count {
             let left = count - i
@@ -72,6 +87,7 @@ extension GatedActivation {
     @inlinable
     public static func backwardFast(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                                     dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count: Int) {
+        if backwardKernel(dOut: dOut, gate: gate, up: up, dGate: dGate, dUp: dUp, count: count) { return }
         var i = 0
         while i < count {
             let left = count - i
@@ -103,5 +119,20 @@ public enum SwiGLU: GatedActivation {
     public static func valueAndDerivative(_ g: VectorMath.Vector) -> (value: VectorMath.Vector, derivative: VectorMath.Vector) {
         let s = 1 / (1 + VectorMath.exp(-g))
         return (g * s, s * (1 + g * (1 - s)))
+    }
+
+    public static func forwardKernel(gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                                     out: UnsafeMutablePointer<Float>, count: Int) -> Bool {
+        guard VectorMath.elementwiseKernels else { return false }
+        lk_swiglu_forward(gate, up, out, Int32(count))
+        return true
+    }
+
+    public static func backwardKernel(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                                      dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
+                                      count: Int) -> Bool {
+        guard VectorMath.elementwiseKernels else { return false }
+        lk_swiglu_backward(dOut, gate, up, dGate, dUp, Int32(count))
+        return true
     }
 }

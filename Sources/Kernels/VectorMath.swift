@@ -1,3 +1,5 @@
+import CKernels
+
 /// Float building blocks on 16-lane vectors for the element-wise ops (softmax, cross-entropy, SwiGLU, RMSNorm,
 /// attention's softmax backward, KV-cache attention's softmax). Each op keeps a plain scalar version (its `…Reference`) that
 /// the tests compare the vector one against; Double always takes the scalar path, so the gradient checks exercise
@@ -8,6 +10,10 @@
 public enum VectorMath {
     public typealias Vector = SIMD16<Float>
     public static let width = 16
+
+    /// Whether the exp-based loops (sums of exponentials, SwiGLU) run CKernels' AVX2 versions (elementwise.c) rather
+    /// than the Swift vectors below: on x86 with AVX2 and FMA, unless turned off (the tests compare both).
+    nonisolated(unsafe) public static var elementwiseKernels = lk_elementwise_supported() != 0
 
     @inlinable @inline(__always)
     public static func load(_ p: UnsafePointer<Float>, _ count: Int, padding: Float) -> Vector {
@@ -64,6 +70,7 @@ public enum VectorMath {
     @inlinable
     public static func sumOfExponentials(_ p: UnsafePointer<Float>, count: Int, minus shift: Float,
                                          storingTo out: UnsafeMutablePointer<Float>? = nil) -> Double {
+        if elementwiseKernels { return lk_exp_sum(p, Int32(count), shift, out) }
         var total = 0.0
         var i = 0
         while i < count {

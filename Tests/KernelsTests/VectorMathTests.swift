@@ -39,50 +39,90 @@ final class VectorMathTests: XCTestCase {
         XCTAssertEqual(special[8], expf(1), accuracy: 2 * expf(1).ulp)
     }
 
+    /// CKernels' e^x (elementwise.c), read through lk_exp_sum's stored terms: the same bound and special values as
+    /// VectorMath.exp, and a sum that a NaN poisons.
+    func testCKernelExpWithinTwoULPOfLibm() throws {
+        guard lk_elementwise_supported() != 0 else { throw XCTSkip("no AVX2 + FMA here") }
+        let x = (0..<20_003).map { _ in uniform(-87, 88) }
+        var e = [Float](repeating: 0, count: x.count)
+        let sum = lk_exp_sum(x, Int32(x.count), 0, &e)
+        var worst: Float = 0
+        for i in 0..<x.count { worst = max(worst, abs(e[i] - expf(x[i])) / expf(x[i]).ulp) }
+        XCTAssertLessThanOrEqual(worst, 2, "worst error in ulp")
+        XCTAssertEqual(sum, e.reduce(0.0) { $0 + Double($1) }, accuracy: 1e-6 * sum)
+        let special: [Float] = [0, -.infinity, .infinity, -100, 100, 1, 2, -87.3, 88.3, 88.7]
+        var out = [Float](repeating: 7, count: special.count + 3)
+        _ = lk_exp_sum(special, Int32(special.count), 0, &out)
+        XCTAssertEqual(Array(out[0..<5]), [1, 0, .infinity, 0, .infinity])
+        XCTAssertEqual(out[5], expf(1), accuracy: 2 * expf(1).ulp)
+        XCTAssertEqual(out[8], expf(88.3), accuracy: 2 * expf(88.3).ulp)
+        XCTAssertEqual(Array(out[special.count...]), [7, 7, 7], "nothing written past the end")
+        XCTAssertEqual(lk_exp_sum([3], 1, 3, nil), 1)
+        XCTAssertTrue(lk_exp_sum([1, .nan, 2], 3, 0, nil).isNaN, "NaN must reach the sum")
+    }
+
+    /// Runs `body` with the exp-based loops in CKernels' AVX2 versions (where this CPU has them) and in Swift's vectors.
+    func forEachElementwisePath(_ body: (String) throws -> Void) rethrows {
+        let chosen = VectorMath.elementwiseKernels
+        defer { VectorMath.elementwiseKernels = chosen }
+        for kernels in lk_elementwise_supported() != 0 ? [true, false] : [false] {
+            VectorMath.elementwiseKernels = kernels
+            try body(kernels ? "CKernels" : "Swift vectors")
+        }
+    }
+
     func testSoftmaxRowsMatchReference() {
-        for (count, visible) in [(1, 1), (7, 3), (16, 16), (17, 17), (256, 1), (256, 100), (256, 256), (300, 257)] {
-            let row = (0..<count).map { _ in uniform(-30, 30) }
-            var fast = row, reference = row
-            fast.withUnsafeMutableBufferPointer { Attention<Float>.causalSoftmaxFast($0.baseAddress!, count: count, visible: visible) }
-            reference.withUnsafeMutableBufferPointer {
-                Attention<Float>.causalSoftmaxReference($0.baseAddress!, count: count, visible: visible)
+        forEachElementwisePath { path in
+            for (count, visible) in [(1, 1), (7, 3), (16, 16), (17, 17), (256, 1), (256, 100), (256, 256), (300, 257)] {
+                let row = (0..<count).map { _ in uniform(-30, 30) }
+                var fast = row, reference = row
+                fast.withUnsafeMutableBufferPointer { Attention<Float>.causalSoftmaxFast($0.baseAddress!, count: count, visible: visible) }
+                reference.withUnsafeMutableBufferPointer {
+                    Attention<Float>.causalSoftmaxReference($0.baseAddress!, count: count, visible: visible)
+                }
+                for j in 0..<count { XCTAssertEqual(fast[j], reference[j], accuracy: 2e-6 * max(1, reference[j]), "\(count)/\(visible) at \(j), \(path)") }
+                XCTAssertEqual(fast[visible...].reduce(0, +), 0)
             }
-            for j in 0..<count { XCTAssertEqual(fast[j], reference[j], accuracy: 2e-6 * max(1, reference[j]), "\(count)/\(visible) at \(j)") }
-            XCTAssertEqual(fast[visible...].reduce(0, +), 0)
         }
     }
 
     func testCrossEntropyMatchesReference() {
-        let vocab = 1000, rows = 24
-        let logits = (0..<(rows * vocab)).map { _ in uniform(-20, 20) }
-        let targets = (0..<rows).map { $0 % 5 == 3 ? Int32(-1) : Int32(($0 * 37) % vocab) }
-        for gradient in [false, true] {
-            var fast = logits, reference = logits
-            var fastLosses = [Float](repeating: 9, count: rows), referenceLosses = fastLosses
-            let fastTotal = CrossEntropy.forwardBackward(logits: &fast, targets: targets, rows: rows, vocab: vocab,
-                                                         gradientScale: 0.25, gradient: gradient, losses: &fastLosses)
-            let referenceTotal = CrossEntropy.rowsReference(logits: &reference, targets: targets, rows: 0..<rows, vocab: vocab,
-                                                            gradientScale: Float(0.25), gradient: gradient,
-                                                            losses: &referenceLosses)
-            XCTAssertEqual(fastTotal, referenceTotal, accuracy: 1e-5 * abs(referenceTotal))
-            for r in 0..<rows { XCTAssertEqual(fastLosses[r], referenceLosses[r], accuracy: 1e-5 * max(1, referenceLosses[r])) }
-            if gradient {
-                for i in 0..<fast.count { XCTAssertEqual(fast[i], reference[i], accuracy: 1e-7) }
-            } else {
-                XCTAssertEqual(fast, logits, "without the gradient the logits stay as they were")
+        forEachElementwisePath { path in
+            for vocab in [1000, 1007] {  // 1007: rows that end in a partial vector
+                let rows = 24
+                let logits = (0..<(rows * vocab)).map { _ in uniform(-20, 20) }
+                let targets = (0..<rows).map { $0 % 5 == 3 ? Int32(-1) : Int32(($0 * 37) % vocab) }
+                for gradient in [false, true] {
+                    var fast = logits, reference = logits
+                    var fastLosses = [Float](repeating: 9, count: rows), referenceLosses = fastLosses
+                    let fastTotal = CrossEntropy.forwardBackward(logits: &fast, targets: targets, rows: rows, vocab: vocab,
+                                                                 gradientScale: 0.25, gradient: gradient, losses: &fastLosses)
+                    let referenceTotal = CrossEntropy.rowsReference(logits: &reference, targets: targets, rows: 0..<rows, vocab: vocab,
+                                                                    gradientScale: Float(0.25), gradient: gradient,
+                                                                    losses: &referenceLosses)
+                    XCTAssertEqual(fastTotal, referenceTotal, accuracy: 1e-5 * abs(referenceTotal))
+                    for r in 0..<rows { XCTAssertEqual(fastLosses[r], referenceLosses[r], accuracy: 1e-5 * max(1, referenceLosses[r])) }
+                    if gradient {
+                        for i in 0..<fast.count { XCTAssertEqual(fast[i], reference[i], accuracy: 1e-7) }
+                    } else {
+                        XCTAssertEqual(fast, logits, "without the gradient the logits stay as they were")
+                    }
+                }
+                // A NaN logit makes the loss NaN (the NaN guard depends on it).
+                var poisoned = logits
+                poisoned[5] = .nan
+                let total = CrossEntropy.forwardBackward(logits: &poisoned, targets: targets, rows: rows, vocab: vocab,
+                                                         gradientScale: 1, gradient: true)
+                XCTAssertTrue(total.isNaN, path)
             }
         }
-        // A NaN logit makes the loss NaN (the NaN guard depends on it).
-        var poisoned = logits
-        poisoned[5] = .nan
-        let total = CrossEntropy.forwardBackward(logits: &poisoned, targets: targets, rows: rows, vocab: vocab,
-                                                 gradientScale: 1, gradient: true)
-        XCTAssertTrue(total.isNaN)
     }
 
     func testGatedActivationsMatchReference() {
-        checkGated(SwiGLU.self)
-        checkGated(GeGLU.self)
+        forEachElementwisePath { _ in
+            checkGated(SwiGLU.self)
+            checkGated(GeGLU.self)
+        }
     }
 
     func checkGated<G: GatedActivation>(_ kind: G.Type) {

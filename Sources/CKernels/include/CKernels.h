@@ -97,4 +97,14 @@ int lk_onednn_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, 
 /// y = x rounded to bf16 (nearest even; NaN stays NaN).
 void lk_float_to_bf16(const float *x, uint16_t *y, size_t count);
 
+// --- element-wise ops on e^x (elementwise.c): AVX2 + FMA; VectorMath computes the same elsewhere ---
+/// 1 where these kernels run (AVX2 + FMA + F16C); the callers use VectorMath's Swift loops otherwise.
+int lk_elementwise_supported(void);
+/// Σ e^(xᵢ − shift) over `count` values, summed in float over blocks of 64 and in double across them; each term is
+/// also stored to `out` when it is not NULL (`out` may be `x`).
+double lk_exp_sum(const float *x, int count, float shift, float *out);
+/// SwiGLU: out = silu(gate)·up; backward d_gate = d·up·silu′(gate), d_up = d·silu(gate).
+void lk_swiglu_forward(const float *gate, const float *up, float *out, int count);
+void lk_swiglu_backward(const float *d, const float *gate, const float *up, float *d_gate, float *d_up, int count);
+
 #endif
