@@ -24,12 +24,14 @@ struct StepBench: ParsableCommand {
     @Flag(name: .customLong("shapes"), help: "Also print the products' time by shape, every shape, most time first.") var shapes = false
     @Option(help: "Frozen products: fp32, bf16 or auto.") var precision: ProductPrecision = .fp32
     @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
+    @Option(help: "Rows of logits the head computes at once.") var headRows = LlamaConfig.headRows
 
     func run() throws {
         let file = try GGUFFile(path: model)
         let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
         llama.gradientCheckpointing = checkpointing
         llama.attentionTile = attentionTile
+        llama.headChunkRows = headRows
         let resolution = precision.resolved(embedding: llama.config.embedding, hidden: llama.config.feedForward)
         llama.frozenProductInputs = resolution.inputs
         print("precision: \(resolution.note)")
