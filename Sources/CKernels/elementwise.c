@@ -39,6 +39,15 @@ LK_AVX2 static inline __m256i first_lanes(int left) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// The 8 floats at p, or the first `left` of them (the rest 0) at a row's end.
+LK_AVX2 static inline __m256 load_up_to_8(const float *p, int left) {
+    return left >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes(left));
+}
+
+LK_AVX2 static inline void store_up_to_8(float *p, int left, __m256 v) {
+    if (left >= 8) _mm256_storeu_ps(p, v); else _mm256_maskstore_ps(p, first_lanes(left), v);
+}
+
 LK_AVX2 static double exp_sum_avx2(const float *x, int count, float shift, float *out) {
     const __m256 s = _mm256_set1_ps(shift);
     double total = 0;
@@ -76,11 +85,8 @@ LK_AVX2 static inline __m256 sigmoid8(__m256 g) {
 LK_AVX2 static void swiglu_forward_avx2(const float *gate, const float *up, float *out, int count) {
     for (int i = 0; i < count; i += 8) {
         const int left = count - i;
-        const __m256i lanes = first_lanes(left);
-        const __m256 g = left >= 8 ? _mm256_loadu_ps(gate + i) : _mm256_maskload_ps(gate + i, lanes);
-        const __m256 u = left >= 8 ? _mm256_loadu_ps(up + i) : _mm256_maskload_ps(up + i, lanes);
-        const __m256 a = _mm256_mul_ps(_mm256_mul_ps(g, sigmoid8(g)), u);
-        if (left >= 8) _mm256_storeu_ps(out + i, a); else _mm256_maskstore_ps(out + i, lanes, a);
+        const __m256 g = load_up_to_8(gate + i, left), u = load_up_to_8(up + i, left);
+        store_up_to_8(out + i, left, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid8(g)), u));
     }
 }
 
@@ -89,20 +95,11 @@ LK_AVX2 static void swiglu_backward_avx2(const float *d, const float *gate, cons
     const __m256 one = _mm256_set1_ps(1.0f);
     for (int i = 0; i < count; i += 8) {
         const int left = count - i;
-        const __m256i lanes = first_lanes(left);
-        const __m256 g = left >= 8 ? _mm256_loadu_ps(gate + i) : _mm256_maskload_ps(gate + i, lanes);
-        const __m256 u = left >= 8 ? _mm256_loadu_ps(up + i) : _mm256_maskload_ps(up + i, lanes);
-        const __m256 dy = left >= 8 ? _mm256_loadu_ps(d + i) : _mm256_maskload_ps(d + i, lanes);
+        const __m256 g = load_up_to_8(gate + i, left), u = load_up_to_8(up + i, left), dy = load_up_to_8(d + i, left);
         const __m256 s = sigmoid8(g);
         const __m256 slope = _mm256_mul_ps(s, _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one));
-        const __m256 dg = _mm256_mul_ps(_mm256_mul_ps(dy, u), slope), du = _mm256_mul_ps(dy, _mm256_mul_ps(g, s));
-        if (left >= 8) {
-            _mm256_storeu_ps(d_gate + i, dg);
-            _mm256_storeu_ps(d_up + i, du);
-        } else {
-            _mm256_maskstore_ps(d_gate + i, lanes, dg);
-            _mm256_maskstore_ps(d_up + i, lanes, du);
-        }
+        store_up_to_8(d_gate + i, left, _mm256_mul_ps(_mm256_mul_ps(dy, u), slope));
+        store_up_to_8(d_up + i, left, _mm256_mul_ps(dy, _mm256_mul_ps(g, s)));
     }
 }
 #endif

@@ -293,6 +293,14 @@ int lk_matvec_avx512(void) {
 #endif
 }
 
+int lk_matvec_avx512_supported(void) {
+#if defined(__x86_64__)
+    return has_avx512();
+#else
+    return 0;
+#endif
+}
+
 void lk_set_matvec_avx512(int on) {
 #if defined(__x86_64__)
     avx512_kernels = on && has_avx512();

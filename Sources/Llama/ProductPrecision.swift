@@ -28,6 +28,15 @@ public enum ProductPrecision: String, Sendable, CaseIterable, Codable {
         }
     }
 
+    /// Resolves against this CPU for `model` (its shape times `auto`'s product) and sets what the model's batched
+    /// frozen-weight products multiply; returns the resolution for the caller to report.
+    @discardableResult
+    public func apply(to model: LlamaModel<Float>) -> Resolution {
+        let resolution = resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
+        model.frozenProductInputs = resolution.inputs
+        return resolution
+    }
+
     /// Resolves against this CPU; `embedding` and `hidden` give a product of the model's shape for `auto`'s timing.
     public func resolved(embedding: Int, hidden: Int) -> Resolution {
         switch self {

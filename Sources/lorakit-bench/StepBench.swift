@@ -32,8 +32,7 @@ struct StepBench: ParsableCommand {
         llama.gradientCheckpointing = checkpointing
         llama.attentionTile = attentionTile
         llama.headChunkRows = headRows
-        let resolution = precision.resolved(embedding: llama.config.embedding, hidden: llama.config.feedForward)
-        llama.frozenProductInputs = resolution.inputs
+        let resolution = precision.apply(to: llama)
         print("precision: \(resolution.note)")
         let adapter = try LoRAAdapter<Float>.initialized(layers: llama.config.layers, shapes: { llama.config.features(of: $0) },
                                                          targets: llama.config.resolve(LoRATarget.defaultTargets), rank: { _ in rank }, alpha: 16,

@@ -51,8 +51,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let (file, model, tokenizer) = try modelOptions.load()
-        let resolution = precision.resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
-        model.frozenProductInputs = resolution.inputs
+        let resolution = precision.apply(to: model)
         if precision != .fp32 { CLI.printError("precision: \(resolution.note)") }
         if ctx > model.config.contextLength {
             CLI.printError("warning: --ctx \(ctx) is beyond the \(model.config.contextLength) tokens the model was trained on; "

@@ -43,8 +43,7 @@ struct PerplexityCommand: ParsableCommand {
 
     func run() throws {
         let (_, model, tokenizer) = try modelOptions.load()
-        let resolution = precision.resolved(embedding: model.config.embedding, hidden: model.config.feedForward)
-        model.frozenProductInputs = resolution.inputs
+        let resolution = precision.apply(to: model)
         if precision != .fp32 { print("precision: \(resolution.note)") }
         let data: [UInt8]
         do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }

@@ -21,6 +21,8 @@ void lk_matvec(int type, const void *data, size_t row_bytes, int rows, int cols,
 /// LORAKIT_AVX512=off. lk_set_matvec_avx512 overrides (on is ignored on a CPU without AVX-512).
 int lk_matvec_avx512(void);
 void lk_set_matvec_avx512(int on);
+/// 1 where the AVX-512 build can run (the CPU has AVX512F/BW/VL/DQ), whatever is chosen.
+int lk_matvec_avx512_supported(void);
 
 /// The same product with x rounded to 8 bits per block of 32 first (llama.cpp's activation rounding), multiplied
 /// in integers: y = W·x̂, x̂ = d_b·q (lk_quantize_activations). Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K and Q6_K.
