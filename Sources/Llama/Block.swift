@@ -105,9 +105,10 @@ enum AttentionMode<T: KernelScalar> {
     case cached(KVCache<T>, layer: Int)
 }
 
-/// What one block's forward keeps for its backward. The normalized inputs (h1, h2), the gated activation (act),
-/// the attention probabilities and output (attn) and the residual after attention (xMid, one product away) are
-/// cheap to rebuild, so `restore` recomputes them instead of keeping them (that more than halves activation memory).
+/// What one block's forward keeps for its backward. The normalized inputs (h1, h2) and the gated activation (act)
+/// are element-wise work away from what is kept, so `restore` recomputes them instead of keeping them (30 % of a
+/// SmolLM2 layer's activations). The attention's output and saves (attn, probs) and the residual after attention
+/// (xMid, one product away) are kept: rebuilding them cost 7 % of a step's products (BENCHMARKS.md).
 /// The `…Pre` values are the inputs of the optional norms (Q/K norms, post-norms), with their `rstd`.
 final class BlockActivations<T: KernelScalar> {
     var xIn: [T] = [], h1: [T] = [], rstd1: [T] = []
@@ -177,22 +178,18 @@ struct TransformerBlock<T: KernelScalar> {
         }
         if let c {
             (c.xIn, c.rstd1, c.q, c.k, c.v, c.rstd2, c.gate, c.up) = (x, rstd1, q, k, v, rstd2, gate, up)
+            (c.probs, c.attn, c.xMid, c.oPre, c.rstdO) = (probs, attn, xMid, oPre, rstdO)
             if description.qkNorm { (c.qPre, c.kPre, c.rstdQ, c.rstdK) = (qPre, kPre, rstdQ, rstdK) }
-            if everything {
-                (c.h1, c.probs, c.attn, c.xMid, c.h2, c.act) = (h1, probs, attn, xMid, h2, act)
-                (c.oPre, c.rstdO) = (oPre, rstdO)
-            }
+            if everything { (c.h1, c.h2, c.act) = (h1, h2, act) }
         }
         return out
     }
 
-    /// Rebuilds what `forward` keeps only with `everything` (h1, probs, attn, xMid, h2, act) from what it always
-    /// keeps, through the same steps.
-    func restore(_ c: BlockActivations<T>, attention: Attention<T>) {
+    /// Rebuilds what `forward` keeps only with `everything` (h1, h2, act) from what it always keeps, through the
+    /// same steps.
+    func restore(_ c: BlockActivations<T>) {
         let n = c.xIn.count / config.embedding
         c.h1 = norm(c.xIn, weights.attnNorm, rows: n).y
-        (c.attn, c.probs) = attend(c.q, c.k, c.v, rows: n, .causal(attention))
-        (c.xMid, c.oPre, c.rstdO) = attentionResidual(c.attn, c.xIn, rows: n, nil)
         c.h2 = norm(c.xMid, weights.ffnNorm, rows: n).y
         c.act = activate(c.gate, c.up)
     }

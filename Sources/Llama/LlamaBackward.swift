@@ -34,7 +34,7 @@ extension LlamaModel {
             } else {
                 kept = activations[l]
                 activations[l] = BlockActivations<T>()  // free as we go
-                block.restore(kept, attention: attention)
+                block.restore(kept)
             }
             dx = block.backward(dx, attention: attention, activations: kept)
         }

@@ -51,9 +51,8 @@ public struct MemoryPlan: Sendable, Equatable {
     public init(_ i: Inputs, checkpointing: Bool) {
         let mc = i.config, tokens = i.batch * i.context
         let layerBytes = MemoryPlan.keptPerLayer(i)
-        // The layer in flight also holds its normalized inputs, residual, attention output and what the tiled
-        // attention saves (one value per row and head), the gated activation and their gradients.
-        let workingBytes = 4 * (tokens * (3 * mc.embedding + mc.qDim + 3 * mc.feedForward) + i.batch * mc.heads * i.context)
+        // The layer in flight also holds its normalized inputs, the gated activation and their gradients.
+        let workingBytes = 4 * tokens * (2 * mc.embedding + 3 * mc.feedForward)
             + (i.bf16Weights ? 2 * tokens * mc.feedForward : 0)  // a product's input rounded to bf16
         // The head stays dequantized, or (large vocabularies) one chunk of it and that chunk's logits at a time.
         // bf16 weights are dequantized a chunk of rows at a time and rounded, so the float32 copy is one chunk.
@@ -97,10 +96,12 @@ public struct MemoryPlan: Sendable, Equatable {
         return tooMuch ? MemoryPlan(i, checkpointing: true) : without
     }
 
-    /// Bytes a layer keeps for backward without checkpointing: input, q, k, v, gate, up (see BlockActivations).
+    /// Bytes a layer keeps for backward without checkpointing: input, q, k, v, attention output and saves (one
+    /// value per row and head), the residual after attention (and with post-norms the attention's projection
+    /// before its norm), gate, up (see BlockActivations).
     static func keptPerLayer(_ i: Inputs) -> Int {
-        let mc = i.config
-        return 4 * i.batch * i.context * (mc.embedding + mc.qDim + 2 * mc.kvDim + 2 * mc.feedForward)
+        let mc = i.config, residuals = mc.postNorms ? 2 : 1
+        return 4 * i.batch * i.context * ((1 + residuals) * mc.embedding + 2 * mc.qDim + 2 * mc.kvDim + 2 * mc.feedForward + mc.heads)
     }
 
     /// The nearest setting that fits in `limit` when this one does not: gradient checkpointing first, then fewer rows

@@ -16,8 +16,9 @@ final class MemoryPlanTests: XCTestCase {
     func testPartsFollowTheModelShape() {
         let plan = MemoryPlan(inputs(), checkpointing: false)
         let tokens = 4 * 256
-        let kept = 4 * tokens * (576 + 576 + 2 * 192 + 2 * 1536)
-        let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 4 * 9 * 256)  // the tiled attention's row statistics
+        // x, xMid, q, attention output, k, v, gate, up, and the tiled attention's one value per row and head
+        let kept = 4 * tokens * (576 + 576 + 576 + 576 + 2 * 192 + 2 * 1536 + 9)
+        let working = 4 * tokens * (2 * 576 + 3 * 1536)
         let layer = (134_515_008 - 49152 * 576) / 30 * 4
         XCTAssertEqual(plan.parts[0].bytes, 100_000_000 + 49152 * 576 * 4, "the file and the dense head")
         XCTAssertEqual(plan.parts[1].bytes, 30 * kept)
@@ -40,8 +41,8 @@ final class MemoryPlanTests: XCTestCase {
     /// Long rows cost the attention one value per row and head, not the [T, T] probabilities.
     func testLongRowsArePlannedWithTiledAttention() {
         let plan = MemoryPlan(inputs(batch: 1, context: 4096), checkpointing: true)
-        let tokens = 4096, kept = 4 * tokens * (576 + 576 + 2 * 192 + 2 * 1536)
-        let working = 4 * (tokens * (3 * 576 + 576 + 3 * 1536) + 9 * 4096)
+        let tokens = 4096, kept = 4 * tokens * (576 + 576 + 576 + 576 + 2 * 192 + 2 * 1536 + 9)
+        let working = 4 * tokens * (2 * 576 + 3 * 1536)
         XCTAssertEqual(plan.parts[2].bytes, working + kept + (134_515_008 - 49152 * 576) / 30 * 4)
     }
 
