@@ -52,9 +52,11 @@ final class BLASTests: XCTestCase {
     }
 
     /// Where oneDNN runs (CPUs with bf16 products), products with a result of at most 16 rows or columns go through
-    /// it, with alpha as its output scale and beta = 1 as its sum: equal to the reference on LoRA's shapes.
+    /// it, with alpha as its output scale and beta = 1 as its sum: equal to the reference on LoRA's shapes, and on
+    /// shapes that are not multiples of a register tile.
     func testNarrowProductsEqualTheReference() {
-        checkAgainstReference([(1024, 8, 576), (8, 576, 1024), (300, 16, 40), (16, 300, 40), (5, 7, 3)])
+        checkAgainstReference([(1024, 8, 576), (8, 576, 1024), (300, 16, 40), (16, 300, 40), (5, 7, 3), (37, 5, 300),
+                               (13, 100, 77), (50, 130, 3), (9, 3, 17)])
     }
 
     /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
@@ -117,6 +119,10 @@ final class BLASTests: XCTestCase {
                         XCTAssertLessThanOrEqual(abs(c1[i] - c2[i]), bound, "\(m)×\(n)×\(k) transA \(transA) transB \(transB) beta \(beta), element \(i)")
                     }
                     XCTAssertNotEqual(c1, c0, "the product was written")
+                    for i in 0..<(m * ldc) where i % ldc >= n && c1[i] != c0[i] {
+                        XCTFail("\(m)×\(n)×\(k) transA \(transA) transB \(transB): element \(i) past the row's end was written")
+                        break
+                    }
                 }
             }
         }
