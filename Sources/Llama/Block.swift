@@ -108,7 +108,7 @@ enum AttentionMode<T: KernelScalar> {
 /// What one block's forward keeps for its backward. The normalized inputs (h1, h2) and the gated activation (act)
 /// are element-wise work away from what is kept, so `restore` recomputes them instead of keeping them (30 % of a
 /// SmolLM2 layer's activations). The attention's output and saves (attn, probs) and the residual after attention
-/// (xMid, one product away) are kept: rebuilding them cost 7 % of a step's products (BENCHMARKS.md).
+/// (xMid, one product away) are kept: rebuilding them cost 5 % of a SmolLM2 step's products (BENCHMARKS.md).
 /// The `…Pre` values are the inputs of the optional norms (Q/K norms, post-norms), with their `rstd`.
 final class BlockActivations<T: KernelScalar> {
     var xIn: [T] = [], h1: [T] = [], rstd1: [T] = []

@@ -40,8 +40,17 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         set { weights.productInputs = newValue }
     }
 
-    /// Whether the head is computed chunk by chunk of vocabulary rows (see `denseHeadLimit`).
-    public var headIsChunked: Bool { config.vocabulary * config.embedding * MemoryLayout<T>.size > denseHeadLimit }
+    /// Whether the head is computed chunk by chunk of vocabulary rows: always when its dequantized copy would pass
+    /// `denseHeadLimit`, and in training when the head has no trainable adapter. Then one pass over the chunks gives
+    /// the loss and dL/dh with each chunk's logits still in cache (SmolLM2: the head's products at 97 GFLOP/s against
+    /// 82–88 over rows of the dense head, and no 113 MB dense copy; BENCHMARKS.md). A trainable head adapter needs
+    /// each chunk's exact dlogits, two passes over the chunks, so that head stays dense when it fits.
+    public var headIsChunked: Bool {
+        config.vocabulary * config.embedding * MemoryLayout<T>.size > denseHeadLimit
+            || (trainsFrozenHeadInChunks && adapters.contains { $0.trainable } && !adaptersFor("output").hasTrainable)
+    }
+    /// Set to false to train with a head that fits dense even without a trainable head adapter (comparisons).
+    public var trainsFrozenHeadInChunks = true
 
     var vocabularyRanges: [Range<Int>] {
         stride(from: 0, to: config.vocabulary, by: vocabularyChunk).map { $0..<min(config.vocabulary, $0 + vocabularyChunk) }

@@ -16,9 +16,12 @@ public struct MemoryPlan: Sendable, Equatable {
         public var cacheWeights: Bool
         /// Dequantized weights kept in bf16 (2 bytes a value) for bf16 products, instead of float32.
         public var bf16Weights: Bool
+        /// The head has a trainable adapter (`--lora-targets` with `output`): it stays dense when it fits
+        /// (`LlamaModel.headIsChunked`).
+        public var trainsHead: Bool
 
         public init(config: LlamaConfig, fileSize: Int, parameterCount: Int, batch: Int, context: Int,
-                    trainableParameters: Int, cacheWeights: Bool, bf16Weights: Bool = false) {
+                    trainableParameters: Int, cacheWeights: Bool, bf16Weights: Bool = false, trainsHead: Bool = false) {
             self.config = config
             self.fileSize = fileSize
             self.parameterCount = parameterCount
@@ -27,6 +30,7 @@ public struct MemoryPlan: Sendable, Equatable {
             self.trainableParameters = trainableParameters
             self.cacheWeights = cacheWeights
             self.bf16Weights = bf16Weights
+            self.trainsHead = trainsHead
         }
     }
 
@@ -63,7 +67,8 @@ public struct MemoryPlan: Sendable, Equatable {
         // A chunk holds its weights and the chunk's logits for every row (twice with a final soft cap, which keeps the
         // capped logits for its backward).
         let logitCopies = mc.finalSoftCap == nil ? 1 : 2
-        let headIsDense = mc.vocabulary * mc.embedding * 4 <= LlamaConfig.denseHeadLimit  // decided on float32's size
+        // Decided on float32's size, and only for a trained head (`LlamaModel.headIsChunked`).
+        let headIsDense = i.trainsHead && mc.vocabulary * mc.embedding * 4 <= LlamaConfig.denseHeadLimit
         // With bf16 products the logits' gradient is also rounded to bf16 for dlogits·W.
         let headPhase = headIsDense ? (4 * logitCopies + (i.bf16Weights ? 2 : 0)) * min(tokens, LlamaConfig.headRows) * mc.vocabulary
                                     : 4 * chunk * (mc.embedding + logitCopies * tokens) + (i.bf16Weights ? 2 * chunk * tokens : 0)

@@ -185,7 +185,8 @@ public final class Trainer {
         }
         let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
                                        batch: c.batch, context: c.context, trainableParameters: trainable,
-                                       cacheWeights: c.cacheWeights, bf16Weights: model.keepsBF16Weights)
+                                       cacheWeights: c.cacheWeights, bf16Weights: model.keepsBF16Weights,
+                                       trainsHead: targets.contains(.output))
         let memory = MemoryPlan.choose(inputs, checkpointing: c.gradientCheckpointing,
                                        limit: c.memoryLimit ?? Trainer.availableMemory())
         model.gradientCheckpointing = memory.gradientCheckpointing

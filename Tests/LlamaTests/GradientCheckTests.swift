@@ -183,6 +183,28 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    /// A head that fits dense is computed in vocabulary chunks in training when no trainable adapter adapts it, and
+    /// stays dense with a trainable head adapter or without training.
+    func testTrainingWithoutAHeadAdapterChunksTheHead() throws {
+        let path = temporaryDirectory() + "/tiny.gguf"
+        try TinyLlama().write(to: path)
+        let model = try LlamaModel<Double>(file: GGUFFile(path: path))
+        func adapter(_ targets: [LoRATarget]) throws -> LoRAAdapter<Double> {
+            try LoRAAdapter<Double>.initialized(layers: model.config.layers, shapes: { model.config.features(of: $0) },
+                                                targets: targets, rank: { _ in 2 }, alpha: 4, rsLoRA: false, seed: 1)
+        }
+        XCTAssertFalse(model.headIsChunked, "no adapter")
+        try model.attach(adapter([.output]), multiplier: 0.5)
+        XCTAssertFalse(model.headIsChunked, "a head adapter applied, nothing trained")
+        try model.attach(adapter([.attnQ]), trainable: true)
+        XCTAssertTrue(model.headIsChunked, "training the blocks only")
+        model.trainsFrozenHeadInChunks = false
+        XCTAssertFalse(model.headIsChunked)
+        model.trainsFrozenHeadInChunks = true
+        try model.attach(adapter([.output]), trainable: true)
+        XCTAssertFalse(model.headIsChunked, "training the head")
+    }
+
     func checkWholeModel(_ base: TinyLlama, chunkedHead: Bool = false, frozenHead: Bool = false,
                          attentionTile: Int = Attention<Double>.defaultTile) throws {
         do {
@@ -223,7 +245,8 @@ final class GradientCheckTests: XCTestCase {
                 adapter.zeroGradients()
                 _ = try model.forwardBackward(tokens: tokens, targets: targets, batch: 2, lossScale: 1.0 / 11)
                 let chunkedGradients = adapter.order.map { adapter[$0]!.gradA + adapter[$0]!.gradB }
-                model.denseHeadLimit = .max
+                (model.denseHeadLimit, model.trainsFrozenHeadInChunks) = (.max, false)
+                XCTAssertFalse(model.headIsChunked)
                 let dense = try model.logits(tokens: tokens, batch: 2)
                 for i in dense.indices { XCTAssertEqual(chunked[i], dense[i], accuracy: 1e-12) }
                 adapter.zeroGradients()
@@ -232,7 +255,7 @@ final class GradientCheckTests: XCTestCase {
                     let d = adapter[name]!.gradA + adapter[name]!.gradB
                     for i in d.indices { XCTAssertEqual(g[i], d[i], accuracy: 1e-12, name) }
                 }
-                model.denseHeadLimit = 0
+                (model.denseHeadLimit, model.trainsFrozenHeadInChunks) = (0, true)
             }
             var withoutCheckpointing: [[Double]] = []
             for checkpointing in [false, true] {

@@ -20,11 +20,17 @@ final class MemoryPlanTests: XCTestCase {
         let kept = 4 * tokens * (576 + 576 + 576 + 576 + 2 * 192 + 2 * 1536 + 9)
         let working = 4 * tokens * (2 * 576 + 3 * 1536)
         let layer = (134_515_008 - 49152 * 576) / 30 * 4
-        XCTAssertEqual(plan.parts[0].bytes, 100_000_000 + 49152 * 576 * 4, "the file and the dense head")
+        XCTAssertEqual(plan.parts[0].bytes, 100_000_000, "the file: a head without a trainable adapter is read in chunks")
         XCTAssertEqual(plan.parts[1].bytes, 30 * kept)
-        XCTAssertEqual(plan.parts[2].bytes, max(working + layer, 4 * 160 * 49152),
-                       "the larger of a layer in flight and a block of the head's logits")
+        XCTAssertEqual(plan.parts[2].bytes, max(working + layer, 4 * 4096 * (576 + tokens)),
+                       "the larger of a layer in flight and a chunk of the head with its logits")
         XCTAssertTrue(plan.parts[2].name.hasPrefix("layer"), plan.parts[2].name)
+        var trainedHead = inputs()
+        trainedHead.trainsHead = true
+        let dense = MemoryPlan(trainedHead, checkpointing: false)
+        XCTAssertEqual(dense.parts[0].bytes, 100_000_000 + 49152 * 576 * 4, "a trained head: the file and the dense head")
+        XCTAssertEqual(dense.parts[2].bytes, max(working + layer, 4 * 160 * 49152),
+                       "the larger of a layer in flight and a block of the dense head's logits")
         XCTAssertEqual(plan.parts[3].bytes, 4_884_480 * 16, "A, B, their gradients and two moments in float32")
         XCTAssertEqual(plan.parts[4].bytes, 48 << 20)
         XCTAssertEqual(plan.total, plan.parts.reduce(0) { $0 + $1.bytes })
@@ -34,8 +40,11 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertLessThan(checkpointed.total, plan.total)
         var cached = inputs()
         cached.cacheWeights = true
+        XCTAssertEqual(MemoryPlan(cached, checkpointing: false).parts[0].bytes, 100_000_000 + 4 * (134_515_008 - 49152 * 576),
+                       "--cache-weights: every block weight")
+        cached.trainsHead = true
         XCTAssertEqual(MemoryPlan(cached, checkpointing: false).parts[0].bytes, 100_000_000 + 49152 * 576 * 4 + 4 * (134_515_008 - 49152 * 576),
-                       "--cache-weights: every block weight, the head once")
+                       "--cache-weights with a trained head: every block weight, the head once")
     }
 
     /// Long rows cost the attention one value per row and head, not the [T, T] probabilities.
@@ -61,15 +70,14 @@ final class MemoryPlanTests: XCTestCase {
         let layer = (8_030_261_248 - 2 * 128_256 * 4096) / 32 * 4
         XCTAssertGreaterThan(plan(context: 512).parts[2].bytes, layer, "a layer in flight outweighs the head's chunk")
         // A narrow model with a large vocabulary (Gemma 3 270M: 640 wide, 262 144 tokens) at 4096-token rows: the
-        // chunk's logits outweigh the layer.
+        // chunk and its logits are counted.
         var gemma = smol
         (gemma.layers, gemma.embedding, gemma.vocabulary, gemma.feedForward) = (18, 640, 262_144, 2048)
         (gemma.heads, gemma.kvHeads, gemma.headDim) = (4, 1, 256)
         let long = MemoryPlan(MemoryPlan.Inputs(config: gemma, fileSize: 250_000_000, parameterCount: 268_098_176,
                                                 batch: 1, context: 4096, trainableParameters: 1_000_000, cacheWeights: false),
                               checkpointing: true)
-        XCTAssertEqual(long.parts[2].bytes, 4 * 16384 * (640 + 4096))
-        XCTAssertTrue(long.parts[2].name.hasPrefix("head"), long.parts[2].name)
+        XCTAssertGreaterThanOrEqual(long.parts[2].bytes, 4 * LlamaConfig.vocabularyChunk * (640 + 4096))
     }
 
     func testCheckpointingTurnsOnWhenNeeded() {
