@@ -94,6 +94,13 @@ public struct LlamaConfig: Sendable, Equatable {
     public static let denseHeadLimit = 512 << 20
     /// Values dequantized to float32 at a time when a weight is made bf16 (the float copy never exceeds it).
     public static let bf16RoundingChunk = 1 << 20
+    /// Whether the head is computed chunk by chunk of vocabulary rows: when its dequantized copy (`valueBytes` a
+    /// value) would pass `limit`, and in training when no trainable adapter adapts the head (`LlamaModel.headIsChunked`
+    /// says why). The one rule for the model and its memory plan.
+    public func chunksHead(valueBytes: Int, limit: Int = LlamaConfig.denseHeadLimit, trainingWithFrozenHead: Bool) -> Bool {
+        vocabulary * embedding * valueBytes > limit || trainingWithFrozenHead
+    }
+
     /// Vocabulary rows of a chunked head computed at once: each chunk's products (1024 × 4096 × 896 for Qwen2.5)
     /// ran at 101–103 GFLOP/s against 81–96 for chunks of 16 384, whose logits did not stay in cache.
     public static let vocabularyChunk = 4096

@@ -46,8 +46,8 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     /// 82–88 over rows of the dense head, and no 113 MB dense copy; BENCHMARKS.md). A trainable head adapter needs
     /// each chunk's exact dlogits, two passes over the chunks, so that head stays dense when it fits.
     public var headIsChunked: Bool {
-        config.vocabulary * config.embedding * MemoryLayout<T>.size > denseHeadLimit
-            || (trainsFrozenHeadInChunks && adapters.contains { $0.trainable } && !adaptersFor("output").hasTrainable)
+        config.chunksHead(valueBytes: MemoryLayout<T>.size, limit: denseHeadLimit, trainingWithFrozenHead:
+            trainsFrozenHeadInChunks && adapters.contains { $0.trainable } && !adaptersFor("output").hasTrainable)
     }
     /// Set to false to train with a head that fits dense even without a trainable head adapter (comparisons).
     public var trainsFrozenHeadInChunks = true

@@ -67,8 +67,7 @@ public struct MemoryPlan: Sendable, Equatable {
         // A chunk holds its weights and the chunk's logits for every row (twice with a final soft cap, which keeps the
         // capped logits for its backward).
         let logitCopies = mc.finalSoftCap == nil ? 1 : 2
-        // Decided on float32's size, and only for a trained head (`LlamaModel.headIsChunked`).
-        let headIsDense = i.trainsHead && mc.vocabulary * mc.embedding * 4 <= LlamaConfig.denseHeadLimit
+        let headIsDense = !mc.chunksHead(valueBytes: 4, trainingWithFrozenHead: !i.trainsHead)  // on float32's size
         // With bf16 products the logits' gradient is also rounded to bf16 for dlogits·W.
         let headPhase = headIsDense ? (4 * logitCopies + (i.bf16Weights ? 2 : 0)) * min(tokens, LlamaConfig.headRows) * mc.vocabulary
                                     : 4 * chunk * (mc.embedding + logitCopies * tokens) + (i.bf16Weights ? 2 * chunk * tokens : 0)
