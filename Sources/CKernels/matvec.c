@@ -242,17 +242,73 @@ LK_AVX2 LK_INLINE static inline void rows_k(int type, const uint8_t *data, size_
     }
 }
 
-// Each row loop is compiled twice from the same source, with the row kernels inlined into it: for AVX2, and for
-// AVX-512, where the compiler has 32 vector registers, mask compares and three-input logic for the same intrinsics
-// (on a Zen 4, 4-10 % more weights per ns on Q5_0/Q5_1/Q5_K/Q6_K, level elsewhere: lorakit-bench matvec prints
-// both builds). The int8 kernels measured slower when compiled for AVX-512 and stay AVX2 only.
+// The 32-element block types in 512-bit registers (the AVX-512 build only): a block's 16 quant bytes widen with one
+// vpmovzxbd into 16 lanes, low nibbles (elements 0..15) and high nibbles (16..31) each a register after an and or
+// a shift, Q5's fifth bits set under masks read straight from qh, Q8_0's bytes in two signed widenings; x in its own
+// order. Fewer instructions per block than the shuffles above: on a Zen 4 (512-bit operations in two halves),
+// 5-29 % more weights per ns (lorakit-bench matvec prints both builds).
+LK_AVX512 LK_INLINE static inline float row_q4_q5_512(int type, const uint8_t *row, const float *x, const float *sums,
+                                                     int blocks) {
+    const int five = type == Q5_0 || type == Q5_1, with_minimum = type == Q4_1 || type == Q5_1;
+    const int header = with_minimum ? 4 : 2, quants = header + (five ? 4 : 0), bytes = quants + 16;
+    const float offset = five ? -16 : -8;
+    const __m512i low_nibble = _mm512_set1_epi32(0x0F), sixteen = _mm512_set1_epi32(16);
+    __m512 total = _mm512_setzero_ps();
+    float offsets = 0;
+    for (int b = 0; b < blocks; b++, row += bytes) {
+        const float d = half_from_table(row);
+        offsets += (with_minimum ? half_from_table(row + 2) : offset * d) * sums[b];
+        const __m512i bytes16 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + quants)));
+        __m512i low = _mm512_and_si512(bytes16, low_nibble), high = _mm512_srli_epi32(bytes16, 4);
+        if (five) {
+            uint32_t qh;
+            memcpy(&qh, row + header, 4);
+            low = _mm512_mask_or_epi32(low, (__mmask16)qh, low, sixteen);
+            high = _mm512_mask_or_epi32(high, (__mmask16)(qh >> 16), high, sixteen);
+        }
+        __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(low), _mm512_loadu_ps(x + 32 * b));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), _mm512_loadu_ps(x + 32 * b + 16), acc);
+        total = _mm512_fmadd_ps(_mm512_set1_ps(d), acc, total);
+    }
+    return _mm512_reduce_add_ps(total) + offsets;
+}
+
+LK_AVX512 LK_INLINE static inline float row_q8_0_512(const uint8_t *row, const float *x, int blocks) {
+    __m512 total = _mm512_setzero_ps();
+    for (int b = 0; b < blocks; b++, row += 34) {
+        const int8_t *q = (const int8_t *)(row + 2);
+        const __m512 low = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+        const __m512 high = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+        __m512 acc = _mm512_mul_ps(low, _mm512_loadu_ps(x + 32 * b));
+        acc = _mm512_fmadd_ps(high, _mm512_loadu_ps(x + 32 * b + 16), acc);
+        total = _mm512_fmadd_ps(_mm512_set1_ps(half_from_table(row)), acc, total);
+    }
+    return _mm512_reduce_add_ps(total);
+}
+
+// Each row loop is compiled twice, with the row kernels inlined into it: for AVX2, and for AVX-512, where the
+// block types have the kernels above and the rest (K-quants, float rows) are the AVX2 intrinsics compiled with 32
+// vector registers, mask compares and three-input logic (on a Zen 4, 4-10 % more weights per ns on Q5_K/Q6_K,
+// level on Q4_K). The int8 kernels measured slower when compiled for AVX-512 and stay AVX2 only.
 LK_AVX2 static void rows_blocks_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
                                      const float *xp, const float *sums, float *y, int begin, int end) {
     rows_blocks(type, data, row_bytes, cols, x, xp, sums, y, begin, end);
 }
 LK_AVX512 static void rows_blocks_avx512(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
-                                         const float *xp, const float *sums, float *y, int begin, int end) {
-    rows_blocks(type, data, row_bytes, cols, x, xp, sums, y, begin, end);
+                                         const float *sums, float *y, int begin, int end) {
+    const int blocks = cols / 32;
+    for (int r = begin; r < end; r++) {
+        const uint8_t *row = data + (size_t)r * row_bytes;
+        prefetch_ahead(data, row_bytes, r, end);
+        switch (type) {
+        case Q4_0: y[r] = row_q4_q5_512(Q4_0, row, x, sums, blocks); break;
+        case Q4_1: y[r] = row_q4_q5_512(Q4_1, row, x, sums, blocks); break;
+        case Q5_0: y[r] = row_q4_q5_512(Q5_0, row, x, sums, blocks); break;
+        case Q5_1: y[r] = row_q4_q5_512(Q5_1, row, x, sums, blocks); break;
+        case Q8_0: y[r] = row_q8_0_512(row, x, blocks); break;
+        default: y[r] = row_float(type, row, x, cols); break;
+        }
+    }
 }
 LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
                                 const float *half_sums, const float *xp, float *y, int begin, int end) {
@@ -317,8 +373,8 @@ static void matvec_range(const void *context, int begin, int end) {
         (wide ? rows_k_avx512 : rows_k_avx2)(job->type, job->data, job->row_bytes, job->cols, job->sums,
                                              job->half_sums, job->xp, job->y, begin, end);
     } else {
-        (wide ? rows_blocks_avx512 : rows_blocks_avx2)(job->type, job->data, job->row_bytes, job->cols, job->x,
-                                                       job->xp, job->sums, job->y, begin, end);
+        if (wide) rows_blocks_avx512(job->type, job->data, job->row_bytes, job->cols, job->x, job->sums, job->y, begin, end);
+        else rows_blocks_avx2(job->type, job->data, job->row_bytes, job->cols, job->x, job->xp, job->sums, job->y, begin, end);
     }
 #else
     (void)context; (void)begin; (void)end;
