@@ -251,26 +251,35 @@ LK_AVX512 LK_INLINE static inline float row_q4_q5_512(int type, const uint8_t *r
                                                      int blocks) {
     const int five = type == Q5_0 || type == Q5_1, with_minimum = type == Q4_1 || type == Q5_1;
     const int header = with_minimum ? 4 : 2, quants = header + (five ? 4 : 0), bytes = quants + 16;
-    const float offset = five ? -16 : -8;
-    const __m512i low_nibble = _mm512_set1_epi32(0x0F), sixteen = _mm512_set1_epi32(16);
+    const __m512i low_nibble = _mm512_set1_epi32(0x0F), eight = _mm512_set1_epi32(8), sixteen = _mm512_set1_epi32(16);
     __m512 total = _mm512_setzero_ps();
-    float offsets = 0;
+    float minimums = 0;
     for (int b = 0; b < blocks; b++, row += bytes) {
         const float d = half_from_table(row);
-        offsets += (with_minimum ? half_from_table(row + 2) : offset * d) * sums[b];
+        if (with_minimum) minimums += half_from_table(row + 2) * sums[b];
         const __m512i bytes16 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + quants)));
         __m512i low = _mm512_and_si512(bytes16, low_nibble), high = _mm512_srli_epi32(bytes16, 4);
+        // The symmetric types' quants made signed in the lanes (q − 8; Q5_0's q − 16 as one masked subtraction
+        // where the fifth bit is clear), so no per-block offset term remains; Q5_1 sets its fifth bits.
         if (five) {
             uint32_t qh;
             memcpy(&qh, row + header, 4);
-            low = _mm512_mask_or_epi32(low, (__mmask16)qh, low, sixteen);
-            high = _mm512_mask_or_epi32(high, (__mmask16)(qh >> 16), high, sixteen);
+            if (with_minimum) {
+                low = _mm512_mask_or_epi32(low, (__mmask16)qh, low, sixteen);
+                high = _mm512_mask_or_epi32(high, (__mmask16)(qh >> 16), high, sixteen);
+            } else {
+                low = _mm512_mask_sub_epi32(low, (__mmask16)~qh, low, sixteen);
+                high = _mm512_mask_sub_epi32(high, (__mmask16)(~qh >> 16), high, sixteen);
+            }
+        } else if (!with_minimum) {
+            low = _mm512_sub_epi32(low, eight);
+            high = _mm512_sub_epi32(high, eight);
         }
         __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(low), _mm512_loadu_ps(x + 32 * b));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), _mm512_loadu_ps(x + 32 * b + 16), acc);
         total = _mm512_fmadd_ps(_mm512_set1_ps(d), acc, total);
     }
-    return _mm512_reduce_add_ps(total) + offsets;
+    return _mm512_reduce_add_ps(total) + minimums;
 }
 
 LK_AVX512 LK_INLINE static inline float row_q8_0_512(const uint8_t *row, const float *x, int blocks) {
