@@ -36,7 +36,7 @@ do {
     }
 
     // 2. Generate with the adapter applied at run time, streaming the answer.
-    let file = try GGUFFile(path: modelPath)
+    let file = try GGUFFile(path: modelPath, storage: .inMemory)  // huge pages: faster per-token products
     let model = try LlamaModel<Float>(file: file)
     let tokenizer = try Tokenizer(file: file)
     try model.attach(try AdapterLoader.load(summary.adapterPath).adapter)

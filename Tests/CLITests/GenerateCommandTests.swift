@@ -18,6 +18,17 @@ final class GenerateCommandTests: XCTestCase {
         XCTAssertTrue(err.contains("tokens/s"), err)
     }
 
+    /// The model read into memory (the default) and mapped (`--mmap`) generate the same text.
+    func testMappedModelGeneratesTheSame() throws {
+        try requireModel()
+        let arguments = ["generate", "-m", model, "-p", "The capital of France is", "-n", "8", "--temp", "0"]
+        let (status, out, err) = try LoRAKitBinary.run(arguments)
+        let (mappedStatus, mappedOut, mappedErr) = try LoRAKitBinary.run(arguments + ["--mmap"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertEqual(mappedStatus, 0, mappedErr)
+        XCTAssertEqual(out, mappedOut)
+    }
+
     /// 8-bit activations: still Paris, and an unknown mode is one error line.
     func testInt8ActivationsAndABadMode() throws {
         try requireModel()
