@@ -56,7 +56,7 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("cache-weights"), help: "Keep every weight dequantized in memory (faster, more memory).")
     var cacheWeights = false
 
-    @Flag(name: .customLong("mmap"), help: "Map the model file instead of reading it into memory: starts at once and lets the OS drop weights under memory pressure; generation 12-15 % slower.")
+    @Flag(name: .customLong("mmap"), help: "Map the model file instead of reading it into memory: starts sooner, peaks lower and lets the OS drop weights under memory pressure; generation 12-15 % slower.")
     var mapModel = false
 
     func validate() throws {
