@@ -237,7 +237,10 @@ extension Attention {
     public static func overCache(q: UnsafePointer<T>, n: Int, keys: UnsafePointer<T>, values: UnsafePointer<T>,
                                  position: Int, heads: Int, kvHeads: Int, headDim d: Int, scoring: AttentionScoring<T>,
                                  out: UnsafeMutablePointer<T>) {
-        if T.self == Float.self {
+        if n >= batchedCacheRows {
+            overCacheBatched(q: q, n: n, keys: keys, values: values, position: position, heads: heads, kvHeads: kvHeads,
+                             headDim: d, scoring: scoring, out: out)
+        } else if T.self == Float.self {
             Attention<Float>.overCacheFast(q: q.asFloat, n: n, keys: keys.asFloat, values: values.asFloat, position: position,
                                            heads: heads, kvHeads: kvHeads, headDim: d,
                                            scoring: unsafeBitCast(scoring, to: AttentionScoring<Float>.self),
@@ -245,6 +248,45 @@ extension Attention {
         } else {
             overCacheReference(q: q, n: n, keys: keys, values: values, position: position, heads: heads, kvHeads: kvHeads,
                                headDim: d, scoring: scoring, out: out)
+        }
+    }
+
+    /// From this many new tokens on (a prompt), attention over the cache runs as two products per query head and
+    /// chunk of tokens instead of vector dots per (token, head): Gemma 3's 276-token prompt spent ~85 ms in the
+    /// dots, a tenth of the prompt.
+    public static var batchedCacheRows: Int { 16 }
+
+    /// Attention of n new tokens over the cache as products: for each query head and chunk of up to 128 tokens,
+    /// S = scale·Q·Kᵀ over the keys any of them sees, each row capped, masked to its own window and softmaxed, then
+    /// O = P·V. The products also score keys a row does not see (the chunk's later tokens, and with a window the
+    /// earlier ones); the mask zeroes them before P·V.
+    ///   q, out: [n][heads][d]; keys, values: [position + n][kvHeads][d]
+    @inlinable
+    public static func overCacheBatched(q: UnsafePointer<T>, n: Int, keys: UnsafePointer<T>, values: UnsafePointer<T>,
+                                        position: Int, heads: Int, kvHeads: Int, headDim d: Int,
+                                        scoring: AttentionScoring<T>, out: UnsafeMutablePointer<T>) {
+        let group = heads / kvHeads, qStride = heads * d, kvStride = kvHeads * d, chunk = 128
+        let scores = UnsafeMutablePointer<T>.allocate(capacity: min(chunk, n) * (position + n))
+        defer { scores.deallocate() }
+        for h in 0..<heads {
+            let kvh = h / group
+            for t0 in stride(from: 0, to: n, by: chunk) {
+                let rows = min(chunk, n - t0)
+                let low = scoring.firstVisible(position + t0), high = position + t0 + rows, width = high - low
+                T.gemm(transA: false, transB: true, m: rows, n: width, k: d, alpha: scoring.scale,
+                       a: q + t0 * qStride + h * d, lda: qStride, b: keys + low * kvStride + kvh * d, ldb: kvStride,
+                       beta: 0, c: scores, ldc: width)
+                for r in 0..<rows {
+                    let row = scores + r * width, first = scoring.firstVisible(position + t0 + r) - low
+                    let visible = position + t0 + r + 1 - low - first
+                    row.update(repeating: 0, count: first)
+                    scoring.cap(row + first, count: visible)
+                    causalSoftmax(row + first, count: width - first, visible: visible)
+                }
+                T.gemm(transA: false, transB: false, m: rows, n: d, k: width, alpha: 1, a: scores, lda: width,
+                       b: values + low * kvStride + kvh * d, ldb: kvStride, beta: 0, c: out + t0 * qStride + h * d,
+                       ldc: qStride)
+            }
         }
     }
 

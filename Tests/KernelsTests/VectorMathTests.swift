@@ -204,6 +204,34 @@ final class VectorMathTests: XCTestCase {
         }
     }
 
+    /// A prompt's attention over the cache as products equals the reference: chunks of 128 tokens with a partial
+    /// last one, an empty and a filled cache, Gemma's soft cap and a window shorter and longer than a chunk; and
+    /// `overCache` takes that path for many tokens.
+    func testBatchedCacheAttentionEqualsReference() {
+        for (headDim, position, n, softCap, window) in [(64, 0, 300, nil, nil), (40, 70, 131, Float(50), 32),
+                                                         (72, 9, 40, nil, 200), (16, 150, 16, nil, 7)] as [(Int, Int, Int, Float?, Int?)] {
+            let heads = 6, kvHeads = 2, length = position + n
+            let scoring = AttentionScoring<Float>(scale: 1 / Float(headDim).squareRoot(), softCap: softCap, window: window)
+            let q = (0..<(n * heads * headDim)).map { _ in uniform(-2, 2) }
+            let keys = (0..<(length * kvHeads * headDim)).map { _ in uniform(-2, 2) }
+            let values = (0..<(length * kvHeads * headDim)).map { _ in uniform(-1, 1) }
+            var expected = [Float](repeating: 0, count: q.count), batched = [Float](repeating: .nan, count: q.count)
+            var dispatched = batched
+            Attention<Float>.overCacheReference(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
+                                                kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &expected)
+            Attention<Float>.overCacheBatched(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
+                                              kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &batched)
+            Attention<Float>.overCache(q: q, n: n, keys: keys, values: values, position: position, heads: heads,
+                                       kvHeads: kvHeads, headDim: headDim, scoring: scoring, out: &dispatched)
+            XCTAssertGreaterThanOrEqual(n, Attention<Float>.batchedCacheRows)
+            for i in 0..<q.count {
+                XCTAssertEqual(batched[i], expected[i], accuracy: 1e-5 * max(1, abs(expected[i])),
+                               "d \(headDim), position \(position), n \(n), element \(i)")
+                XCTAssertEqual(dispatched[i], batched[i])
+            }
+        }
+    }
+
     /// The tiled (flash-style) attention equals the plain one, forward and backward, within 1e-5 relative: lengths
     /// that are and are not multiples of the tile, grouped keys, and Gemma's scale, soft cap and window.
     func testTiledAttentionEqualsPlain() {
