@@ -17,14 +17,22 @@ public enum GeGLU: GatedActivation {
         return s + 2 * g * s * (1 - s) * T(k0) * (1 + 3 * T(k1) * g * g)
     }
 
+    /// s = σ(2z), shared by the value and the derivative.
     @inlinable
-    public static func value(_ g: VectorMath.Vector) -> VectorMath.Vector { valueAndDerivative(g).value }
+    static func sigmoidOfTwoZ(_ g: VectorMath.Vector, _ g2: VectorMath.Vector) -> VectorMath.Vector {
+        let minusTwoZ: VectorMath.Vector = Float(-2 * k0) * (g + Float(k1) * g2 * g)
+        return 1 / (1 + VectorMath.exp(minusTwoZ))
+    }
+
+    /// The value alone (forward): without the derivative's arithmetic, which the compiler did not drop when the value
+    /// was taken from `valueAndDerivative`.
+    @inlinable
+    public static func value(_ g: VectorMath.Vector) -> VectorMath.Vector { g * sigmoidOfTwoZ(g, g * g) }
 
     @inlinable
     public static func valueAndDerivative(_ g: VectorMath.Vector) -> (value: VectorMath.Vector, derivative: VectorMath.Vector) {
         let g2: VectorMath.Vector = g * g
-        let minusTwoZ: VectorMath.Vector = Float(-2 * k0) * (g + Float(k1) * g2 * g)
-        let s: VectorMath.Vector = 1 / (1 + VectorMath.exp(minusTwoZ))
+        let s = sigmoidOfTwoZ(g, g2)
         let slope: VectorMath.Vector = Float(2 * k0) * (1 + Float(3 * k1) * g2)
         let derivative: VectorMath.Vector = s + g * s * (1 - s) * slope
         return (g * s, derivative)
