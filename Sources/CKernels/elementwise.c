@@ -102,6 +102,36 @@ LK_AVX2 static void swiglu_backward_avx2(const float *d, const float *gate, cons
         store_up_to_8(d_up + i, left, _mm256_mul_ps(dy, _mm256_mul_ps(g, s)));
     }
 }
+
+// GeGLU (tanh-approximated GELU in its sigmoid form, as GeGLU.swift): gelu(g) = g·s, s = σ(2z),
+// z = √(2/π)·(g + 0.044715·g³); its derivative s + g·s·(1 − s)·2√(2/π)·(1 + 3·0.044715·g²).
+LK_AVX2 static inline __m256 geglu_sigmoid8(__m256 g, __m256 g2) {
+    const __m256 two_k0 = _mm256_set1_ps((float)(2 * 0.7978845608028654)), k1 = _mm256_set1_ps(0.044715f);
+    return sigmoid8(_mm256_mul_ps(two_k0, _mm256_fmadd_ps(_mm256_mul_ps(k1, g2), g, g)));
+}
+
+LK_AVX2 static void geglu_forward_avx2(const float *gate, const float *up, float *out, int count) {
+    for (int i = 0; i < count; i += 8) {
+        const int left = count - i;
+        const __m256 g = load_up_to_8(gate + i, left), u = load_up_to_8(up + i, left);
+        store_up_to_8(out + i, left, _mm256_mul_ps(_mm256_mul_ps(g, geglu_sigmoid8(g, _mm256_mul_ps(g, g))), u));
+    }
+}
+
+LK_AVX2 static void geglu_backward_avx2(const float *d, const float *gate, const float *up, float *d_gate, float *d_up,
+                                        int count) {
+    const __m256 one = _mm256_set1_ps(1.0f), two_k0 = _mm256_set1_ps((float)(2 * 0.7978845608028654));
+    const __m256 three_k1 = _mm256_set1_ps((float)(3 * 0.044715));
+    for (int i = 0; i < count; i += 8) {
+        const int left = count - i;
+        const __m256 g = load_up_to_8(gate + i, left), u = load_up_to_8(up + i, left), dy = load_up_to_8(d + i, left);
+        const __m256 g2 = _mm256_mul_ps(g, g), s = geglu_sigmoid8(g, g2);
+        const __m256 slope = _mm256_mul_ps(two_k0, _mm256_fmadd_ps(three_k1, g2, one));
+        const __m256 derivative = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(g, s), _mm256_sub_ps(one, s)), slope, s);
+        store_up_to_8(d_gate + i, left, _mm256_mul_ps(_mm256_mul_ps(dy, u), derivative));
+        store_up_to_8(d_up + i, left, _mm256_mul_ps(dy, _mm256_mul_ps(g, s)));
+    }
+}
 #endif
 
 int lk_elementwise_supported(void) {
@@ -132,6 +162,22 @@ void lk_swiglu_forward(const float *gate, const float *up, float *out, int count
 void lk_swiglu_backward(const float *d, const float *gate, const float *up, float *d_gate, float *d_up, int count) {
 #if defined(__x86_64__)
     swiglu_backward_avx2(d, gate, up, d_gate, d_up, count);
+#else
+    (void)d; (void)gate; (void)up; (void)d_gate; (void)d_up; (void)count;
+#endif
+}
+
+void lk_geglu_forward(const float *gate, const float *up, float *out, int count) {
+#if defined(__x86_64__)
+    geglu_forward_avx2(gate, up, out, count);
+#else
+    (void)gate; (void)up; (void)out; (void)count;
+#endif
+}
+
+void lk_geglu_backward(const float *d, const float *gate, const float *up, float *d_gate, float *d_up, int count) {
+#if defined(__x86_64__)
+    geglu_backward_avx2(d, gate, up, d_gate, d_up, count);
 #else
     (void)d; (void)gate; (void)up; (void)d_gate; (void)d_up; (void)count;
 #endif

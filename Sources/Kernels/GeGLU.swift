@@ -1,3 +1,5 @@
+import CKernels
+
 /// GeGLU with the tanh approximation of GELU (Gemma's feed-forward, transformers' `gelu_pytorch_tanh`):
 ///   f(g) = ½·g·(1 + tanh(z)) = g·σ(2z),  z = √(2/π)·(g + 0.044715·g³)
 ///   f′(g) = s + 2·g·s·(1 − s)·√(2/π)·(1 + 3·0.044715·g²),  s = σ(2z)
@@ -36,5 +38,9 @@ public enum GeGLU: GatedActivation {
         let slope: VectorMath.Vector = Float(2 * k0) * (1 + Float(3 * k1) * g2)
         let derivative: VectorMath.Vector = s + g * s * (1 - s) * slope
         return (g * s, derivative)
+    }
+
+    public static var nativeKernels: (forward: GatedForwardKernel, backward: GatedBackwardKernel)? {
+        (lk_geglu_forward, lk_geglu_backward)
     }
 }

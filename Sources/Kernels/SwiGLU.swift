@@ -10,20 +10,34 @@ public protocol GatedActivation {
     static func derivative<T: KernelScalar>(_ g: T) -> T
     static func value(_ g: VectorMath.Vector) -> VectorMath.Vector
     static func valueAndDerivative(_ g: VectorMath.Vector) -> (value: VectorMath.Vector, derivative: VectorMath.Vector)
-    /// Runs the fast forward (backward) in a CKernels loop where one exists for this activation on this CPU;
-    /// false leaves it to the Swift vectors.
-    static func forwardKernel(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-                              count: Int) -> Bool
-    static func backwardKernel(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
-                               dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count: Int) -> Bool
+    /// The activation's CKernels loops (forward, backward), if it has them; they run where the CPU has AVX2.
+    static var nativeKernels: (forward: GatedForwardKernel, backward: GatedBackwardKernel)? { get }
 }
 
+public typealias GatedForwardKernel = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?,
+                                                      UnsafeMutablePointer<Float>?, Int32) -> Void
+public typealias GatedBackwardKernel = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafePointer<Float>?,
+                                                       UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?, Int32) -> Void
+
 extension GatedActivation {
+    public static var nativeKernels: (forward: GatedForwardKernel, backward: GatedBackwardKernel)? { nil }
+
+    /// Runs the fast forward (backward) in the CKernels loop where one exists for this activation on this CPU;
+    /// false leaves it to the Swift vectors.
     public static func forwardKernel(gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
-                                     out: UnsafeMutablePointer<Float>, count: Int) -> Bool { false }
+                                     out: UnsafeMutablePointer<Float>, count: Int) -> Bool {
+        guard VectorMath.elementwiseKernels, let kernels = nativeKernels else { return false }
+        kernels.forward(gate, up, out, Int32(count))
+        return true
+    }
+
     public static func backwardKernel(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                                       dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
-                                      count: Int) -> Bool { false }
+                                      count: Int) -> Bool {
+        guard VectorMath.elementwiseKernels, let kernels = nativeKernels else { return false }
+        kernels.backward(dOut, gate, up, dGate, dUp, Int32(count))
+        return true
+    }
 
     @inlinable
     public static func forward<T: KernelScalar>(gate: UnsafePointer<T>, up: UnsafePointer<T>,
@@ -121,18 +135,7 @@ public enum SwiGLU: GatedActivation {
         return (g * s, s * (1 + g * (1 - s)))
     }
 
-    public static func forwardKernel(gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
-                                     out: UnsafeMutablePointer<Float>, count: Int) -> Bool {
-        guard VectorMath.elementwiseKernels else { return false }
-        lk_swiglu_forward(gate, up, out, Int32(count))
-        return true
-    }
-
-    public static func backwardKernel(dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
-                                      dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
-                                      count: Int) -> Bool {
-        guard VectorMath.elementwiseKernels else { return false }
-        lk_swiglu_backward(dOut, gate, up, dGate, dUp, Int32(count))
-        return true
+    public static var nativeKernels: (forward: GatedForwardKernel, backward: GatedBackwardKernel)? {
+        (lk_swiglu_forward, lk_swiglu_backward)
     }
 }

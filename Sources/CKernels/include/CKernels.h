@@ -108,5 +108,8 @@ double lk_exp_sum(const float *x, int count, float shift, float *out);
 /// SwiGLU: out = silu(gate)·up; backward d_gate = d·up·silu′(gate), d_up = d·silu(gate).
 void lk_swiglu_forward(const float *gate, const float *up, float *out, int count);
 void lk_swiglu_backward(const float *d, const float *gate, const float *up, float *d_gate, float *d_up, int count);
+/// GeGLU (tanh GELU): out = gelu(gate)·up; backward d_gate = d·up·gelu′(gate), d_up = d·gelu(gate).
+void lk_geglu_forward(const float *gate, const float *up, float *out, int count);
+void lk_geglu_backward(const float *d, const float *gate, const float *up, float *d_gate, float *d_up, int count);
 
 #endif
