@@ -211,25 +211,6 @@ LK_AVX2 LK_INLINE static inline float row_float(int type, const uint8_t *row, co
     return sum;
 }
 
-LK_AVX2 LK_INLINE static inline void rows_blocks(int type, const uint8_t *data, size_t row_bytes, int cols,
-                                                const float *x, const float *xp, const float *sums, float *y,
-                                                int begin, int end) {
-    const int blocks = cols / 32;
-    for (int r = begin; r < end; r++) {
-        const uint8_t *row = data + (size_t)r * row_bytes;
-        prefetch_ahead(data, row_bytes, r, end);
-        switch (type) {
-        // One call per type, so that each inlined copy is specialized to its layout.
-        case Q4_0: y[r] = row_q4_q5(Q4_0, row, xp, sums, blocks); break;
-        case Q4_1: y[r] = row_q4_q5(Q4_1, row, xp, sums, blocks); break;
-        case Q5_0: y[r] = row_q4_q5(Q5_0, row, xp, sums, blocks); break;
-        case Q5_1: y[r] = row_q4_q5(Q5_1, row, xp, sums, blocks); break;
-        case Q8_0: y[r] = row_q8_0(row, x, blocks); break;
-        default: y[r] = row_float(type, row, x, cols); break;
-        }
-    }
-}
-
 // K-quant rows in a function of their own: sharing one with the 32-element block types made the compiler lay out
 // the Q4 and Q8_0 loops 15–50 % slower.
 LK_AVX2 LK_INLINE static inline void rows_k(int type, const uint8_t *data, size_t row_bytes, int cols,
@@ -299,26 +280,31 @@ LK_AVX512 LK_INLINE static inline float row_q8_0_512(const uint8_t *row, const f
 // block types have the kernels above and the rest (K-quants, float rows) are the AVX2 intrinsics compiled with 32
 // vector registers, mask compares and three-input logic (on a Zen 4, 4-10 % more weights per ns on Q5_K/Q6_K,
 // level on Q4_K). The int8 kernels measured slower when compiled for AVX-512 and stay AVX2 only.
-LK_AVX2 static void rows_blocks_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
-                                     const float *xp, const float *sums, float *y, int begin, int end) {
-    rows_blocks(type, data, row_bytes, cols, x, xp, sums, y, begin, end);
-}
-LK_AVX512 static void rows_blocks_avx512(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,
-                                         const float *sums, float *y, int begin, int end) {
-    const int blocks = cols / 32;
-    for (int r = begin; r < end; r++) {
-        const uint8_t *row = data + (size_t)r * row_bytes;
-        prefetch_ahead(data, row_bytes, r, end);
-        switch (type) {
-        case Q4_0: y[r] = row_q4_q5_512(Q4_0, row, x, sums, blocks); break;
-        case Q4_1: y[r] = row_q4_q5_512(Q4_1, row, x, sums, blocks); break;
-        case Q5_0: y[r] = row_q4_q5_512(Q5_0, row, x, sums, blocks); break;
-        case Q5_1: y[r] = row_q4_q5_512(Q5_1, row, x, sums, blocks); break;
-        case Q8_0: y[r] = row_q8_0_512(row, x, blocks); break;
-        default: y[r] = row_float(type, row, x, cols); break;
-        }
+//
+// One row loop for the 32-element block types and the float rows, defined once per build with that build's block
+// kernels inlined (one call per type, so that each inlined copy is specialized to its layout); `bx` is the x the
+// 4- and 5-bit kernel reads: xp (the lanes' order) for the AVX2 shuffles, x itself for the 512-bit lanes.
+#define ROWS_BLOCKS(name, target, q4_q5, bx, q8_0)                                                                    \
+    target static void name(int type, const uint8_t *data, size_t row_bytes, int cols, const float *x,                \
+                            const float *xp, const float *sums, float *y, int begin, int end) {                       \
+        (void)xp;                                                                                                     \
+        const int blocks = cols / 32;                                                                                 \
+        for (int r = begin; r < end; r++) {                                                                           \
+            const uint8_t *row = data + (size_t)r * row_bytes;                                                        \
+            prefetch_ahead(data, row_bytes, r, end);                                                                  \
+            switch (type) {                                                                                           \
+            case Q4_0: y[r] = q4_q5(Q4_0, row, bx, sums, blocks); break;                                              \
+            case Q4_1: y[r] = q4_q5(Q4_1, row, bx, sums, blocks); break;                                              \
+            case Q5_0: y[r] = q4_q5(Q5_0, row, bx, sums, blocks); break;                                              \
+            case Q5_1: y[r] = q4_q5(Q5_1, row, bx, sums, blocks); break;                                              \
+            case Q8_0: y[r] = q8_0(row, x, blocks); break;                                                            \
+            default: y[r] = row_float(type, row, x, cols); break;                                                     \
+            }                                                                                                         \
+        }                                                                                                             \
     }
-}
+ROWS_BLOCKS(rows_blocks_avx2, LK_AVX2, row_q4_q5, xp, row_q8_0)
+ROWS_BLOCKS(rows_blocks_avx512, LK_AVX512, row_q4_q5_512, x, row_q8_0_512)
+
 LK_AVX2 static void rows_k_avx2(int type, const uint8_t *data, size_t row_bytes, int cols, const float *sums,
                                 const float *half_sums, const float *xp, float *y, int begin, int end) {
     rows_k(type, data, row_bytes, cols, sums, half_sums, xp, y, begin, end);
@@ -382,8 +368,8 @@ static void matvec_range(const void *context, int begin, int end) {
         (wide ? rows_k_avx512 : rows_k_avx2)(job->type, job->data, job->row_bytes, job->cols, job->sums,
                                              job->half_sums, job->xp, job->y, begin, end);
     } else {
-        if (wide) rows_blocks_avx512(job->type, job->data, job->row_bytes, job->cols, job->x, job->sums, job->y, begin, end);
-        else rows_blocks_avx2(job->type, job->data, job->row_bytes, job->cols, job->x, job->xp, job->sums, job->y, begin, end);
+        (wide ? rows_blocks_avx512 : rows_blocks_avx2)(job->type, job->data, job->row_bytes, job->cols, job->x,
+                                                       job->xp, job->sums, job->y, begin, end);
     }
 #else
     (void)context; (void)begin; (void)end;
