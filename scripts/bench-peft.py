@@ -13,7 +13,6 @@ A model that does not fit in memory prints the failure (`peft ... failed: ...`) 
 
 scripts/bench-vs-peft.sh runs it and lorakit-bench alternately and prints the ratio.
 """
-import argparse
 import os
 import resource
 import statistics
@@ -23,16 +22,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-
-def cpu():
-    name, flags = "?", []
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and name == "?":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = [x for x in line.split(":", 1)[1].split() if x.startswith(("avx512", "amx", "avx2", "fma"))]
-    return name, flags
+from bench_workload import cpu, workload_options
 
 
 # The shapes of scripts/bench-scale.sh (Sources/lorakit-bench/ScaleModels.swift), as transformers configurations.
@@ -60,14 +50,7 @@ def load(model):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--ctx", type=int, default=256)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--checkpointing", action="store_true")
+    p = workload_options()
     p.add_argument("--bf16", action="store_true", help="torch.autocast(cpu, bfloat16) around forward and loss")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
