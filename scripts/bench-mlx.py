@@ -73,6 +73,7 @@ def main():
     import mlx.optimizers as optim
     from mlx_lm.tuner.trainer import default_loss, grad_checkpoint
     from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx.utils import tree_flatten
     from mlx_lm.utils import load_model
 
     mx.set_default_device(mx.cpu)
@@ -84,8 +85,7 @@ def main():
                                                  ("mlp", "gate_proj up_proj down_proj")) for proj in projs.split()]
     linear_to_lora_layers(model, len(model.layers), {"rank": a.rank, "scale": 16.0 / a.rank, "dropout": 0.0,
                                                      "keys": keys})
-    trainable = sum(v.size for _, v in __import__("mlx.utils", fromlist=["tree_flatten"]).tree_flatten(
-        model.trainable_parameters()))
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     if a.checkpointing:
         grad_checkpoint(model.layers[0])
     model.train()

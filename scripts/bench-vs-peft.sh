@@ -27,10 +27,10 @@ model=${4:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 checkpointing=()
 [ "${CHECKPOINTING:-0}" = 1 ] && checkpointing=(--checkpointing)
 precision=${PRECISION:-fp32}
-ours_precision=(--precision "$precision"); theirs_precision=()
-[ "$against" = mlx ] && [ -n "${MLX_BLAS:-}" ] && theirs_precision=(--blas "$MLX_BLAS")
+ours_precision=(--precision "$precision"); theirs_options=()
+[ "$against" = mlx ] && [ -n "${MLX_BLAS:-}" ] && theirs_options=(--blas "$MLX_BLAS")
 peft_precision=${PEFT_PRECISION:-$precision}
-[ "$peft_precision" = bf16 ] && theirs_precision=(--bf16)
+[ "$peft_precision" = bf16 ] && theirs_options=(--bf16)
 [ "$against" = mlx ] && [ "$peft_precision" != fp32 ] && { echo "AGAINST=mlx measures float32 only" >&2; exit 2; }
 [ -s "$model" ] || scripts/fetch-model.sh >/dev/null
 swift build -c release --product lorakit-bench $(scripts/swift-flags.sh) 2>&1 | tail -1
@@ -40,7 +40,7 @@ for round in $(seq "$rounds"); do
   line=$(.build/release/lorakit-bench step --model "$model" --threads "$threads" --steps 4 "${checkpointing[@]}" "${ours_precision[@]}" | grep "^threads")
   echo "round $round lorakit: $line"
   ours+=("$(echo "$line" | grep -oE '[0-9]+ tokens/s' | cut -d' ' -f1)")
-  line=$("$python" "$script" "$model" --threads "$threads" --steps 6 "${checkpointing[@]}" "${theirs_precision[@]}" 2>/dev/null | grep "^$against")
+  line=$("$python" "$script" "$model" --threads "$threads" --steps 6 "${checkpointing[@]}" "${theirs_options[@]}" 2>/dev/null | grep "^$against")
   echo "round $round $against:    $line"
   theirs+=("$(echo "$line" | grep -oE '[0-9]+ tokens/s' | cut -d' ' -f1)")
 done
