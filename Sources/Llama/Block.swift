@@ -72,13 +72,16 @@ enum LinearGroup<T: KernelScalar> {
         }
     }
 
-    /// dL/dx into `dx` (added when `accumulate`) from each part's dL/dy; accumulates the trainable adapters'
-    /// gradients.
+    /// dL/dx into `dx` (added when `accumulate`; left alone when `dx` is empty: only the adapters' gradients
+    /// are wanted) from each part's dL/dy; accumulates the trainable adapters' gradients.
     func backward(_ dParts: [[T]], x: [T], rows n: Int, activations c: BlockActivations<T>, into dx: inout [T], accumulate: Bool) {
         func run(_ w: LinearWeight<T>, _ dy: [T], accumulate: Bool) {
+            let saved = c.lora[w.name] ?? []
+            guard !dx.isEmpty else {
+                return LinearLoRA.backward(dy: dy, x: x, n: n, weight: w, saved: saved, dx: nil, accumulate: accumulate)
+            }
             dx.withUnsafeMutableBufferPointer { d in
-                LinearLoRA.backward(dy: dy, x: x, n: n, weight: w, saved: c.lora[w.name] ?? [], dx: d.baseAddress!,
-                                    accumulate: accumulate)
+                LinearLoRA.backward(dy: dy, x: x, n: n, weight: w, saved: saved, dx: d.baseAddress!, accumulate: accumulate)
             }
         }
         switch self {
@@ -276,7 +279,10 @@ struct TransformerBlock<T: KernelScalar> {
 
     /// dL/dx of the block input from dL/d(out); accumulates the trainable adapters' gradients. Releases each
     /// activation after its last use (the first layer's backward sets the memory peak).
-    func backward(_ dOut: [T], attention: Attention<T>, activations c: BlockActivations<T>) -> [T] {
+    /// dL/dx of the block's input from dL/d(out), accumulating the trainable adapters' gradients. Without
+    /// `inputGradient` (the first block, when nothing before it trains) the products and the norm that only
+    /// lead to dL/dx are skipped and [] is returned.
+    func backward(_ dOut: [T], attention: Attention<T>, activations c: BlockActivations<T>, inputGradient: Bool = true) -> [T] {
         let n = dOut.count / config.embedding, C = config.embedding, F = config.feedForward
         // out = xMid + [postNorm](down(act))
         let dDown = optionalNormBackward(dOut, present: description.postNorms, x: c.downPre,
@@ -312,8 +318,9 @@ struct TransformerBlock<T: KernelScalar> {
         dq = optionalNormBackward(dq, present: description.qkNorm, x: c.qPre, weight: weights.qNorm, rstd: c.rstdQ, cols: d)
         dk = optionalNormBackward(dk, present: description.qkNorm, x: c.kPre, weight: weights.kNorm, rstd: c.rstdK, cols: d)
         (c.qPre, c.kPre, c.rstdQ, c.rstdK) = ([], [], [], [])
-        var dh1 = [T](unfilled: n * C)
+        var dh1 = inputGradient ? [T](unfilled: n * C) : []
         weights.qkv.backward([dq, dk, dv], x: c.h1, rows: n, activations: c, into: &dh1, accumulate: false)
+        guard inputGradient else { return [] }
         var dx = dxMid
         RMSNorm.backward(dy: dh1, x: c.xIn, weight: weights.attnNorm, rstd: c.rstd1, dx: &dx, rows: n, cols: C)
         return dx

@@ -22,6 +22,8 @@ extension LlamaModel {
         x = []
 
         let rotations = causalRotations(tokens: n, length: length)
+        // dL/d(embedding) is only wanted for the embedding's own trainable adapters.
+        let embeddingTrains = adaptersFor("token_embd").hasTrainable
         for l in stride(from: config.layers - 1, through: 0, by: -1) {
             try checkCancelled()
             let block = try self.block(l, rotations: rotations)
@@ -36,9 +38,9 @@ extension LlamaModel {
                 activations[l] = BlockActivations<T>()  // free as we go
                 block.restore(kept)
             }
-            dx = block.backward(dx, attention: attention, activations: kept)
+            dx = block.backward(dx, attention: attention, activations: kept, inputGradient: l > 0 || embeddingTrains)
         }
-        embedBackward(tokens: tokens, dx: dx)
+        if embeddingTrains { embedBackward(tokens: tokens, dx: dx) }
         return (total, scored)
     }
 

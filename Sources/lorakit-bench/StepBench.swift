@@ -117,15 +117,18 @@ func printShapes(steps: Int, stepSeconds: Double) {
 
 /// The products one step cannot avoid: each linear weight (and the head) once forward and once for the input
 /// gradient, causal attention's two products forward and four backward, and the LoRA products (forward, and
-/// backward's gradient of A, of B and of the input), every row scored.
+/// backward's gradient of A, of B and of the input), every row scored; the first block's attention products
+/// (Q, K, V) have no input gradient, since nothing before them trains.
 func minimumOperations(_ config: LlamaConfig, batch: Int, length: Int, rank: Int) -> Double {
     let tokens = Double(batch * length)
     let linear = config.blockTargets.map { config.features(of: $0)! }
+    let firstInputs = config.blockTargets.filter { [.attnQ, .attnK, .attnV, .attnQKV].contains($0) }.map { config.features(of: $0)! }
+    let skipped = firstInputs.reduce(0) { $0 + 2 * tokens * Double($1.in * $1.out + rank * $1.in) }
     let weights = Double(config.layers) * linear.reduce(0) { $0 + Double($1.in * $1.out) } + Double(config.embedding * config.vocabulary)
     let lora = Double(config.layers) * linear.reduce(0) { $0 + Double(rank * ($1.in + $1.out)) }
     let causalPairs = Double(batch) * Double(length) * Double(length + 1) / 2
     let attention = Double(config.layers * config.heads * config.headDim) * causalPairs * 2 * 2
-    return 2 * tokens * weights * 2 + 3 * attention + 2 * tokens * lora * 4
+    return 2 * tokens * weights * 2 + 3 * attention + 2 * tokens * lora * 4 - skipped
 }
 
 func peakMemoryMB() -> Double { Double(ResidentMemory.peakBytes()) / 1_048_576 }
