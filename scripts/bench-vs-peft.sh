@@ -8,6 +8,9 @@
 #                                                   (mlx-lm's LoRA step on MLX's CPU backend instead of PEFT,
 #                                                   scripts/bench-mlx.py; PYTHON defaults to /tmp/mlxenv/bin/python;
 #                                                   MLX_BLAS=PATH: that BLAS instead of the wheel's reference one)
+#   PAUSE=S scripts/bench-vs-peft.sh …            (S seconds idle before each run, default 30: a run started right
+#                                                   after the other side's was measured 3-5 % slower than one
+#                                                   started on a settled machine; the pause treats both sides alike)
 #   (defaults: 1, 2, /tmp/peftenv/bin/python, models/SmolLM2-135M-Instruct.Q4_1.gguf; scripts/fetch-model.sh all
 #   fetches Qwen2.5-Coder-0.5B and Gemma 3 270M too)
 # Both run the model on 4 × 256 random tokens, LoRA r = 8 on the seven linear weights (lorakit-bench step and
@@ -35,11 +38,15 @@ peft_precision=${PEFT_PRECISION:-$precision}
 [ -s "$model" ] || scripts/fetch-model.sh >/dev/null
 swift build -c release --product lorakit-bench $(scripts/swift-flags.sh) 2>&1 | tail -1
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') [$(grep -m1 -o -wE 'avx512f|avx512_bf16|amx_bf16|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')]"
+pause=${PAUSE:-30}
+echo "pause before each run: ${pause} s"
 ours=(); theirs=()
 for round in $(seq "$rounds"); do
+  sleep "$pause"
   line=$(.build/release/lorakit-bench step --model "$model" --threads "$threads" --steps 4 "${checkpointing[@]}" "${ours_precision[@]}" | grep "^threads")
   echo "round $round lorakit: $line"
   ours+=("$(echo "$line" | grep -oE '[0-9]+ tokens/s' | cut -d' ' -f1)")
+  sleep "$pause"
   line=$("$python" "$script" "$model" --threads "$threads" --steps 6 "${checkpointing[@]}" "${theirs_options[@]}" 2>/dev/null | grep "^$against")
   echo "round $round $against:    $line"
   theirs+=("$(echo "$line" | grep -oE '[0-9]+ tokens/s' | cut -d' ' -f1)")
