@@ -277,11 +277,10 @@ struct TransformerBlock<T: KernelScalar> {
 
     // MARK: Backward
 
-    /// dL/dx of the block input from dL/d(out); accumulates the trainable adapters' gradients. Releases each
-    /// activation after its last use (the first layer's backward sets the memory peak).
-    /// dL/dx of the block's input from dL/d(out), accumulating the trainable adapters' gradients. Without
-    /// `inputGradient` (the first block, when nothing before it trains) the products and the norm that only
-    /// lead to dL/dx are skipped and [] is returned.
+    /// dL/dx of the block's input from dL/d(out); accumulates the trainable adapters' gradients. Releases each
+    /// activation after its last use (the first layer's backward sets the memory peak). Without `inputGradient`
+    /// (the first block, when nothing before it trains) the products and the norm that only lead to dL/dx are
+    /// skipped and [] is returned.
     func backward(_ dOut: [T], attention: Attention<T>, activations c: BlockActivations<T>, inputGradient: Bool = true) -> [T] {
         let n = dOut.count / config.embedding, C = config.embedding, F = config.feedForward
         // out = xMid + [postNorm](down(act))
