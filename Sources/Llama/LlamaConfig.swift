@@ -308,8 +308,11 @@ public struct LlamaConfig: Sendable, Equatable {
 
     /// The linear weights of each block, in the order the forward pass uses them.
     public var blockTargets: [LoRATarget] {
-        (fusedQKV ? [.attnQKV] : [.attnQ, .attnK, .attnV]) + [.attnOutput] + (fusedGateUp ? [.ffnUp] : [.ffnGate, .ffnUp]) + [.ffnDown]
+        attentionInputTargets + [.attnOutput] + (fusedGateUp ? [.ffnUp] : [.ffnGate, .ffnUp]) + [.ffnDown]
     }
+
+    /// The block's linear weights that read its input (Q, K, V, or the fused QKV).
+    public var attentionInputTargets: [LoRATarget] { fusedQKV ? [.attnQKV] : [.attnQ, .attnK, .attnV] }
 
     /// (in, out) features of a LoRA target's base weight; nil when the model has no such weight (Phi-3 has no
     /// separate Q, K, V or gate).

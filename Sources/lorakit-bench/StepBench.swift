@@ -122,7 +122,7 @@ func printShapes(steps: Int, stepSeconds: Double) {
 func minimumOperations(_ config: LlamaConfig, batch: Int, length: Int, rank: Int) -> Double {
     let tokens = Double(batch * length)
     let linear = config.blockTargets.map { config.features(of: $0)! }
-    let firstInputs = config.blockTargets.filter { [.attnQ, .attnK, .attnV, .attnQKV].contains($0) }.map { config.features(of: $0)! }
+    let firstInputs = config.attentionInputTargets.map { config.features(of: $0)! }
     let skipped = firstInputs.reduce(0) { $0 + 2 * tokens * Double($1.in * $1.out + rank * $1.in) }
     let weights = Double(config.layers) * linear.reduce(0) { $0 + Double($1.in * $1.out) } + Double(config.embedding * config.vocabulary)
     let lora = Double(config.layers) * linear.reduce(0) { $0 + Double(rank * ($1.in + $1.out)) }
