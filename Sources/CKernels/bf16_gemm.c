@@ -250,11 +250,6 @@ int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *
     return run_product(DNNL_BF16, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, accumulate, c, ldc);
 }
 
-int lk_onednn_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
-                    int ldb, int accumulate, float *c, int ldc) {
-    return run_product(DNNL_F32, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-}
-
 static inline uint16_t bf16_bits(uint32_t u) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);  // NaN stays NaN (quiet)
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);               // round to nearest even

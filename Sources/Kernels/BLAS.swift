@@ -145,12 +145,15 @@ public enum BLAS {
     /// The threads the BLAS's own products use (one), when the library says (OpenBLAS).
     public static var currentThreads: Int? { library.getThreads.map { Int($0()) } }
 
-    /// Products with a result this narrow (LoRA's with rank r outputs: x·Aᵀ, dy·B and dA) go through oneDNN where
-    /// it runs bf16 products: in a Zen 4 EPYC's training step its kernels ran them 1.3–1.5× OpenBLAS's rate
-    /// (BENCHMARKS.md). Products with only a short inner side (u·Bᵀ added into y) ran slower there and stay with the
-    /// BLAS, as does every other product.
-    public static let skinnyDimension = 16
-    nonisolated(unsafe) public static var skinnyThroughOneDNN: Bool = lk_bf16_gemm_available() != 0
+    /// Products with a side of at most this many (LoRA's: x·Aᵀ, dy·B, dA, dBᵀ, u·Bᵀ, (dy·B)·A) run in kernels of
+    /// our own where the CPU has AVX-512 (narrow_gemm.c): they stream the long operand once, row after row, where
+    /// a BLAS packs it first — 1.3–1.5× the BLAS's rate on these products in a training step, and ahead of oneDNN's
+    /// (BENCHMARKS.md). `narrowKernels = false` runs them in the BLAS (to measure against it).
+    public static let narrowSide = 16
+    public static var narrowKernels: Bool {
+        get { lk_narrow_sgemm_enabled() != 0 }
+        set { lk_set_narrow_sgemm(newValue ? 1 : 0) }
+    }
 
     /// Products below this many multiply-adds run whole on the calling thread (a part must outweigh waking a thread).
     public static let splitThreshold = 1 << 21
@@ -243,22 +246,13 @@ extension Float: KernelScalar {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
         defer { BLAS.count(since: start, transA: transA, transB: transB, m: m, n: n, k: k) }
-        if BLAS.skinnyThroughOneDNN, min(m, n) <= BLAS.skinnyDimension, beta == 0 || beta == 1 {
+        if let f = BLAS.library.sgemm {
+            let narrow = BLAS.narrowKernels && (beta == 0 || beta == 1) && min(m, n, k) <= BLAS.narrowSide
             BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
-                let status = lk_onednn_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
-                                             Int32(lda), b + p.b, Int32(ldb), beta == 1 ? 1 : 0, c + p.c, Int32(ldc))
-                if status != 0 {  // refused (out of memory for a new kernel): the BLAS or the reference instead
-                    if let f = BLAS.library.sgemm {
-                        f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
-                          Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))
-                    } else {
-                        ReferenceGEMM.gemm(transA: transA, transB: transB, m: p.m, n: p.n, k: k, alpha: alpha, a: a + p.a,
-                                           lda: lda, b: b + p.b, ldb: ldb, beta: beta, c: c + p.c, ldc: ldc)
-                    }
+                if narrow, lk_narrow_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
+                                           Int32(lda), b + p.b, Int32(ldb), beta == 1 ? 1 : 0, c + p.c, Int32(ldc)) == 0 {
+                    return
                 }
-            }
-        } else if let f = BLAS.library.sgemm {
-            BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
                 f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
                   Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))
             }

@@ -25,6 +25,7 @@ struct StepBench: ParsableCommand {
     @Option(help: "Frozen products: fp32, bf16 or auto.") var precision: ProductPrecision = .fp32
     @Option(help: "Tile of the tiled attention; 0: the plain path.") var attentionTile = Attention<Float>.defaultTile
     @Option(help: "Rows of logits the head computes at once.") var headRows = LlamaConfig.headRows
+    @Option(help: "LoRA's rank-r products in the narrow kernels (on, where AVX-512) or in the BLAS (off).") var narrowKernels = "on"
 
     func run() throws {
         let file = try GGUFFile(path: model)
@@ -32,6 +33,8 @@ struct StepBench: ParsableCommand {
         llama.gradientCheckpointing = checkpointing
         llama.attentionTile = attentionTile
         llama.headChunkRows = headRows
+        guard ["on", "off"].contains(narrowKernels) else { throw ValidationError("--narrow-kernels: on or off, not '\(narrowKernels)'") }
+        BLAS.narrowKernels = narrowKernels == "on"
         let resolution = precision.apply(to: llama)
         print("precision: \(resolution.note)")
         let adapter = try LoRAAdapter<Float>.initialized(layers: llama.config.layers, shapes: { llama.config.features(of: $0) },
@@ -42,7 +45,7 @@ struct StepBench: ParsableCommand {
         var rng = SplitMix(seed: 3)
         let tokens = (0..<n).map { _ in Int32(rng.next() % UInt64(llama.config.vocabulary)) }
         let targets = Array(tokens.dropFirst()) + [0]
-        print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), attention \(llama.attentionTile(batch: batch, length: ctx).map { "tiled (\($0))" } ?? "plain"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
+        print("model \(model): \(batch) × \(ctx) tokens, rank \(rank) on \(LoRATarget.defaultTargets.count) targets, checkpointing \(checkpointing ? "on" : "off"), narrow kernels \(BLAS.narrowKernels ? "on" : "off"), attention \(llama.attentionTile(batch: batch, length: ctx).map { "tiled (\($0))" } ?? "plain"), BLAS \(BLAS.libraryPath ?? "none") (\(BLAS.coreName ?? "?"))")
         let plan = MemoryPlan(MemoryPlan.Inputs(config: llama.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
                                                 batch: batch, context: ctx, trainableParameters: adapter.parameterCount,
                                                 cacheWeights: cacheWeights, bf16Weights: llama.keepsBF16Weights),

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 import Kernels
 import XCTest
 
@@ -51,12 +52,42 @@ final class BLASTests: XCTestCase {
         checkAgainstReference([(37, 29, 53), (1, 1, 1), (3, 5, 2), (8, 8, 8), (16, 8, 576), (64, 576, 8), (200, 96, 64), (130, 1, 77)])
     }
 
-    /// Where oneDNN runs (CPUs with bf16 products), products with a result of at most 16 rows or columns go through
-    /// it, with alpha as its output scale and beta = 1 as its sum: equal to the reference on LoRA's shapes, and on
-    /// shapes that are not multiples of a register tile.
+    /// Products with a side of at most 16 (LoRA's) run in the narrow kernels where the CPU has AVX-512, else in the
+    /// BLAS: both equal the reference on LoRA's shapes and on shapes that are not multiples of a register tile — ranks above
+    /// 8 (a second block of eight), row counts not multiples of the kernels' 2, 4 or 8 rows, columns not multiples
+    /// of 16.
     func testNarrowProductsEqualTheReference() {
-        checkAgainstReference([(1024, 8, 576), (8, 576, 1024), (300, 16, 40), (16, 300, 40), (5, 7, 3), (37, 5, 300),
-                               (13, 100, 77), (50, 130, 3), (9, 3, 17)])
+        let shapes = [(1024, 8, 576), (8, 576, 1024), (300, 16, 40), (16, 300, 40), (5, 7, 3), (37, 5, 300),
+                      (13, 100, 77), (50, 130, 3), (9, 3, 17), (31, 12, 45), (12, 45, 31), (45, 31, 12), (3, 1, 2),
+                      (1, 17, 16), (17, 16, 1), (16, 16, 16)]
+        defer { BLAS.narrowKernels = true }
+        for on in [true, false] {
+            BLAS.narrowKernels = on
+            checkAgainstReference(shapes)
+        }
+    }
+
+    /// On a CPU with AVX-512 the narrow kernels take every product with N ≤ 16 (A not transposed), M ≤ 16 (A
+    /// transposed, B not) or K ≤ 16 (A not transposed), and refuse the rest, which the BLAS then runs.
+    func testNarrowKernelsTakeTheirShapesAndOnlyThose() throws {
+        try XCTSkipUnless(lk_narrow_sgemm_supported() != 0, "no AVX-512 on this CPU: the BLAS runs these products")
+        XCTAssertTrue(BLAS.narrowKernels, "on by default where supported")
+        let a = [Float](repeating: 1, count: 64 * 64), b = a
+        var c = [Float](repeating: 0, count: 64 * 64)
+        func status(_ ta: Int32, _ tb: Int32, _ m: Int32, _ n: Int32, _ k: Int32) -> Int32 {
+            lk_narrow_sgemm(ta, tb, m, n, k, 1, a, 64, b, 64, 0, &c, 64)
+        }
+        for (ta, tb, m, n, k) in [(0, 1, 64, 16, 64), (0, 0, 64, 8, 64), (1, 0, 16, 64, 64), (0, 0, 64, 64, 16),
+                                  (0, 1, 64, 64, 1)] as [(Int32, Int32, Int32, Int32, Int32)] {
+            XCTAssertEqual(status(ta, tb, m, n, k), 0, "taken: transA \(ta) transB \(tb) \(m)×\(n)×\(k)")
+        }
+        for (ta, tb, m, n, k) in [(0, 0, 64, 17, 64), (1, 1, 8, 64, 64), (1, 0, 17, 64, 64), (1, 0, 64, 8, 64),
+                                  (1, 1, 64, 64, 8), (0, 0, 17, 17, 17)] as [(Int32, Int32, Int32, Int32, Int32)] {
+            XCTAssertNotEqual(status(ta, tb, m, n, k), 0, "refused: transA \(ta) transB \(tb) \(m)×\(n)×\(k)")
+        }
+        BLAS.narrowKernels = false
+        defer { BLAS.narrowKernels = true }
+        XCTAssertNotEqual(status(0, 1, 64, 16, 64), 0, "switched off")
     }
 
     /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
@@ -67,7 +98,7 @@ final class BLASTests: XCTestCase {
         BLAS.setThreads(3)
         defer { BLAS.setThreads(1) }
         if let blasThreads = BLAS.currentThreads { XCTAssertEqual(blasThreads, 1) }
-        let shapes = [(301, 200, 64), (100, 701, 40), (20, 2003, 100), (1000, 8, 576), (8, 1000, 576)]
+        let shapes = [(301, 200, 64), (100, 701, 40), (20, 2003, 100), (1000, 8, 576), (8, 1000, 576), (1000, 700, 8)]
         for (m, n, k) in shapes { XCTAssertGreaterThanOrEqual(m * n * k, BLAS.splitThreshold) }
         checkAgainstReference(shapes)
     }

@@ -93,9 +93,18 @@ const char *lk_bf16_gemm_description(void);
 /// Returns 0, or oneDNN's status (or -1) when the product could not run.
 int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
                  int accumulate, float *c, int ldc);
-/// C (= or +=) alpha · op(A)·op(B) with float32 operands, through oneDNN as well (where `lk_bf16_gemm_available`).
-int lk_onednn_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
-                    int ldb, int accumulate, float *c, int ldc);
+// --- float32 products with one side of at most 16 (narrow_gemm.c): LoRA's rank-r products ---
+/// C (= or, with `accumulate`, +=) alpha · op(A)·op(B), row-major, when N ≤ 16 (A not transposed), M ≤ 16 (A
+/// transposed, B not) or K ≤ 16 (A not transposed), on a CPU with AVX-512; returns nonzero, computing nothing, for
+/// any other product or CPU, or when switched off.
+int lk_narrow_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                    const float *b, int ldb, int accumulate, float *c, int ldc);
+/// Whether the CPU has what the kernels need; whether they run (default: where supported); switch them (tests,
+/// benchmarks: on is ignored where unsupported).
+int lk_narrow_sgemm_supported(void);
+int lk_narrow_sgemm_enabled(void);
+void lk_set_narrow_sgemm(int on);
+
 /// y = x rounded to bf16 (nearest even; NaN stays NaN).
 void lk_float_to_bf16(const float *x, uint16_t *y, size_t count);
 
