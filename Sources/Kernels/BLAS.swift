@@ -147,8 +147,9 @@ public enum BLAS {
 
     /// Products with a side of at most this many (LoRA's: x·Aᵀ, dy·B, dA, dBᵀ, u·Bᵀ, (dy·B)·A) run in kernels of
     /// our own where the CPU has AVX-512 (narrow_gemm.c): they stream the long operand once, row after row, where
-    /// a BLAS packs it first — 1.3–1.5× the BLAS's rate on these products in a training step, and ahead of oneDNN's
-    /// (BENCHMARKS.md). `narrowKernels = false` runs them in the BLAS (to measure against it).
+    /// a BLAS packs it first. In a one-thread SmolLM2 step they took 0.31–0.40 s against OpenBLAS's 0.51–0.60 (level
+    /// with two threads, where the two share the memory's bandwidth; BENCHMARKS.md). `narrowKernels = false` runs
+    /// them in the BLAS, to measure against it.
     public static let narrowSide = 16
     public static var narrowKernels: Bool {
         get { lk_narrow_sgemm_enabled() != 0 }
