@@ -177,8 +177,12 @@ int lk_narrow_sgemm_supported(void) {
 #endif
 }
 
+// Where the CPU has AVX-512, unless LORAKIT_AVX512=off (which keeps every kernel of ours off AVX-512).
 int lk_narrow_sgemm_enabled(void) {
-    if (narrow_enabled < 0) narrow_enabled = lk_narrow_sgemm_supported();
+    if (narrow_enabled < 0) {
+        const char *setting = getenv("LORAKIT_AVX512");
+        narrow_enabled = lk_narrow_sgemm_supported() && !(setting && strcmp(setting, "off") == 0);
+    }
     return narrow_enabled;
 }
 

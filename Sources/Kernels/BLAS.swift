@@ -155,6 +155,12 @@ public enum BLAS {
         get { lk_narrow_sgemm_enabled() != 0 }
         set { lk_set_narrow_sgemm(newValue ? 1 : 0) }
     }
+    /// Whether the CPU has what the narrow kernels need (AVX-512), whether or not they are switched on.
+    public static var narrowKernelsSupported: Bool { lk_narrow_sgemm_supported() != 0 }
+    /// Where LoRA's products run, in words (for plans and benchmarks).
+    public static var narrowProductsDescription: String {
+        narrowKernels ? "AVX-512 kernels" : library.sgemm != nil ? "the BLAS" : "the Swift reference GEMM"
+    }
 
     /// Products below this many multiply-adds run whole on the calling thread (a part must outweigh waking a thread).
     public static let splitThreshold = 1 << 21
@@ -247,19 +253,24 @@ extension Float: KernelScalar {
         guard m > 0, n > 0 else { return }
         let start = BLAS.measureGEMM ? BLAS.now() : 0
         defer { BLAS.count(since: start, transA: transA, transB: transB, m: m, n: n, k: k) }
-        if let f = BLAS.library.sgemm {
-            let narrow = BLAS.narrowKernels && (beta == 0 || beta == 1) && min(m, n, k) <= BLAS.narrowSide
-            BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
-                if narrow, lk_narrow_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
-                                           Int32(lda), b + p.b, Int32(ldb), beta == 1 ? 1 : 0, c + p.c, Int32(ldc)) == 0 {
-                    return
-                }
-                f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
-                  Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))
-            }
-        } else {
+        let narrow = BLAS.narrowKernels && (beta == 0 || beta == 1) && min(m, n, k) <= BLAS.narrowSide
+        guard narrow || BLAS.library.sgemm != nil else {
             ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                                b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        BLAS.forEachPart(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) { p in
+            if narrow, lk_narrow_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
+                                       Int32(lda), b + p.b, Int32(ldb), beta == 1 ? 1 : 0, c + p.c, Int32(ldc)) == 0 {
+                return
+            }
+            if let f = BLAS.library.sgemm {
+                f(BLAS.rowMajor, BLAS.op(transA), BLAS.op(transB), Int32(p.m), Int32(p.n), Int32(k), alpha, a + p.a,
+                  Int32(lda), b + p.b, Int32(ldb), beta, c + p.c, Int32(ldc))
+            } else {
+                ReferenceGEMM.gemm(transA: transA, transB: transB, m: p.m, n: p.n, k: k, alpha: alpha, a: a + p.a,
+                                   lda: lda, b: b + p.b, ldb: ldb, beta: beta, c: c + p.c, ldc: ldc)
+            }
         }
     }
     public static func exp(_ x: Float) -> Float { expf(x) }

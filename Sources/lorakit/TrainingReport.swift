@@ -43,7 +43,7 @@ struct TrainingReport {
             }
             print("      compute: \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")\(p.ranks > 1 ? " per rank" : ""), BLAS "
                   + (BLAS.libraryPath.map { "\($0) (\(BLAS.coreName ?? "?") kernels)" } ?? "none (Swift reference GEMM)")
-                  + "; frozen products: \(p.precision)")
+                  + "; frozen products: \(p.precision); LoRA products: \(BLAS.narrowProductsDescription)")
             if BLAS.libraryPath == nil {
                 CLI.printError("warning: OpenBLAS was not found, so matrix products run in plain Swift, tens of times slower; "
                                + "install it (Debian/Ubuntu: apt-get install libopenblas0)")

@@ -101,6 +101,33 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(err.contains("precision") && err.contains("fp16"), err)
     }
 
+    /// The plan names where LoRA's products run; LORAKIT_AVX512=off moves them from the AVX-512 kernels to the BLAS,
+    /// and the run's losses stay the same to the printed digits, step after step (at a learning rate of 0.01 the
+    /// adapter's updates, whose gradients go through these products, move the loss from step 2 on).
+    func testLoRAProductsWithoutAVX512KernelsTrainTheSame() throws {
+        _ = try TestData.smolLM2()
+        let dir = temporaryDirectory("lorakit-narrow")
+        func train(_ environment: [String: String]) throws -> (plan: String, losses: [Double]) {
+            let (status, text, err) = try LoRAKitBinary.run([
+                "train", "-m", model, "--train-data", try TestData.shared("data/shakespeare.txt"), "--ctx", "64",
+                "--batch", "2", "--iters", "4", "--seed", "3", "--lr", "0.01", "--lora-out", dir + "/a.gguf", "-t", "2",
+                "--save-every", "0"], environment: environment)
+            XCTAssertEqual(status, 0, err)
+            let lines = text.split(separator: "\n").map(String.init)
+            let plan = try XCTUnwrap(lines.first { $0.contains("compute: ") }, text)
+            let losses = lines.filter { $0.hasPrefix("step ") }.compactMap { line -> Double? in
+                let words = line.split(separator: " ")
+                return words.firstIndex(of: "loss").flatMap { Double(words[$0 + 1]) }
+            }
+            XCTAssertEqual(losses.count, 4, text)
+            return (plan, losses)
+        }
+        let fast = try train([:]), blas = try train(["LORAKIT_AVX512": "off"])
+        XCTAssertTrue(blas.plan.contains("LoRA products: the BLAS"), blas.plan)
+        XCTAssertTrue(fast.plan.contains(BLAS.narrowKernelsSupported ? "LoRA products: AVX-512 kernels" : "LoRA products: the BLAS"), fast.plan)
+        for (a, b) in zip(fast.losses, blas.losses) { XCTAssertEqual(a, b, accuracy: 2e-4, "\(fast.losses) against \(blas.losses)") }
+    }
+
     /// --dry-run trains a few real steps, projects the whole run's time and writes nothing.
     func testDryRunMeasuresAndWritesNothing() throws {
         _ = try TestData.smolLM2()

@@ -99,8 +99,8 @@ int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *
 /// any other product or CPU, or when switched off.
 int lk_narrow_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                     const float *b, int ldb, int accumulate, float *c, int ldc);
-/// Whether the CPU has what the kernels need; whether they run (default: where supported); switch them (tests,
-/// benchmarks: on is ignored where unsupported).
+/// Whether the CPU has what the kernels need; whether they run (default: where supported, unless
+/// LORAKIT_AVX512=off); switch them (tests, benchmarks: on is ignored where unsupported).
 int lk_narrow_sgemm_supported(void);
 int lk_narrow_sgemm_enabled(void);
 void lk_set_narrow_sgemm(int on);
