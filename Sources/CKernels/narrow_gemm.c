@@ -62,12 +62,20 @@ LK_AVX512 static void few_columns(int m, int r, int k, float alpha, const float 
 }
 
 // Few rows: eight rows of B at a time, streamed left to right; for each 16 columns of them, each of C's r rows
-// gains Σ over the eight of alpha·A[p, j]·B[p, cols] (two chains of four multiply-adds). C (r × N) stays in cache.
-LK_AVX512 static void few_rows(int r, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
-                               int accumulate, float *c, int ldc) {
-    if (!accumulate)
-        for (int j = 0; j < r; j++)
-            for (int col = 0; col < n; col++) c[(size_t)j * ldc + col] = 0;
+// gains Σ over the eight of alpha·A[p, j]·B[p, cols] (two chains of four multiply-adds). The sum (r × N) stays in
+// cache. When accumulating it is formed apart and then added to C, so that C + product rounds as the BLAS's does:
+// gradients accumulated over micro-batches then equal, bit for bit, the same micro-batches summed across MPI ranks.
+// 1 when out of memory for that sum.
+LK_AVX512 static int few_rows(int r, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
+                              int accumulate, float *c, int ldc) {
+    float *sums = c;  // the sum: C itself, or apart when accumulating
+    int ld = ldc;
+    if (accumulate) {
+        if (!(sums = malloc((size_t)r * n * sizeof(float)))) return 1;
+        ld = n;
+    }
+    for (int j = 0; j < r; j++)
+        for (int col = 0; col < n; col++) sums[(size_t)j * ld + col] = 0;
     int p = 0;
     for (; p + 8 <= k; p += 8) {
         float g[8][narrow_max];  // alpha·A[p + q, j]
@@ -84,7 +92,7 @@ LK_AVX512 static void few_rows(int r, int n, int k, float alpha, const float *a,
             __m512 x6 = _mm512_maskz_loadu_ps(mask, x + 6 * (size_t)ldb + col);
             __m512 x7 = _mm512_maskz_loadu_ps(mask, x + 7 * (size_t)ldb + col);
             for (int j = 0; j < r; j++) {
-                float *out = c + (size_t)j * ldc + col;
+                float *sum = sums + (size_t)j * ld + col;
                 __m512 s0 = _mm512_mul_ps(_mm512_set1_ps(g[0][j]), x0), s1 = _mm512_mul_ps(_mm512_set1_ps(g[4][j]), x4);
                 s0 = _mm512_fmadd_ps(_mm512_set1_ps(g[1][j]), x1, s0);
                 s1 = _mm512_fmadd_ps(_mm512_set1_ps(g[5][j]), x5, s1);
@@ -92,7 +100,7 @@ LK_AVX512 static void few_rows(int r, int n, int k, float alpha, const float *a,
                 s1 = _mm512_fmadd_ps(_mm512_set1_ps(g[6][j]), x6, s1);
                 s0 = _mm512_fmadd_ps(_mm512_set1_ps(g[3][j]), x3, s0);
                 s1 = _mm512_fmadd_ps(_mm512_set1_ps(g[7][j]), x7, s1);
-                _mm512_mask_storeu_ps(out, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), _mm512_add_ps(s0, s1)));
+                _mm512_mask_storeu_ps(sum, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, sum), _mm512_add_ps(s0, s1)));
             }
         }
     }
@@ -100,14 +108,20 @@ LK_AVX512 static void few_rows(int r, int n, int k, float alpha, const float *a,
         const float *x = b + (size_t)p * ldb;
         for (int j = 0; j < r; j++) {
             const __m512 g = _mm512_set1_ps(alpha * a[(size_t)p * lda + j]);
-            float *out = c + (size_t)j * ldc;
+            float *sum = sums + (size_t)j * ld;
             for (int col = 0; col < n; col += 16) {
                 const __mmask16 mask = first_lanes_16(n - col);
-                _mm512_mask_storeu_ps(out + col, mask, _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(mask, x + col),
-                                                                        _mm512_maskz_loadu_ps(mask, out + col)));
+                _mm512_mask_storeu_ps(sum + col, mask, _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(mask, x + col),
+                                                                        _mm512_maskz_loadu_ps(mask, sum + col)));
             }
         }
     }
+    if (accumulate) {
+        for (int j = 0; j < r; j++)
+            for (int col = 0; col < n; col++) c[(size_t)j * ldc + col] += sums[(size_t)j * ld + col];
+        free(sums);
+    }
+    return 0;
 }
 
 // Short inner side: four rows of C, 16 columns at a time, each the sum over r of a broadcast A value times a row
@@ -194,10 +208,7 @@ int lk_narrow_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, 
     if (!lk_narrow_sgemm_enabled() || m <= 0 || n <= 0 || k <= 0) return 1;
     if (!trans_a && n <= narrow_max)  // B is [r×K] when transposed, else [K×r]
         return with_short_rows_of_b(few_columns, !trans_b, k, n, m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-    if (trans_a && !trans_b && m <= narrow_max) {
-        few_rows(m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-        return 0;
-    }
+    if (trans_a && !trans_b && m <= narrow_max) return few_rows(m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
     if (!trans_a && k <= narrow_max)  // B is [r×N], or [N×r] when transposed
         return with_short_rows_of_b(short_inner, trans_b, n, k, m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
 #else

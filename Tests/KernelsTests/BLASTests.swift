@@ -90,6 +90,29 @@ final class BLASTests: XCTestCase {
         XCTAssertNotEqual(status(0, 1, 64, 16, 64), 0, "switched off")
     }
 
+    /// Accumulating a second product into C (beta = 1) rounds as adding the two products formed apart: gradients
+    /// accumulated over micro-batches in one process then equal, bit for bit, the same micro-batches on two MPI ranks
+    /// summed. Checked on LoRA's shapes (dA = gᵀ·x and the other narrow ones) with whichever kernels run here.
+    func testAccumulatingEqualsAddingProductsFormedApart() {
+        var seed: UInt64 = 7
+        func next() -> Float { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return Float(Int64(bitPattern: seed) >> 40) / Float(1 << 23) }
+        for (transA, m, n, k) in [(true, 8, 576, 1024), (true, 12, 100, 37), (false, 1024, 8, 576), (false, 300, 96, 8)] {
+            let aCount = m * k, bCount = k * n
+            let a1 = (0..<aCount).map { _ in next() }, a2 = (0..<aCount).map { _ in next() }, b1 = (0..<bCount).map { _ in next() }
+            let b2 = (0..<bCount).map { _ in next() }
+            let lda = transA ? m : k
+            func product(_ a: [Float], _ b: [Float], into c: inout [Float], beta: Float) {
+                Float.gemm(transA: transA, transB: false, m: m, n: n, k: k, alpha: 2, a: a, lda: lda, b: b, ldb: n, beta: beta, c: &c, ldc: n)
+            }
+            var accumulated = [Float](repeating: 0, count: m * n), first = accumulated, second = accumulated
+            product(a1, b1, into: &accumulated, beta: 1)
+            product(a2, b2, into: &accumulated, beta: 1)
+            product(a1, b1, into: &first, beta: 0)
+            product(a2, b2, into: &second, beta: 0)
+            XCTAssertEqual(accumulated, zip(first, second).map { $0 + $1 }, "transA \(transA) \(m)×\(n)×\(k)")
+        }
+    }
+
     /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
     /// columns than rows (or few rows), by columns, each part one single-threaded BLAS call: the parts together
     /// equal the reference, whatever the transposes, leading dimensions and uneven part sizes, and the BLAS's own
