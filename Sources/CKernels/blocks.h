@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
 
@@ -64,6 +65,13 @@ static inline int has_avx512(void) {
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     }
     return cached;
+}
+
+// Whether our AVX-512 kernels may run: the CPU has AVX-512 and LORAKIT_AVX512 is not "off" (which keeps every
+// kernel of ours on AVX2 or the BLAS).
+static inline int avx512_kernels_allowed(void) {
+    const char *setting = getenv("LORAKIT_AVX512");
+    return has_avx512() && !(setting && strcmp(setting, "off") == 0);
 }
 
 LK_AVX2 static inline float half_to_float(const uint8_t *p) {

@@ -334,10 +334,7 @@ static int avx512_kernels = -1;
 
 int lk_matvec_avx512(void) {
 #if defined(__x86_64__)
-    if (avx512_kernels < 0) {
-        const char *setting = getenv("LORAKIT_AVX512");
-        avx512_kernels = has_avx512() && !(setting && strcmp(setting, "off") == 0);
-    }
+    if (avx512_kernels < 0) avx512_kernels = avx512_kernels_allowed();
     return avx512_kernels;
 #else
     return 0;

@@ -191,13 +191,13 @@ int lk_narrow_sgemm_supported(void) {
 #endif
 }
 
-// Where the CPU has AVX-512, unless LORAKIT_AVX512=off (which keeps every kernel of ours off AVX-512).
 int lk_narrow_sgemm_enabled(void) {
-    if (narrow_enabled < 0) {
-        const char *setting = getenv("LORAKIT_AVX512");
-        narrow_enabled = lk_narrow_sgemm_supported() && !(setting && strcmp(setting, "off") == 0);
-    }
+#if defined(__x86_64__)
+    if (narrow_enabled < 0) narrow_enabled = avx512_kernels_allowed();
     return narrow_enabled;
+#else
+    return 0;
+#endif
 }
 
 void lk_set_narrow_sgemm(int on) { narrow_enabled = on && lk_narrow_sgemm_supported(); }
