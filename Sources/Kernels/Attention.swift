@@ -47,6 +47,10 @@ public struct Attention<T: KernelScalar> {
     public let scoring: AttentionScoring<T>
     /// Queries and keys per tile of the tiled path; nil: the plain path, which keeps P.
     public var tile: Int?
+    /// Whether q·kᵀ, P·v and backward's products multiply operands rounded to bf16 (float32 accumulation), as the
+    /// bf16 precision does for the frozen weights and PyTorch's bf16 autocast does for attention; softmax, its
+    /// backward and the log-sum-exp stay float32.
+    public var bf16Products = false
 
     @inlinable
     public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, scoring: AttentionScoring<T>? = nil,
@@ -67,6 +71,20 @@ public struct Attention<T: KernelScalar> {
     public var savedCount: Int { batch * heads * length * (tile == nil ? length : 1) }
 
     @usableFromInline func kvHead(_ h: Int) -> Int { h / (heads / kvHeads) }
+
+    /// One of the attention's products, C = alpha·op(A)·op(B) + beta·C (beta 0 or 1), in T or (`bf16Products`) on
+    /// operands rounded to bf16.
+    @inlinable
+    func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T, a: UnsafePointer<T>, lda: Int,
+                 b: UnsafePointer<T>, ldb: Int, beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+        if bf16Products {
+            BFloat16GEMM.gemmOnRoundedOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                                               b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        } else {
+            T.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                   beta: beta, c: c, ldc: ldc)
+        }
+    }
 
     @inlinable
     public func forward(q: UnsafePointer<T>, k: UnsafePointer<T>, v: UnsafePointer<T>,
@@ -105,8 +123,8 @@ public struct Attention<T: KernelScalar> {
     @inlinable
     func scores(q: UnsafePointer<T>, k: UnsafePointer<T>, head bh: Int, into s: UnsafeMutablePointer<T>) {
         let L = length, d = headDim, b = bh / heads, h = bh % heads
-        T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
-               lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: s, ldc: L)
+        product(transA: false, transB: true, m: L, n: L, k: d, alpha: scale, a: q + b * L * qStride + h * d,
+                lda: qStride, b: k + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0, c: s, ldc: L)
     }
 
     /// Softmax over entries `from ..< to` of a row; the others become 0.
@@ -122,9 +140,9 @@ public struct Attention<T: KernelScalar> {
         let L = length, d = headDim
         for bh in 0..<(batch * heads) {
             let b = bh / heads, h = bh % heads
-            T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: 1, a: probs + bh * L * L, lda: L,
-                   b: v + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0,
-                   c: out + b * L * qStride + h * d, ldc: qStride)
+            product(transA: false, transB: false, m: L, n: d, k: L, alpha: 1, a: probs + bh * L * L, lda: L,
+                    b: v + b * L * kvStride + kvHead(h) * d, ldb: kvStride, beta: 0,
+                    c: out + b * L * qStride + h * d, ldc: qStride)
         }
     }
 
@@ -199,10 +217,10 @@ public struct Attention<T: KernelScalar> {
                 let p = probs + (b * heads + h) * L * L
                 let qOffset = b * L * qStride + h * d
                 let kvOffset = b * L * kvStride + kvHead(h) * d
-                T.gemm(transA: false, transB: true, m: L, n: L, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
-                       b: v + kvOffset, ldb: kvStride, beta: 0, c: dP, ldc: L)
-                T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
-                       b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset, ldc: kvStride)
+                product(transA: false, transB: true, m: L, n: L, k: d, alpha: 1, a: dOut + qOffset, lda: qStride,
+                        b: v + kvOffset, ldb: kvStride, beta: 0, c: dP, ldc: L)
+                product(transA: true, transB: false, m: L, n: d, k: L, alpha: 1, a: p, lda: L,
+                        b: dOut + qOffset, ldb: qStride, beta: 1, c: dv + kvOffset, ldc: kvStride)
                 if let capped { scores(q: q, k: k, head: b * heads + h, into: capped) }
                 Parallel.forEachRange(L, minimumPerThread: 32) { rows in
                     for i in rows {
@@ -216,10 +234,10 @@ public struct Attention<T: KernelScalar> {
                         }
                     }
                 }
-                T.gemm(transA: false, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
-                       b: k + kvOffset, ldb: kvStride, beta: 0, c: dq + qOffset, ldc: qStride)
-                T.gemm(transA: true, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
-                       b: q + qOffset, ldb: qStride, beta: 1, c: dk + kvOffset, ldc: kvStride)
+                product(transA: false, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
+                        b: k + kvOffset, ldb: kvStride, beta: 0, c: dq + qOffset, ldc: qStride)
+                product(transA: true, transB: false, m: L, n: d, k: L, alpha: scale, a: dP, lda: L,
+                        b: q + qOffset, ldb: qStride, beta: 1, c: dk + kvOffset, ldc: kvStride)
             }
         }
     }

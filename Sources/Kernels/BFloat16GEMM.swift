@@ -65,6 +65,60 @@ public enum BFloat16GEMM {
         }
     }
 
+    /// Whether small products on rounded operands (`gemmOnRoundedOperands`: attention's tiles) run on the CPU's
+    /// AVX512-BF16 kernel of ours; on where the CPU has it, unless `LORAKIT_AVX512=off`. Off, they run in float32 on
+    /// rounded copies (the same numbers, added in another order); so they do while `disabled`, as on a CPU without
+    /// bf16 instructions.
+    public static var tileKernels: Bool {
+        get { !disabled && lk_bf16_tiles_enabled() != 0 }
+        set { lk_set_bf16_tiles(newValue ? 1 : 0) }
+    }
+    public static var tileKernelsSupported: Bool { lk_bf16_tiles_supported() != 0 }
+
+    /// `values` rounded to bf16 and widened back (round to nearest even, NaN kept), on all threads: the numbers a
+    /// bf16 product multiplies, for computing it in float32.
+    public static func roundedValues<T: KernelScalar>(_ values: UnsafePointer<T>, count: Int) -> [T] {
+        [T](unsafeUninitializedCapacity: count) { out, initialized in
+            Parallel.forEachRange(count, minimumPerThread: 1 << 16) { part in
+                var bits = [UInt16](repeating: 0, count: part.count)
+                if T.self == Float.self {
+                    lk_float_to_bf16(UnsafeRawPointer(values + part.lowerBound).assumingMemoryBound(to: Float.self), &bits, part.count)
+                } else {
+                    let floats = part.map { Float(values[$0]) }
+                    lk_float_to_bf16(floats, &bits, part.count)
+                }
+                for (i, b) in zip(part, bits) { out[i] = T(Float(bitPattern: UInt32(b) << 16)) }
+            }
+            initialized = count
+        }
+    }
+
+    /// C [M, N] = alpha·op(A)·op(B) + beta·C (beta 0 or 1) on float operands rounded to bf16, float32 accumulation:
+    /// on the CPU's AVX512-BF16 for small products (attention's tiles; `bf16_tiles.c`) where it has it, else the
+    /// same numbers in T on rounded copies. Runs on the calling thread.
+    public static func gemmOnRoundedOperands<T: KernelScalar>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T,
+                                                             a: UnsafePointer<T>, lda: Int, b: UnsafePointer<T>, ldb: Int,
+                                                             beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        precondition(beta == 0 || beta == 1, "bf16 products add into C or overwrite it")
+        if T.self == Float.self, !disabled {
+            let start = BLAS.measureGEMM ? BLAS.now() : 0
+            func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }
+            if lk_bf16_tile_gemm(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), Float(alpha), float(a), Int32(lda),
+                                 float(b), Int32(ldb), beta == 1 ? 1 : 0,
+                                 UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), Int32(ldc)) == 0 {
+                BLAS.count(since: start, transA: transA, transB: transB, m: m, n: n, k: k)
+                return
+            }
+        }
+        // The last row of a strided operand ends at its last column.
+        func extent(rows: Int, cols: Int, ld: Int) -> Int { (rows - 1) * ld + cols }
+        let ra = roundedValues(a, count: transA ? extent(rows: k, cols: m, ld: lda) : extent(rows: m, cols: k, ld: lda))
+        let rb = roundedValues(b, count: transB ? extent(rows: n, cols: k, ld: ldb) : extent(rows: k, cols: n, ld: ldb))
+        T.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: ra, lda: lda, b: rb, ldb: ldb,
+               beta: beta, c: c, ldc: ldc)
+    }
+
     /// The reference, and the fallback when oneDNN refuses a product: the same product in float32 on the bf16
     /// operands widened (exactly), through the BLAS.
     public static func referenceGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int,

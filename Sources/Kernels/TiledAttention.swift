@@ -82,8 +82,8 @@ extension Attention {
                     sum.update(repeating: 0, count: stacked)
                     for j0 in keyTiles(i0, i0 + tq, tile: tile) {
                         let tk = min(tile, L - j0)
-                        T.gemm(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: scale, a: qg, lda: d,
-                               b: k + kvOffset + j0 * kvStride, ldb: kvStride, beta: 0, c: s, ldc: tk)
+                        product(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: scale, a: qg, lda: d,
+                                b: k + kvOffset + j0 * kvStride, ldb: kvStride, beta: 0, c: s, ldc: tk)
                         Parallel.forEachRange(stacked, minimumPerThread: 16) { rows in
                             for r in rows {
                                 let row = s + r * tk
@@ -102,8 +102,8 @@ extension Attention {
                                 if factor != 1 { for c in 0..<d { acc[r * d + c] *= T(factor) } }
                             }
                         }
-                        T.gemm(transA: false, transB: false, m: stacked, n: d, k: tk, alpha: 1, a: s, lda: tk,
-                               b: v + kvOffset + j0 * kvStride, ldb: kvStride, beta: 1, c: acc, ldc: d)
+                        product(transA: false, transB: false, m: stacked, n: d, k: tk, alpha: 1, a: s, lda: tk,
+                                b: v + kvOffset + j0 * kvStride, ldb: kvStride, beta: 1, c: acc, ldc: d)
                     }
                     for r in 0..<stacked {
                         let h = h0 + r / tq, i = i0 + r % tq
@@ -152,10 +152,10 @@ extension Attention {
                     dqG.update(repeating: 0, count: stacked * d)
                     for j0 in keyTiles(i0, i0 + tq, tile: tile) {
                         let tk = min(tile, L - j0), jOffset = kvOffset + j0 * kvStride
-                        T.gemm(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: scale, a: qg, lda: d,
-                               b: k + jOffset, ldb: kvStride, beta: 0, c: p, ldc: tk)
-                        T.gemm(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: 1, a: dOutG, lda: d,
-                               b: v + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
+                        product(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: scale, a: qg, lda: d,
+                                b: k + jOffset, ldb: kvStride, beta: 0, c: p, ldc: tk)
+                        product(transA: false, transB: true, m: stacked, n: tk, k: d, alpha: 1, a: dOutG, lda: d,
+                                b: v + jOffset, ldb: kvStride, beta: 0, c: dP, ldc: tk)
                         Parallel.forEachRange(stacked, minimumPerThread: 16) { rows in
                             for r in rows {
                                 let pr = p + r * tk, dr = dP + r * tk, i = i0 + r % tq
@@ -178,12 +178,12 @@ extension Attention {
                                 (dr + cols.upperBound).update(repeating: 0, count: tk - cols.upperBound)
                             }
                         }
-                        T.gemm(transA: true, transB: false, m: tk, n: d, k: stacked, alpha: 1, a: p, lda: tk,
-                               b: dOutG, ldb: d, beta: 1, c: dv + jOffset, ldc: kvStride)
-                        T.gemm(transA: false, transB: false, m: stacked, n: d, k: tk, alpha: scale, a: dP, lda: tk,
-                               b: k + jOffset, ldb: kvStride, beta: 1, c: dqG, ldc: d)
-                        T.gemm(transA: true, transB: false, m: tk, n: d, k: stacked, alpha: scale, a: dP, lda: tk,
-                               b: qg, ldb: d, beta: 1, c: dk + jOffset, ldc: kvStride)
+                        product(transA: true, transB: false, m: tk, n: d, k: stacked, alpha: 1, a: p, lda: tk,
+                                b: dOutG, ldb: d, beta: 1, c: dv + jOffset, ldc: kvStride)
+                        product(transA: false, transB: false, m: stacked, n: d, k: tk, alpha: scale, a: dP, lda: tk,
+                                b: k + jOffset, ldb: kvStride, beta: 1, c: dqG, ldc: d)
+                        product(transA: true, transB: false, m: tk, n: d, k: stacked, alpha: scale, a: dP, lda: tk,
+                                b: qg, ldb: d, beta: 1, c: dk + jOffset, ldc: kvStride)
                     }
                     for r in 0..<stacked {
                         (dq + (b * L + i0 + r % tq) * qStride + (h0 + r / tq) * d).update(from: dqG + r * d, count: d)

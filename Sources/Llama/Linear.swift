@@ -57,9 +57,10 @@ struct WeightAdapters<T: KernelScalar> {
 /// weight and the activations or incoming gradients — to bfloat16 (round to nearest even) and accumulates in
 /// float32. Where the CPU has bf16 products (`BFloat16GEMM.isAvailable`) the weights are kept in bf16 (half the
 /// memory of float32) and the products run on its bf16 instructions; elsewhere the same numbers are computed in
-/// float32 on the rounded values (no speed-up: `ProductPrecision` then chooses float32 for runs). LoRA's products,
-/// norms, attention, the loss and the optimizer are float32 either way; single-token products (generation) are
-/// not affected.
+/// float32 on the rounded values (no speed-up: `ProductPrecision` then chooses float32 for runs). The batched passes'
+/// attention products (q·kᵀ, P·v and their backward) multiply bf16-rounded operands too, as PyTorch's bf16 autocast
+/// does (`Attention.bf16Products`). LoRA's products, norms, softmax, the loss and the optimizer are float32 either
+/// way; single-token products (generation) are not affected.
 public enum FrozenProductInputs: String, Sendable, CaseIterable {
     case float32, bf16
 }
@@ -129,8 +130,8 @@ struct LinearWeight<T: KernelScalar> {
                        beta: accumulate ? 1 : 0, c: c, ldc: cols)
             }
             guard productInputs == .bf16 else { return multiply(x, wp) }
-            let roundedX = BFloat16Rounding.rounded(x, count: n * k)
-            let roundedW = BFloat16Rounding.rounded(wp, count: inFeatures * outFeatures)
+            let roundedX = BFloat16GEMM.roundedValues(x, count: n * k)
+            let roundedW = BFloat16GEMM.roundedValues(wp, count: inFeatures * outFeatures)
             roundedX.withUnsafeBufferPointer { a in roundedW.withUnsafeBufferPointer { b in multiply(a.baseAddress!, b.baseAddress!) } }
         }
     }
@@ -274,19 +275,3 @@ enum LinearLoRA {
     }
 }
 
-/// Values rounded to bfloat16 (round to nearest even, NaN kept) and held as T.
-enum BFloat16Rounding {
-    static func rounded<T: KernelScalar>(_ p: UnsafePointer<T>, count: Int) -> [T] {
-        [T](unsafeUninitializedCapacity: count) { out, initialized in
-            Parallel.forEachRange(count, minimumPerThread: 1 << 16) { part in
-                for i in part { out[i] = rounded(p[i]) }
-            }
-            initialized = count
-        }
-    }
-
-    @inline(__always)
-    static func rounded<T: KernelScalar>(_ x: T) -> T {
-        T(HalfPrecision.floatFromBFloat16Bits(HalfPrecision.bfloat16Bits(from: Float(x))))
-    }
-}

@@ -244,10 +244,14 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         rotations(positions: (0..<n).map { Int32($0 % length) })
     }
 
-    /// The batched pass's attention of layer `layer`: tiled, unless `attentionTile` is 0.
+    /// The batched pass's attention of layer `layer`: tiled, unless `attentionTile` is 0; its products in bf16 when
+    /// the frozen products are (the bf16 precision).
     func causalAttention(batch: Int, length: Int, layer: Int) -> Attention<T> {
-        Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads, headDim: config.headDim,
-                     scoring: scoring(layer: layer), tile: attentionTile(batch: batch, length: length))
+        var attention = Attention<T>(batch: batch, length: length, heads: config.heads, kvHeads: config.kvHeads,
+                                     headDim: config.headDim, scoring: scoring(layer: layer),
+                                     tile: attentionTile(batch: batch, length: length))
+        attention.bf16Products = frozenProductInputs == .bf16
+        return attention
     }
 
     /// The tile of the batched pass's attention over `batch` rows of `length` tokens; nil: the plain path.

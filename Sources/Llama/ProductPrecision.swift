@@ -4,7 +4,8 @@ import Kernels
 /// The precision a run asks for its frozen-weight products (`--precision`), and what it gets on this CPU.
 ///
 /// `fp32` computes them in float32. `bf16` rounds their operands to bf16 and runs them on the CPU's bf16
-/// instructions (AVX512-BF16, AMX); a CPU without them runs float32 instead and the resolution says so. `auto`
+/// instructions (AVX512-BF16, AMX), and attention's products too (`Attention.bf16Products`); a CPU without them runs
+/// float32 instead and the resolution says so. `auto`
 /// chooses bf16 only where the CPU has bf16 products and they measure faster than float32 on a product of the
 /// model's shape; bf16's cost in accuracy is measured in BENCHMARKS.md ("What bf16 would cost in accuracy").
 public enum ProductPrecision: String, Sendable, CaseIterable, Codable {
@@ -37,6 +38,11 @@ public enum ProductPrecision: String, Sendable, CaseIterable, Codable {
         return resolution
     }
 
+    /// Where attention's products run in bf16 (`Attention.bf16Products`).
+    var attentionProducts: String {
+        BFloat16GEMM.tileKernels ? "attention's on AVX512-BF16" : "attention's on bf16-rounded operands in float32"
+    }
+
     /// Resolves against this CPU; `embedding` and `hidden` give a product of the model's shape for `auto`'s timing.
     public func resolved(embedding: Int, hidden: Int) -> Resolution {
         switch self {
@@ -46,7 +52,7 @@ public enum ProductPrecision: String, Sendable, CaseIterable, Codable {
             guard let engine = BFloat16GEMM.engine else {
                 return Resolution(inputs: .float32, note: "float32: bf16 was asked for, but \(BFloat16GEMM.unavailableReason ?? "it is not available"); running float32")
             }
-            return Resolution(inputs: .bf16, note: "bf16 products on \(engine), float32 accumulation")
+            return Resolution(inputs: .bf16, note: "bf16 products on \(engine), \(attentionProducts), float32 accumulation")
         case .auto:
             guard let engine = BFloat16GEMM.engine else {
                 return Resolution(inputs: .float32, note: "float32 (auto: \(BFloat16GEMM.unavailableReason ?? "no bf16 products"))")
@@ -54,7 +60,7 @@ public enum ProductPrecision: String, Sendable, CaseIterable, Codable {
             let timing = BFloat16GEMM.compareWithFloat32(m: 256, n: hidden, k: embedding)
             let figures = String(format: "%.0f vs %.0f GFLOP/s on 256 × %d × %d", timing.bf16, timing.float32, hidden, embedding)
             return timing.bf16 > timing.float32
-                ? Resolution(inputs: .bf16, note: "bf16 products on \(engine) (auto: \(figures))")
+                ? Resolution(inputs: .bf16, note: "bf16 products on \(engine), \(attentionProducts) (auto: \(figures))")
                 : Resolution(inputs: .float32, note: "float32 (auto: bf16 is not faster here, \(figures))")
         }
     }

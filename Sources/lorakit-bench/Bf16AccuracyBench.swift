@@ -7,14 +7,14 @@ import LoRA
 import Tokenizer
 import Training
 
-/// bf16's accuracy, measured on any CPU: the same runs with the frozen-weight products' operands in float32 and
-/// rounded to bf16 (`FrozenProductInputs`; the products still run in float32, so the times say nothing about bf16's
-/// speed). Prints the base model's perplexity both ways, a training run's loss at every step both ways, and the
+/// bf16's accuracy, measured on any CPU: the same runs with the frozen-weight and attention products' operands in
+/// float32 and rounded to bf16 (`FrozenProductInputs`; on a CPU without bf16 instructions the products still run in
+/// float32, so the times say nothing about bf16's speed). Prints the base model's perplexity both ways, a training run's loss at every step both ways, and the
 /// held-out perplexity of the two adapters it trains.
 struct Bf16AccuracyBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bf16-accuracy",
-        abstract: "Loss and perplexity with the frozen products' operands in float32 and rounded to bf16.")
+        abstract: "Loss and perplexity with the frozen and attention products' operands in float32 and rounded to bf16.")
 
     @Option(name: .shortAndLong) var model = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     @Option(help: "Text: the last --held-out bytes are held out, the rest is trained on.")
@@ -52,7 +52,7 @@ struct Bf16AccuracyBench: ParsableCommand {
         }
         func change(_ a: Double, _ b: Double) -> String { String(format: "%+.3f %%", (b - a) / a * 100) }
 
-        print("model \(model), \(threads) threads; bf16: both operands of every frozen-weight product rounded to nearest even, "
+        print("model \(model), \(threads) threads; bf16: both operands of every frozen-weight and attention product rounded to nearest even, "
               + (BFloat16GEMM.engine.map { "multiplied on the CPU's bf16 instructions (\($0))" }
                  ?? "multiplied in float32 (\(BFloat16GEMM.unavailableReason ?? "no bf16 products"))"))
         let base32 = try perplexity(bytes[..<baseBytes], inputs: .float32, adapter: nil)

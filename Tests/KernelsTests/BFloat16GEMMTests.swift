@@ -81,6 +81,60 @@ final class BFloat16GEMMTests: XCTestCase {
         }
     }
 
+    /// Attention's tile products on rounded operands (`gemmOnRoundedOperands`), with the AVX512-BF16 kernel and
+    /// without it, against a Double product of the rounded operands: every transpose it takes (and the one it
+    /// leaves to the fallback), strided operands, odd inner sizes (a zero-padded last pair), and row and column
+    /// counts on both sides of the kernel's 6 × 64 tile and 16-lane vectors; alpha and accumulation.
+    func testRoundedOperandProductsMatchTheirReferenceOnEveryTail() {
+        var state: UInt64 = 7
+        func value() -> Float {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int64(bitPattern: state) >> 40) / Float(1 << 23)
+        }
+        func rounded(_ x: Float) -> Double { Double(HalfPrecision.floatFromBFloat16Bits(HalfPrecision.bfloat16Bits(from: x))) }
+        let saved = BFloat16GEMM.tileKernels
+        defer { BFloat16GEMM.tileKernels = saved }
+        let shapes = [(1, 1, 1), (5, 15, 3), (6, 16, 2), (7, 17, 31), (13, 64, 64), (192, 64, 64), (64, 64, 192),
+                      (12, 65, 65), (19, 70, 33), (6, 128, 7)]
+        for kernel in BFloat16GEMM.tileKernelsSupported ? [true, false] : [false] {
+            BFloat16GEMM.tileKernels = kernel
+            XCTAssertEqual(BFloat16GEMM.tileKernels, kernel)
+            for (transA, transB) in [(false, true), (false, false), (true, false), (true, true)] {
+                for (index, (m, n, k)) in shapes.enumerated() {
+                    let alpha: Float = index % 2 == 0 ? 1 : 0.125, accumulate = index % 3 == 1
+                    let lda = (transA ? m : k) + index % 3, ldb = (transB ? k : n) + 2 * (index % 2)
+                    let a = (0..<((transA ? k : m) * lda)).map { _ in value() }
+                    let b = (0..<((transB ? n : k) * ldb)).map { _ in value() }
+                    let start = (0..<(m * n)).map { _ in accumulate ? value() : 0 }
+                    var c = start, float32 = start
+                    BFloat16GEMM.gemmOnRoundedOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                                                       a: a, lda: lda, b: b, ldb: ldb, beta: accumulate ? 1 : 0, c: &c, ldc: n)
+                    ReferenceGEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                                       b: b, ldb: ldb, beta: accumulate ? 1 : 0, c: &float32, ldc: n)
+                    var largestChange: Float = 0
+                    for i in 0..<m {
+                        for j in 0..<n {
+                            var sum = 0.0, magnitude = 0.0
+                            for p in 0..<k {
+                                let x = rounded(transA ? a[p * lda + i] : a[i * lda + p])
+                                let y = rounded(transB ? b[j * ldb + p] : b[p * ldb + j])
+                                sum += x * y
+                                magnitude += abs(x * y)
+                            }
+                            let expected = Double(start[i * n + j]) + Double(alpha) * sum
+                            magnitude = abs(Double(start[i * n + j])) + Double(alpha) * magnitude
+                            // Exact products of bf16 values added in float32: |Δ| ≤ γₖ₊₂·Σ|terms|, γ ≈ (k + 2)·2⁻²⁴.
+                            XCTAssertEqual(Double(c[i * n + j]), expected, accuracy: Double(k + 3) * 0x1p-24 * magnitude + 1e-30,
+                                           "kernel \(kernel), transA \(transA), transB \(transB), \(m)×\(n)×\(k) at (\(i), \(j))")
+                            largestChange = max(largestChange, abs(c[i * n + j] - float32[i * n + j]))
+                        }
+                    }
+                    if k > 1 { XCTAssertGreaterThan(largestChange, 0, "\(m)×\(n)×\(k): the operands were rounded") }
+                }
+            }
+        }
+    }
+
     /// Turned off, bf16 products are unavailable and say why (the float32 fallback's switch).
     func testTurningOffMakesThemUnavailable() {
         let saved = BFloat16GEMM.disabled

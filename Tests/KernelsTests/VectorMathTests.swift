@@ -267,6 +267,47 @@ final class VectorMathTests: XCTestCase {
         }
     }
 
+    /// With `bf16Products` the attention's products multiply bf16-rounded operands: on the tiled and the plain path,
+    /// the AVX512-BF16 kernel agrees with float32 products of rounded copies far inside bf16's rounding, and both
+    /// differ from float32 attention by bf16's rounding (more than 1e-5, less than 2 % of the scale).
+    func testBf16AttentionProductsAgreeOnEveryPathAndStayWithinBf16OfFloat32() {
+        let H = 6, KV = 2, d = 64, batch = 2, L = 70, tile = 32, n = batch * L
+        let q = (0..<(n * H * d)).map { _ in uniform(-1, 1) }, k = (0..<(n * KV * d)).map { _ in uniform(-1, 1) }
+        let v = (0..<(n * KV * d)).map { _ in uniform(-1, 1) }, dOut = (0..<(n * H * d)).map { _ in uniform(-1, 1) }
+        let saved = BFloat16GEMM.tileKernels
+        defer { BFloat16GEMM.tileKernels = saved }
+        func run(tile: Int?, bf16: Bool, kernel: Bool) -> [[Float]] {
+            BFloat16GEMM.tileKernels = kernel
+            var attention = Attention<Float>(batch: batch, length: L, heads: H, kvHeads: KV, headDim: d, tile: tile)
+            attention.bf16Products = bf16
+            var out = [Float](repeating: 0, count: n * H * d), kept = [Float](repeating: 0, count: attention.savedCount)
+            attention.forward(q: q, k: k, v: v, out: &out, saved: &kept)
+            var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+            attention.backward(dOut: dOut, q: q, k: k, v: v, out: out, saved: kept, dq: &dq, dk: &dk, dv: &dv)
+            return [out, dq, dk, dv]
+        }
+        // Each path rounds what it multiplies: the tiles round P before normalizing it, the plain path after, so
+        // the two differ by bf16's rounding, and each is compared with its own rounded copies in float32.
+        let kernels = BFloat16GEMM.tileKernelsSupported ? [false, true] : [false]
+        for path in [tile, nil] as [Int?] {
+            let float32 = run(tile: path, bf16: false, kernel: false), copies = run(tile: path, bf16: true, kernel: false)
+            let kernel = kernels.count > 1 ? run(tile: path, bf16: true, kernel: true) : nil
+            for (index, name) in ["out", "dq", "dk", "dv"].enumerated() {
+                let scale = float32[index].map(abs).max()!
+                let change = zip(copies[index], float32[index]).map { abs($0 - $1) }.max()!
+                XCTAssertGreaterThan(change, 1e-5 * scale, "\(name): the operands were rounded")
+                XCTAssertLessThan(change, 0.02 * scale, "\(name): within bf16's rounding of float32")
+                if let kernel {
+                    // The same rounded operands added in another order. Backward's dS = P ⊙ (dP − D) cancels, so
+                    // float32's rounding moves some dS across a bf16 rounding boundary before dS·k and dSᵀ·q: a few
+                    // values one bf16 step apart (measured 0.05 of bf16's whole change), far below a wrong product.
+                    let worst = zip(copies[index], kernel[index]).map { abs($0 - $1) }.max()!
+                    XCTAssertLessThan(worst, 0.1 * change, "\(name), tile \(String(describing: path)): the kernel against rounded copies")
+                }
+            }
+        }
+    }
+
     func testRMSNormRowsMatchReference() {
         for cols in [16, 37, 576] {
             let x = (0..<cols).map { _ in uniform(-3, 3) }, w = (0..<cols).map { _ in uniform(0.5, 1.5) }

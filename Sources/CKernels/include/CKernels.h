@@ -93,6 +93,15 @@ const char *lk_bf16_gemm_description(void);
 /// Returns 0, or oneDNN's status (or -1) when the product could not run.
 int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
                  int accumulate, float *c, int ldc);
+// --- attention's tile products in bf16 (bf16_tiles.c): float32 operands rounded to bf16, AVX512-BF16 ---
+/// Whether the CPU has AVX512-BF16; whether the kernel is on (it is where supported, unless LORAKIT_AVX512=off).
+int lk_bf16_tiles_supported(void);
+int lk_bf16_tiles_enabled(void);
+void lk_set_bf16_tiles(int on);
+/// C [m, n] (= or, with `accumulate`, +=) alpha·op(A)·op(B), row-major, float32 operands rounded to bf16 (nearest
+/// even), float32 accumulation. Returns nonzero, computing nothing, where unsupported (or both transposed).
+int lk_bf16_tile_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                      const float *b, int ldb, int accumulate, float *c, int ldc);
 // --- float32 products with one side of at most 16 (narrow_gemm.c): LoRA's rank-r products ---
 /// C (= or, with `accumulate`, +=) alpha · op(A)·op(B), row-major, when N ≤ 16 (A not transposed), M ≤ 16 (A
 /// transposed, B not) or K ≤ 16 (A not transposed), on a CPU with AVX-512; returns nonzero, computing nothing, for
