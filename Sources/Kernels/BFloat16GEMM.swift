@@ -101,6 +101,10 @@ public enum BFloat16GEMM {
                                                              beta: T, c: UnsafeMutablePointer<T>, ldc: Int) {
         guard m > 0, n > 0 else { return }
         precondition(beta == 0 || beta == 1, "bf16 products add into C or overwrite it")
+        guard k > 0 else {  // an empty sum: C stays, or becomes 0
+            if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            return
+        }
         if T.self == Float.self, !disabled {
             let start = BLAS.measureGEMM ? BLAS.now() : 0
             func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> { UnsafeRawPointer(p).assumingMemoryBound(to: Float.self) }

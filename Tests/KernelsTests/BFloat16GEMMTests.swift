@@ -133,6 +133,14 @@ final class BFloat16GEMMTests: XCTestCase {
                 }
             }
         }
+        // An empty inner side: C stays (accumulating) or becomes 0.
+        var c: [Float] = [1, 2, 3, 4]
+        BFloat16GEMM.gemmOnRoundedOperands(transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: [], lda: 1, b: [],
+                                           ldb: 2, beta: 1, c: &c, ldc: 2)
+        XCTAssertEqual(c, [1, 2, 3, 4])
+        BFloat16GEMM.gemmOnRoundedOperands(transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: [], lda: 1, b: [],
+                                           ldb: 2, beta: 0, c: &c, ldc: 2)
+        XCTAssertEqual(c, [0, 0, 0, 0])
     }
 
     /// Turned off, bf16 products are unavailable and say why (the float32 fallback's switch).
