@@ -53,7 +53,8 @@ LK_BF16 static void pack_pairs_of_rows(const float *x, int ld, int rows, int k, 
     }
 }
 
-// k × n floats (row stride ld) → pairs of consecutive rows for each column: out[p·ldo + j], columns n ..< ldo zero.
+// k × n floats (row stride ld) → pairs of consecutive rows for each column: out[p·ldo + j], columns n ..< ldo zero,
+// nothing written past a row's ldo words.
 LK_BF16 static void pack_pairs_of_columns(const float *x, int ld, int k, int n, uint32_t *out, int ldo) {
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -64,7 +65,8 @@ LK_BF16 static void pack_pairs_of_columns(const float *x, int ld, int k, int n, 
             int left = n - j;
             __mmask16 m = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
             __m512 a = _mm512_maskz_loadu_ps(m, r0 + j), b = r1 ? _mm512_maskz_loadu_ps(m, r1 + j) : _mm512_setzero_ps();
-            _mm512_storeu_si512((void *)(d + j), _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
+            __mmask16 room = ldo - j >= 16 ? 0xffff : (__mmask16)((1u << (ldo - j)) - 1);
+            _mm512_mask_storeu_epi32(d + j, room, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
         }
     }
 }
