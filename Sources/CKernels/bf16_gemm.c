@@ -8,6 +8,7 @@
 // on several threads at once (the caller splits large products by rows, one single-threaded product per part).
 
 #include "CKernels.h"
+#include "blocks.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -248,11 +249,6 @@ done:
 int lk_bf16_gemm(int trans_a, int trans_b, int m, int n, int k, const uint16_t *a, int lda, const uint16_t *b, int ldb,
                  int accumulate, float *c, int ldc) {
     return run_product(DNNL_BF16, trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, accumulate, c, ldc);
-}
-
-static inline uint16_t bf16_bits(uint32_t u) {
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);  // NaN stays NaN (quiet)
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);               // round to nearest even
 }
 
 #if defined(__x86_64__)

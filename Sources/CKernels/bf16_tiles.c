@@ -35,8 +35,7 @@ static int has_avx512_bf16(void) {
 static inline uint32_t bf16_of(float x) {
     uint32_t u;
     memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 64;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return bf16_bits(u);
 }
 
 // rows × k floats (row stride ld) → pairs along k: out[r·pairs + p].

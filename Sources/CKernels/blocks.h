@@ -24,6 +24,12 @@ typedef struct {
     float *y;
 } lk_product;
 
+// A float's bits rounded to bf16: nearest even, NaN kept (made quiet); the one scalar rounding rule of the kernels.
+static inline uint16_t bf16_bits(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 // Runs run(context, begin, end) over rows [0, rows) of a product with `cols` columns: on the calling thread for
 // small products, else in parts of whole 16-row groups across the pool's threads (threadpool.c).
 typedef void (*lk_row_range)(const void *context, int begin, int end);
