@@ -67,7 +67,9 @@ struct StepBench: ParsableCommand {
                              schedule: 1, clipFactor: 1, decays: true)
             }
         }
-        let corePeak = lk_float32_peak_gflops()  // one core's; measured once, before any step
+        // One core's, measured once, before any step: float32's, or bf16's where the frozen products run in bf16.
+        let bf16Products = resolution.inputs == .bf16 && BFloat16GEMM.isAvailable
+        let corePeak = bf16Products ? lk_bf16_peak_gflops() : lk_float32_peak_gflops()
         for t in threads.split(separator: ",").compactMap({ Int($0) }) {
             BLAS.setThreads(t)
             for _ in 0..<warmup { try trainingStep() }
@@ -85,25 +87,23 @@ struct StepBench: ParsableCommand {
             let minimum = minimumOperations(llama.config, batch: batch, length: ctx, rank: rank) / 1e9
             print(String(format: "  products: %.0f GFLOP issued per step (the step's minimum %.0f), %.0f GFLOP/s inside them",
                          issued, minimum, issued / gemm))
-            if resolution.inputs == .float32 {
-                printFloor(minimumGFLOP: minimum, productRate: issued / gemm, corePeak: corePeak, threads: t, stepSeconds: elapsed)
-            } else {
-                print(String(format: "  bf16 products (float32's register peak does not bound them): the minimum alone would take %.2f s at the products' rate (this step %.2f s)",
-                             minimum / (issued / gemm), elapsed))
-            }
+            printFloor(minimumGFLOP: minimum, productRate: issued / gemm, corePeak: corePeak, bf16: bf16Products, threads: t,
+                       stepSeconds: elapsed)
             if shapes { printShapes(steps: steps, stepSeconds: elapsed) }
         }
     }
 }
 
-/// How far the step is from what this CPU's float32 arithmetic allows: the products' rate against the register
-/// peak of the cores used, and the step's minimum operations at the products' rate and at that peak.
-func printFloor(minimumGFLOP: Double, productRate: Double, corePeak: Double, threads: Int, stepSeconds: Double) {
+/// How far the step is from what this CPU's arithmetic allows: the products' rate against the register peak of the
+/// cores used (bf16's when the frozen products run in bf16: the step's fastest products, so its ceiling, though
+/// LoRA's stay float32), and the step's minimum operations at the products' rate and at that peak.
+func printFloor(minimumGFLOP: Double, productRate: Double, corePeak: Double, bf16: Bool, threads: Int, stepSeconds: Double) {
     let peak = corePeak * Double(threads)
     guard peak > 0 else { return }
-    print(String(format: "  float32 peak %.0f GFLOP/s (one core's register multiply-adds × %d): products at %.0f%% of it; "
+    print(String(format: "  %@ peak %.0f GFLOP/s (one core's register %@ × %d): products at %.0f%% of it; "
                  + "the minimum alone would take %.2f s at the products' rate, %.2f s at the peak (this step %.2f s)",
-                 peak, threads, 100 * productRate / peak, minimumGFLOP / productRate, minimumGFLOP / peak, stepSeconds))
+                 bf16 ? "bf16" : "float32", peak, bf16 ? "vdpbf16ps" : "multiply-adds", threads, 100 * productRate / peak,
+                 minimumGFLOP / productRate, minimumGFLOP / peak, stepSeconds))
 }
 
 /// Every product shape, most time first, with each call's rate on its own thread (op(A) is M×K, op(B) K×N; T: transposed).

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import GGUF
 import Kernels
@@ -151,5 +152,18 @@ final class BFloat16GEMMTests: XCTestCase {
         XCTAssertFalse(BFloat16GEMM.isAvailable)
         XCTAssertNil(BFloat16GEMM.engine)
         XCTAssertEqual(BFloat16GEMM.unavailableReason, "bf16 products are turned off (LORAKIT_BF16=off)")
+    }
+
+    /// The bf16 register peak that `lorakit-bench step --precision bf16` measures the products against: measured
+    /// where the CPU has AVX512-BF16 without AMX, at about twice the float32 one (two bf16 products a lane where a
+    /// multiply-add has one; 1.5× leaves room for a noisy host), and 0 elsewhere rather than a wrong ceiling.
+    func testBf16PeakIsMeasuredOnlyWhereItBoundsTheProducts() throws {
+        let cpuFlags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let amx = cpuFlags.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").contains("amx_bf16") ?? false
+        let peak = lk_bf16_peak_gflops()
+        guard lk_bf16_tiles_supported() != 0, !amx else { return XCTAssertEqual(peak, 0) }
+        let float32Peak = lk_float32_peak_gflops()
+        XCTAssertGreaterThan(peak, 1.5 * float32Peak, "bf16 \(peak) GFLOP/s against float32 \(float32Peak)")
+        XCTAssertLessThan(peak, 3 * float32Peak, "bf16 \(peak) GFLOP/s against float32 \(float32Peak)")
     }
 }

@@ -83,6 +83,10 @@ int lk_shape_totals(lk_shape_total *out, int capacity);
 /// GFLOP/s of one core's float32 multiply-adds on registers alone (AVX2 + FMA; the best of five ~30 ms runs), the
 /// ceiling that benchmarks compare the products' rate with; 0 where there is no such kernel.
 double lk_float32_peak_gflops(void);
+/// GFLOP/s of one core's bf16 products on registers alone (AVX512-BF16's vdpbf16ps, two multiply-adds a lane), the
+/// ceiling of the bf16 precision's products; 0 where the CPU has no AVX512-BF16, and where it has AMX (whose tiles
+/// oneDNN uses, faster than this).
+double lk_bf16_peak_gflops(void);
 
 // --- bf16 products (bf16_gemm.c): oneDNN 2.x loaded at run time ---
 /// Whether bf16 products can run here: oneDNN 2.x is installed and has a bf16 kernel for this CPU.
