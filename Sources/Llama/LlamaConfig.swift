@@ -107,6 +107,14 @@ public struct LlamaConfig: Sendable, Equatable {
     /// Rows of logits a dense head computes at once (`LlamaModel.headChunkRows`).
     public static let headRows = 160
 
+    /// The warning for rows of `context` tokens when they are longer than the model's training context (train,
+    /// perplexity and generate say the same), or nil.
+    public func contextWarning(_ context: Int) -> String? {
+        guard context > contextLength else { return nil }
+        return "--ctx \(context) is beyond the \(contextLength) tokens the model was trained on; positions past them are "
+            + "ones it never saw (RoPE), so results there may degrade"
+    }
+
     /// Whether layer `l` attends through a sliding window (llama.cpp's pattern: every `pattern`-th layer is global).
     public func isSlidingLayer(_ l: Int) -> Bool {
         guard slidingWindow != nil, let p = slidingPattern else { return false }

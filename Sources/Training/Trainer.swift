@@ -166,6 +166,7 @@ public final class Trainer {
             try model.attach(loaded.adapter, multiplier: frozen.multiplier, source: frozen.path)
         }
         var notes: [String] = []
+        if let warning = model.config.contextWarning(c.context) { notes.append(warning) }
         if let cp = checkpoint, let was = cp.frozenProducts, was != precision.inputs.rawValue, let path = c.checkpointIn {
             notes.append("\(path): trained with \(was) frozen products, continued in \(precision.inputs.rawValue) (--precision): "
                          + "the run goes on, but not bit for bit as an uninterrupted one would")

@@ -53,10 +53,7 @@ struct GenerateCommand: ParsableCommand {
         let (file, model, tokenizer) = try modelOptions.load()
         let resolution = precision.apply(to: model)
         if precision != .fp32 { CLI.printError("precision: \(resolution.note)") }
-        if ctx > model.config.contextLength {
-            CLI.printError("warning: --ctx \(ctx) is beyond the \(model.config.contextLength) tokens the model was trained on; "
-                           + "output past that point may degrade")
-        }
+        if let warning = model.config.contextWarning(ctx) { CLI.printError("warning: " + warning) }
         var sampler = Sampler(seed: seed < 0 ? UInt64(Date().timeIntervalSince1970 * 1000) : UInt64(seed))
         sampler.temperature = temperature
         sampler.topK = topK

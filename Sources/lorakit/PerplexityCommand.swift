@@ -45,6 +45,7 @@ struct PerplexityCommand: ParsableCommand {
         let (_, model, tokenizer) = try modelOptions.load()
         let resolution = precision.apply(to: model)
         if precision != .fp32 { print("precision: \(resolution.note)") }
+        if let warning = model.config.contextWarning(ctx) { CLI.printError("warning: " + warning) }
         let data: [UInt8]
         do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }
         let tokens = tokenizer.encode(bytes: Array(data), addSpecial: true, parseSpecial: false)

@@ -102,6 +102,24 @@ final class TrainerTests: XCTestCase {
     }
 
     /// A bf16 run resumes bit for bit in bf16; resumed in float32 it goes on and says that it is no longer bit-exact.
+    /// A row longer than the model's training context (the tiny model's 128) is trained, with a warning that says so;
+    /// within it, no warning.
+    func testContextBeyondTheModelsIsWarnedAbout() throws {
+        func warnings(context: Int) throws -> [String] {
+            var c = config("ctx\(context).gguf", iterations: 1)
+            c.context = context
+            c.batch = 1
+            var said: [String] = []
+            _ = try Trainer(configuration: c).run { event in
+                if case let .warning(w) = event { said.append(w) }
+                return true
+            }
+            return said
+        }
+        XCTAssertEqual(try warnings(context: 160).filter { $0.contains("beyond the 128 tokens the model was trained on") }.count, 1)
+        XCTAssertEqual(try warnings(context: 128).filter { $0.contains("trained on") }, [])
+    }
+
     func testBf16ResumeIsBitExactAndAChangeOfPrecisionIsSaid() throws {
         func bf16(_ out: String, _ iterations: Int) -> TrainingConfiguration {
             var c = config(out, iterations: iterations)
