@@ -45,7 +45,6 @@ struct PerplexityCommand: ParsableCommand {
         let (_, model, tokenizer) = try modelOptions.load()
         let resolution = precision.apply(to: model)
         if precision != .fp32 { print("precision: \(resolution.note)") }
-        if let warning = model.config.contextWarning(ctx) { CLI.printError("warning: " + warning) }
         let data: [UInt8]
         do { data = try FileReader.readAll(file) } catch { throw CLIError(String(describing: error)) }
         let tokens = tokenizer.encode(bytes: Array(data), addSpecial: true, parseSpecial: false)
@@ -57,6 +56,8 @@ struct PerplexityCommand: ParsableCommand {
         guard count > 0 else {
             throw CLIError("\(file): \(tokens.count) tokens is less than one chunk of \(ctx) (use a smaller --ctx)")
         }
+        // After the input's errors, which are the one line a failed run prints.
+        if let warning = model.config.contextWarning(ctx) { CLI.printError("warning: " + warning) }
         print("perplexity: \(tokens.count) tokens, \(count) chunks of \(ctx), scoring positions \(scoring.scoredPositions) of each")
         var passes = 0, firstChunk = 0
         let result: Perplexity.Result
