@@ -74,3 +74,15 @@ private let testProcessDirectory: String = {
 }()
 
 private func processDirectoryPath() -> String { "/tmp/lorakit-tests-\(getpid())" }
+
+/// A new temporary directory holding `m.gguf`, the tiny model with its 66-token tokenizer, and `d.txt`, a pangram
+/// repeated `repeats` times: what the tests that train or run commands on something small start from.
+public func tinyModelAndText(_ name: String, repeats: Int) throws -> (dir: String, model: String, text: String) {
+    let dir = temporaryDirectory(name)
+    var tiny = TinyLlama()
+    tiny.addTinyTokenizer()
+    try tiny.write(to: dir + "/m.gguf")
+    try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: repeats)
+        .write(toFile: dir + "/d.txt", atomically: true, encoding: .utf8)
+    return (dir, dir + "/m.gguf", dir + "/d.txt")
+}

@@ -17,17 +17,13 @@ final class PerplexityCommandTests: XCTestCase {
     /// Rows longer than the model's training context (the tiny model's 128) are scored and generated with a warning on
     /// standard error, the same line `train` reports; within it, none.
     func testContextBeyondTheModelsIsWarnedAbout() throws {
-        let dir = temporaryDirectory("lorakit-ctx")
-        var tiny = TinyLlama()
-        tiny.addTinyTokenizer()
-        try tiny.write(to: dir + "/m.gguf")
-        try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 20).write(toFile: dir + "/t.txt", atomically: true, encoding: .utf8)
+        let (_, model, text) = try tinyModelAndText("lorakit-ctx", repeats: 20)
         let warning = "warning: --ctx 160 is beyond the 128 tokens the model was trained on"
-        for command in [["perplexity", "-f", dir + "/t.txt"], ["generate", "-p", "THE QUICK", "-n", "2"]] {
-            let (status, _, err) = try LoRAKitBinary.run(command + ["-m", dir + "/m.gguf", "-c", "160"])
+        for command in [["perplexity", "-f", text], ["generate", "-p", "THE QUICK", "-n", "2"]] {
+            let (status, _, err) = try LoRAKitBinary.run(command + ["-m", model, "-c", "160"])
             XCTAssertEqual(status, 0, err)
             XCTAssertTrue(err.contains(warning), "\(command[0]): \(err)")
-            let (within, _, quiet) = try LoRAKitBinary.run(command + ["-m", dir + "/m.gguf", "-c", "64"])
+            let (within, _, quiet) = try LoRAKitBinary.run(command + ["-m", model, "-c", "64"])
             XCTAssertEqual(within, 0, quiet)
             XCTAssertFalse(quiet.contains("trained on"), "\(command[0]): \(quiet)")
         }

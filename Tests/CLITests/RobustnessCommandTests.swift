@@ -12,13 +12,7 @@ final class RobustnessCommandTests: XCTestCase {
     var data = ""
 
     override func setUpWithError() throws {
-        dir = temporaryDirectory("lorakit-robust")
-        model = dir + "/m.gguf"
-        var tiny = TinyLlama()
-        tiny.addTinyTokenizer()
-        try tiny.write(to: model)
-        data = dir + "/data.txt"
-        try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 20).write(toFile: data, atomically: true, encoding: .utf8)
+        (dir, model, data) = try tinyModelAndText("lorakit-robust", repeats: 20)
     }
 
     /// Runs lorakit and checks the exit code; an error is exactly one `error:` line.
@@ -284,11 +278,7 @@ final class RobustnessCommandTests: XCTestCase {
 /// its temporary files do not outlive the next run.
 final class KillTests: XCTestCase {
     func testKilledRunsAlwaysResume() throws {
-        let dir = temporaryDirectory("lorakit-kill")
-        var tiny = TinyLlama()
-        tiny.addTinyTokenizer()
-        try tiny.write(to: dir + "/m.gguf")
-        try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 40).write(toFile: dir + "/d.txt", atomically: true, encoding: .utf8)
+        let (dir, _, _) = try tinyModelAndText("lorakit-kill", repeats: 40)
         let args = ["train", "-m", dir + "/m.gguf", "--train-data", dir + "/d.txt", "--ctx", "16", "--batch", "2", "-t", "1",
                     "--save-every", "1", "--lora-out", dir + "/a.gguf", "--seed", "5"]
         var rng = SplitMix64(seed: 9)

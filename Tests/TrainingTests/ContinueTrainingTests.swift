@@ -71,11 +71,7 @@ final class ContinueTrainingTests: XCTestCase {
     }
 
     func testContinuesOurGGUFAdapter() throws {
-        let dir = temporaryDirectory("lorakit-continue")
-        var tiny = TinyLlama()
-        tiny.addTinyTokenizer()
-        try tiny.write(to: dir + "/m.gguf")
-        try String(repeating: "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ", count: 30).write(toFile: dir + "/d.txt", atomically: true, encoding: .utf8)
+        let (dir, _, _) = try tinyModelAndText("lorakit-continue", repeats: 30)
         var first = TrainingConfiguration(model: dir + "/m.gguf", trainData: dir + "/d.txt", adapterOut: dir + "/a.gguf")
         first.context = 16
         first.iterations = 4
