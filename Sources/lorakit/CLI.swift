@@ -46,6 +46,7 @@ extension CLI {
 
     static func printError(_ message: String) {
         var text = printable(message) + "\n"
+        fflush(stdout)  // what was printed before comes first where both streams go to one place (`2>&1`)
         text.withUTF8 { _ = fwrite($0.baseAddress, 1, $0.count, stderr) }
     }
 }

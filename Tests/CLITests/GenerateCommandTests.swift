@@ -16,6 +16,12 @@ final class GenerateCommandTests: XCTestCase {
         XCTAssertEqual(status, 0, err)
         XCTAssertTrue(out.hasPrefix("The capital of France is Paris."), out)
         XCTAssertTrue(err.contains("tokens/s"), err)
+        // Piped together (`2>&1`), the text and its newline come before the speed line, not inside it.
+        let (_, both, _) = try LoRAKitBinary.run(["generate", "-m", model, "-p", "The capital of France is", "-n", "8", "--temp", "0"],
+                                                  combined: true)
+        let lines = both.split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("The capital of France is Paris.") }, both)
+        XCTAssertTrue(lines.last?.hasPrefix("prompt:") == true, both)
     }
 
     /// The model read into memory (the default) and mapped (`--mmap`) generate the same text.

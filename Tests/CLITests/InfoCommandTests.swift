@@ -17,9 +17,10 @@ enum LoRAKitBinary {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
 
-    /// Runs `lorakit args…` (or another program, such as mpirun), returning (status, stdout, stderr).
+    /// Runs `lorakit args…` (or another program, such as mpirun), returning (status, stdout, stderr);
+    /// `combined`: both streams into one pipe, as `2>&1` does (returned as stdout, stderr empty).
     static func run(_ args: [String], stdin: String? = nil, executable: String? = nil,
-                    environment: [String: String] = [:]) throws -> (Int32, String, String) {
+                    environment: [String: String] = [:], combined: Bool = false) throws -> (Int32, String, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable ?? path)
         process.arguments = args
@@ -28,7 +29,7 @@ enum LoRAKitBinary {
         }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
-        process.standardError = err
+        process.standardError = combined ? out : err
         if let stdin {
             let input = Pipe()
             process.standardInput = input
@@ -37,6 +38,7 @@ enum LoRAKitBinary {
         }
         try process.run()
         let outData = out.fileHandleForReading.readDataToEndOfFile()
+        try? err.fileHandleForWriting.close()  // unused when combined: its reader must see the end
         let errData = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
