@@ -199,6 +199,35 @@ public struct Batcher: Sendable {
         return (tokens, targets)
     }
 
+    /// The most positions a row of this data runs once `cutAfterLastScored` has cut it: the whole row for windows of
+    /// text and packed rows, else the longest sample's tokens but its last (which no position is fed to predict).
+    public var longestRow: Int {
+        if stream.windows || options.fillWithNextSamples { return length }
+        return min(length, max(1, (stream.samples.map(\.count).max() ?? 1) - 1))
+    }
+
+    /// A micro-batch's rows cut after the last position that any of them scores. Attention is causal, so no later
+    /// position changes an earlier one's output: the loss and its gradients are the whole rows', and rows of short
+    /// samples (prompt/completion, chat) cost their own length instead of the context's padding.
+    ///
+    /// Shapes: tokens, targets [rows · length] → [rows · used], used = 1 + the last scored position of any row.
+    public static func cutAfterLastScored(tokens: [Int32], targets: [Int32], rows: Int) -> (tokens: [Int32], targets: [Int32]) {
+        let length = tokens.count / max(rows, 1)
+        var used = 1
+        for r in 0..<rows {
+            if let last = (0..<length).last(where: { targets[r * length + $0] >= 0 }) { used = max(used, last + 1) }
+        }
+        guard used < length else { return (tokens, targets) }
+        var t: [Int32] = [], g: [Int32] = []
+        t.reserveCapacity(rows * used)
+        g.reserveCapacity(rows * used)
+        for r in 0..<rows {
+            t += tokens[(r * length)..<(r * length + used)]
+            g += targets[(r * length)..<(r * length + used)]
+        }
+        return (t, g)
+    }
+
     /// All samples in file order, each in its own row (validation): no shuffling, no random offsets.
     public func evaluationRows() -> [(tokens: [Int32], targets: [Int32])] {
         var copy = self

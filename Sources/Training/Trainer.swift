@@ -184,8 +184,13 @@ public final class Trainer {
             let (inF, outF) = model.config.features(of: target)!, r = c.rank(of: target, in: model.config)
             return sum + r * (inF + outF) * (target.isPerLayer ? model.config.layers : 1)
         }
+        // Rows are cut after their last scored position (`Batcher.cutAfterLastScored`): the plan is for the longest.
+        let validationLongest = validationRows.map { (row: (tokens: [Int32], targets: [Int32])) -> Int in
+            (row.targets.lastIndex(where: { $0 >= 0 }) ?? 0) + 1
+        }.max() ?? 1
+        let rowLength = max(batcher.longestRow, validationLongest)
         let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
-                                       batch: c.batch, context: c.context, trainableParameters: trainable,
+                                       batch: c.batch, context: rowLength, trainableParameters: trainable,
                                        cacheWeights: c.cacheWeights, bf16Weights: model.keepsBF16Weights,
                                        trainsHead: targets.contains(.output))
         let memory = MemoryPlan.choose(inputs, checkpointing: c.gradientCheckpointing,
@@ -194,6 +199,7 @@ public final class Trainer {
         let startStep = checkpoint?.iteration ?? 0
         let plan = TrainingPlan(
             targets: targets, trainableParameters: trainable, tokensPerStep: c.batch * c.gradientAccumulation * ranks * c.context,
+            rowLength: batcher.longestRow,
             steps: max(0, c.iterations - startStep), startStep: startStep, samples: trainStream.sampleCount,
             validationRows: validationRows.count, gradientCheckpointing: memory.gradientCheckpointing, precision: precision.note,
             memory: memory.parts.map { ($0.name, $0.bytes) }, ranks: ranks,
@@ -234,7 +240,10 @@ public final class Trainer {
         let c = configuration, start = Date()
         let cursor = run.batcher.state
         // Every rank draws the whole global step (the same batches in the same order) and computes its share.
-        let micro = (0..<(c.gradientAccumulation * ranks)).map { _ in run.batcher.next(rows: c.batch) }
+        let micro = (0..<(c.gradientAccumulation * ranks)).map { _ in
+            let mb = run.batcher.next(rows: c.batch)
+            return Batcher.cutAfterLastScored(tokens: mb.tokens, targets: mb.targets, rows: c.batch)
+        }
         let scored = micro.reduce(0) { $0 + $1.targets.filter { $0 >= 0 }.count }
         run.state.adapter.zeroGradients()
         var lossSum = 0.0
@@ -259,7 +268,7 @@ public final class Trainer {
         run.state.tokensSeen += scored
         let seconds = Date().timeIntervalSince(start)
         return StepReport(step: run.state.step, loss: loss, learningRate: c.adam.learningRate * factor, gradientNorm: norm,
-                          tokensPerSecond: Double(c.batch * c.gradientAccumulation * ranks * c.context) / seconds, elapsed: 0,
+                          tokensPerSecond: Double(micro.reduce(0) { $0 + $1.tokens.count }) / seconds, elapsed: 0,
                           eta: 0, scoredTokens: scored, epoch: run.batcher.state.epoch,
                           overhead: max(0, 1 - computeSeconds / seconds))
     }
@@ -273,8 +282,9 @@ public final class Trainer {
         // Rank r scores the batches r, r + N, …; the sums are added across ranks.
         for start in stride(from: rank * batch, to: rows.count, by: batch * ranks) {
             let part = rows[start..<min(rows.count, start + batch)]
+            let cut = Batcher.cutAfterLastScored(tokens: part.flatMap(\.tokens), targets: part.flatMap(\.targets), rows: part.count)
             let (s, n): (Double, Int)
-            do { (s, n) = try run.model.loss(tokens: part.flatMap(\.tokens), targets: part.flatMap(\.targets), batch: part.count) }
+            do { (s, n) = try run.model.loss(tokens: cut.tokens, targets: cut.targets, batch: part.count) }
             catch ModelError.cancelled { return nil }
             sum += s
             count += n

@@ -118,6 +118,9 @@ public struct TrainingPlan: Sendable {
     public var targets: [LoRATarget] = []
     public var trainableParameters: Int
     public var tokensPerStep: Int
+    /// The most positions a training row runs: the context, or less where every sample is shorter (rows end after
+    /// their last scored position).
+    public var rowLength: Int
     public var steps: Int
     public var startStep: Int
     public var samples: Int

@@ -34,7 +34,8 @@ struct TrainingReport {
         case let .plan(p):
             plannedBytes = p.memory.reduce(0) { $0 + $1.1 }
             print("plan: \(p.trainableParameters) trainable parameters (rank \(config.rank), alpha \(config.alpha), \(p.targets.map(\.rawValue).joined(separator: ",")))")
-            print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")\(p.ranks > 1 ? " × \(p.ranks) ranks" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")")
+            print("      \(p.tokensPerStep) tokens per step (\(config.batch) × \(config.context)\(config.gradientAccumulation > 1 ? " × \(config.gradientAccumulation) accumulated" : "")\(p.ranks > 1 ? " × \(p.ranks) ranks" : "")), \(p.steps) steps from step \(p.startStep), \(p.samples) samples\(p.validationRows > 0 ? ", \(p.validationRows) validation rows" : "")"
+                  + (p.rowLength < config.context ? "; rows end after their last learned token, at most \(p.rowLength) positions (the longest sample)" : ""))
             print("      memory: " + p.memory.map { "\($0.0) \(TrainingReport.mb($0.1))" }.joined(separator: ", ")
                   + "; gradient checkpointing \(p.gradientCheckpointing ? "on" : "off")")
             if p.ranks > 1 {

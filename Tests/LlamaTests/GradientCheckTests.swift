@@ -274,6 +274,19 @@ final class GradientCheckTests: XCTestCase {
                 }
                 let lossOnly = try model.loss(tokens: tokens, targets: targets, batch: 2)
                 XCTAssertEqual(sum, lossOnly.sum, accuracy: 1e-10)
+                // Positions after the last scored one change no loss and no gradient (the trainer cuts rows there):
+                // the same rows with four unscored positions appended to each.
+                let padded: [Int32] = Array(tokens[0..<6]) + [2, 2, 2, 2] + Array(tokens[6..<12]) + [2, 2, 2, 2]
+                let paddedTargets: [Int32] = Array(targets[0..<6]) + [-1, -1, -1, -1] + Array(targets[6..<12]) + [-1, -1, -1, -1]
+                adapter.zeroGradients()
+                let (paddedSum, paddedCount) = try model.forwardBackward(tokens: padded, targets: paddedTargets, batch: 2, lossScale: 1.0 / 11)
+                XCTAssertEqual(paddedCount, 11)
+                XCTAssertEqual(paddedSum, sum, accuracy: 1e-12 * abs(sum), "\(tiny.architecture): padded rows' loss")
+                let paddedGradients = adapter.order.map { adapter[$0]!.gradA + adapter[$0]!.gradB }
+                let largestPaddingChange = zip(paddedGradients.joined(), gradients.joined()).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertLessThan(largestPaddingChange, 1e-12, "\(tiny.architecture): padded rows' gradients")
+                adapter.zeroGradients()
+                _ = try model.forwardBackward(tokens: tokens, targets: targets, batch: 2, lossScale: 1.0 / 11)
                 for name in adapter.order {
                     let pair = adapter[name]!
                     func loss() -> Double { (try! model.loss(tokens: tokens, targets: targets, batch: 2).sum) / 11 }

@@ -350,6 +350,42 @@ final class TrainerTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(start), 2, "refused without filling the adapter")
     }
 
+    /// A micro-batch is cut after the last position any row scores (the model test shows those positions change
+    /// nothing), so short prompt/completion samples run their own length: the plan says so and sizes memory for it.
+    func testRowsEndAfterTheirLastScoredPosition() throws {
+        let cut = Batcher.cutAfterLastScored(tokens: [1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16],
+                                             targets: [2, -1, 4, -1, -1, -1, -1, 13, -1, -1, -1, -1], rows: 2)
+        XCTAssertEqual(cut.tokens, [1, 2, 3, 11, 12, 13], "row 0 scores position 2 last, row 1 position 1: three kept")
+        XCTAssertEqual(cut.targets, [2, -1, 4, -1, 13, -1])
+        let whole = Batcher.cutAfterLastScored(tokens: [1, 2, 3, 4], targets: [-1, -1, -1, 9], rows: 1)
+        XCTAssertEqual(whole.tokens, [1, 2, 3, 4], "a row scored to its end stays whole")
+        XCTAssertEqual(Batcher.cutAfterLastScored(tokens: [1, 2, 3, 4], targets: [-1, -1, -1, -1], rows: 2).tokens, [1, 3],
+                       "nothing scored: one position a row")
+
+        let path = dir + "/pairs.jsonl"
+        try (0..<6).map { i in "{\"prompt\": \"THE FOX \(i)\", \"completion\": \" JUMPS OVER\"}" }.joined(separator: "\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        func plan(_ context: Int, fill: Bool = false) throws -> TrainingPlan {
+            var c = config("p\(context)\(fill).gguf", iterations: 2)
+            c.trainData = path
+            c.context = context
+            c.sampling.fillWithNextSamples = fill
+            var plan: TrainingPlan?
+            _ = try Trainer(configuration: c).run { event in
+                if case let .plan(p) = event { plan = p }
+                return true
+            }
+            return try XCTUnwrap(plan)
+        }
+        let short = try plan(64), longer = try plan(128), packed = try plan(64, fill: true)
+        XCTAssertLessThan(short.rowLength, 64, "samples shorter than the context")
+        XCTAssertEqual(longer.rowLength, short.rowLength, "the longest sample decides, not the context")
+        XCTAssertEqual(packed.rowLength, 64, "packed rows run the whole context")
+        func activations(_ p: TrainingPlan) -> Int { p.memory.first { $0.0.hasPrefix("activations") }!.1 }
+        XCTAssertEqual(activations(longer), activations(short))
+        XCTAssertLessThan(activations(short), activations(packed))
+    }
+
     func testBadJSONLLineNamesFileAndLine() throws {
         let path = dir + "/bad.jsonl"
         try "{\"text\": \"OK\"}\n{\"text\": oops}\n".write(toFile: path, atomically: true, encoding: .utf8)
