@@ -52,13 +52,12 @@ extension LlamaModel {
         var dhf = [T](repeating: 0, count: n * C)
         var total = 0.0
         let head = try self.head()
-        let scoredRows = (0..<n).filter { targets[$0] >= 0 && Int(targets[$0]) < V }
-        var rowsH = [T](repeating: 0, count: min(headChunkRows, scoredRows.count) * C)
-        var rowsD = rowsH
+        let scoredRows = scoredPositions(targets)
+        var rowsD = [T](repeating: 0, count: min(headChunkRows, scoredRows.count) * C)
         for start in stride(from: 0, to: scoredRows.count, by: headChunkRows) {
             let chunk = scoredRows[start..<min(scoredRows.count, start + headChunkRows)]
             let m = chunk.count
-            for (i, r) in chunk.enumerated() { for c in 0..<C { rowsH[i * C + c] = hf[r * C + c] } }
+            let rowsH = LlamaModel.rows(chunk, of: hf, width: C)
             let chunkTargets = chunk.map { targets[$0] }
             var (logits, saved) = head.forward(rowsH, rows: m)
             capLogits(&logits)
@@ -87,13 +86,12 @@ extension LlamaModel {
     /// Shapes: H, dH, acc [R, C] (the R scored rows); per chunk of c vocabulary rows: z, dz [R, c]; maximum, sum,
     /// rescale, target [R] (`CrossEntropy.accumulateChunk`); the target rows' dz [R, u] (u distinct targets).
     func chunkedHeadBackward(hf: [T], targets: [Int32], lossScale: T) throws -> (loss: Double, dhf: [T], scored: Int) {
-        let n = targets.count, C = config.embedding, V = config.vocabulary
-        let scoredRows = (0..<n).filter { targets[$0] >= 0 && Int(targets[$0]) < V }
+        let n = targets.count, C = config.embedding
+        let scoredRows = scoredPositions(targets)
         let R = scoredRows.count
         var dhf = [T](repeating: 0, count: n * C)
         guard R > 0 else { return (0, dhf, 0) }
-        var h = [T](repeating: 0, count: R * C)
-        for (i, r) in scoredRows.enumerated() { for c in 0..<C { h[i * C + c] = hf[r * C + c] } }
+        let h = LlamaModel.rows(scoredRows, of: hf, width: C)
         let rowTargets = scoredRows.map { Int(targets[$0]) }
         var maximum = [Double](repeating: -.infinity, count: R), sum = [Double](repeating: 0, count: R)
         var targetLogit = [T](repeating: 0, count: R)

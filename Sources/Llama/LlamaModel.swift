@@ -295,27 +295,47 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
         return try hf.withUnsafeBufferPointer { try headLogits($0.baseAddress!, rows: 0..<tokens.count) }
     }
 
-    /// Mean next-token loss over the scored targets (−1 = not scored), forward only.
+    /// Summed next-token loss over the scored targets (−1 = not scored) and their count, forward only. The head runs
+    /// on the scored rows alone (a chat row's prompt positions cost no logits).
     @_specialize(exported: true, where T == Float)
     public func loss(tokens: [Int32], targets: [Int32], batch: Int) throws -> (sum: Double, count: Int) {
-        let n = tokens.count
-        let hf = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1)).hf
+        let n = tokens.count, C = config.embedding
+        var hf = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1)).hf
+        let scoredRows = scoredPositions(targets)
+        var scoredTargets = targets
+        if scoredRows.count < n {
+            hf = LlamaModel.rows(scoredRows, of: hf, width: C)
+            scoredTargets = scoredRows.map { targets[$0] }
+        }
+        let R = scoredRows.count
         var total = 0.0
         try hf.withUnsafeBufferPointer { hf in
-            try targets.withUnsafeBufferPointer { tg in
-                for start in stride(from: 0, to: n, by: headChunkRows) {
-                    let rows = start..<min(n, start + headChunkRows)
+            try scoredTargets.withUnsafeBufferPointer { tg in
+                for start in stride(from: 0, to: R, by: headChunkRows) {
+                    let rows = start..<min(R, start + headChunkRows)
                     var logits = try headLogits(hf.baseAddress!, rows: rows)
                     total += CrossEntropy.forwardBackward(logits: &logits, targets: tg.baseAddress! + start, rows: rows.count,
                                                           vocab: config.vocabulary, gradientScale: 0, gradient: false)
                 }
             }
         }
-        return (total, targets.filter { $0 >= 0 && Int($0) < config.vocabulary }.count)
+        return (total, R)
     }
 }
 
 extension LlamaModel {
+    /// The positions whose target is a token of the vocabulary: the rows the head and the loss run on.
+    func scoredPositions(_ targets: [Int32]) -> [Int] {
+        targets.indices.filter { targets[$0] >= 0 && Int(targets[$0]) < config.vocabulary }
+    }
+
+    /// Rows `rows` of x [N, width], gathered into [rows.count, width].
+    static func rows<S: Collection>(_ rows: S, of x: [T], width: Int) -> [T] where S.Element == Int {
+        var out = [T](repeating: 0, count: rows.count * width)
+        for (i, r) in rows.enumerated() { for c in 0..<width { out[i * width + c] = x[r * width + c] } }
+        return out
+    }
+
     /// Negative log-likelihoods of next-token predictions: for each of the `batch` sequences (each `length`
     /// tokens of `tokens`), the logits at positions `scored` predict the token after each. Only those rows of
     /// the vocabulary head are computed.
