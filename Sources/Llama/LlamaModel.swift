@@ -300,14 +300,10 @@ public final class LlamaModel<T: KernelScalar>: @unchecked Sendable {
     @_specialize(exported: true, where T == Float)
     public func loss(tokens: [Int32], targets: [Int32], batch: Int) throws -> (sum: Double, count: Int) {
         let n = tokens.count, C = config.embedding
-        var hf = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1)).hf
-        let scoredRows = scoredPositions(targets)
-        var scoredTargets = targets
-        if scoredRows.count < n {
-            hf = LlamaModel.rows(scoredRows, of: hf, width: C)
-            scoredTargets = scoredRows.map { targets[$0] }
-        }
-        let R = scoredRows.count
+        let states = try hidden(tokens: tokens, batch: batch, length: n / max(batch, 1)).hf
+        let scoredRows = scoredPositions(targets), R = scoredRows.count
+        let hf = R < n ? LlamaModel.rows(scoredRows, of: states, width: C) : states
+        let scoredTargets = scoredRows.map { targets[$0] }
         var total = 0.0
         try hf.withUnsafeBufferPointer { hf in
             try scoredTargets.withUnsafeBufferPointer { tg in

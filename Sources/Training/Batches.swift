@@ -213,10 +213,7 @@ public struct Batcher: Sendable {
     /// Shapes: tokens, targets [rows · length] → [rows · used], used = 1 + the last scored position of any row.
     public static func cutAfterLastScored(tokens: [Int32], targets: [Int32], rows: Int) -> (tokens: [Int32], targets: [Int32]) {
         let length = tokens.count / max(rows, 1)
-        var used = 1
-        for r in 0..<rows {
-            if let last = (0..<length).last(where: { targets[r * length + $0] >= 0 }) { used = max(used, last + 1) }
-        }
+        let used = (0..<rows).map { r in positionsUsed(targets[(r * length)..<(r * length + length)]) }.max() ?? 1
         guard used < length else { return (tokens, targets) }
         var t: [Int32] = [], g: [Int32] = []
         t.reserveCapacity(rows * used)
@@ -226,6 +223,12 @@ public struct Batcher: Sendable {
             g += targets[(r * length)..<(r * length + used)]
         }
         return (t, g)
+    }
+
+    /// The positions a row runs: up to its last scored one (at least one).
+    public static func positionsUsed(_ rowTargets: ArraySlice<Int32>) -> Int {
+        guard let last = rowTargets.lastIndex(where: { $0 >= 0 }) else { return 1 }
+        return last - rowTargets.startIndex + 1
     }
 
     /// All samples in file order, each in its own row (validation): no shuffling, no random offsets.

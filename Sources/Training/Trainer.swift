@@ -185,9 +185,7 @@ public final class Trainer {
             return sum + r * (inF + outF) * (target.isPerLayer ? model.config.layers : 1)
         }
         // Rows are cut after their last scored position (`Batcher.cutAfterLastScored`): the plan is for the longest.
-        let validationLongest = validationRows.map { (row: (tokens: [Int32], targets: [Int32])) -> Int in
-            (row.targets.lastIndex(where: { $0 >= 0 }) ?? 0) + 1
-        }.max() ?? 1
+        let validationLongest = validationRows.map { Batcher.positionsUsed($0.targets[...]) }.max() ?? 1
         let rowLength = max(batcher.longestRow, validationLongest)
         let inputs = MemoryPlan.Inputs(config: model.config, fileSize: file.fileSize, parameterCount: file.parameterCount,
                                        batch: c.batch, context: rowLength, trainableParameters: trainable,
