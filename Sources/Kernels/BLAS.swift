@@ -133,8 +133,8 @@ public enum BLAS {
         return lib
     }
 
-    /// Threads for products and element-wise work. Large products are split by rows over `Parallel`'s pool, one
-    /// single-threaded BLAS call per part, so the BLAS's own threads stay at one: they would spin between products
+    /// Threads for products and element-wise work. Large products are cut into blocks over `Parallel`'s pool, one
+    /// single-threaded BLAS call per block, so the BLAS's own threads stay at one: they would spin between products
     /// while the pool runs the element-wise work, two spinning pools taking turns on the same cores (measured 3×
     /// slower with both; BENCHMARKS.md).
     public static func setThreads(_ n: Int) {
@@ -204,28 +204,54 @@ public enum BLAS {
     /// One part of a split product: its rows and columns of C, and where its A, B and C start (in elements).
     public struct Part { public var m: Int, n: Int, a: Int, b: Int, c: Int }
 
-    /// Runs an M×N×K product as parts over `Parallel`'s pool (one part on the calling thread when it is small).
-    ///
-    /// Each part packs the whole of the operand it shares: all of op(B) [K, N] when split by rows of C, all of
-    /// op(A) [M, K] when split by columns. Split so that the shared operand is the smaller one (a head's forward,
-    /// 160 rows against 49 152 columns, would otherwise stream the whole head through every thread), by whole
-    /// multiples of 16 so that the parts keep the kernels' full tiles.
+    /// Runs an M×N×K product as parts over `Parallel`'s pool (one part on the calling thread when it is small): a
+    /// grid of blocks of C (`grid`), each part one single-threaded call on its rows of op(A) and columns of op(B).
     public static func forEachPart(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int,
                                    _ body: (Part) -> Void) {
         let parts = parts(m: m, n: n, k: k)
         if parts == 1 { body(Part(m: m, n: n, a: 0, b: 0, c: 0)); return }
-        let byRows = n < 16 * parts || (m >= 16 * parts && n <= m)
-        let extent = byRows ? m : n, per = ((extent + parts - 1) / parts + 15) / 16 * 16
-        Parallel.run(parts: parts) { p in
-            let start = p * per, count = min(extent, start + per) - start
-            guard count > 0 else { return }
-            if byRows {
-                body(Part(m: count, n: n, a: transA ? start : start * lda, b: 0, c: start * ldc))
-            } else {
-                body(Part(m: m, n: count, a: 0, b: transB ? start * ldb : start, c: start))
-            }
+        let g = grid(m: m, n: n, parts: parts)
+        Parallel.run(parts: g.rows * g.columns) { p in
+            let row = p / g.columns * g.rowsPerPart, column = p % g.columns * g.columnsPerPart
+            let rows = min(m, row + g.rowsPerPart) - row, columns = min(n, column + g.columnsPerPart) - column
+            guard rows > 0, columns > 0 else { return }
+            body(Part(m: rows, n: columns, a: transA ? row : row * lda, b: transB ? column * ldb : column,
+                      c: row * ldc + column))
         }
     }
+
+    /// How a split product's C [M, N] is cut: `rows` × `columns` blocks of `rowsPerPart` × `columnsPerPart`
+    /// (whole multiples of 16 unless a block spans its side, so that the parts keep the kernels' full tiles; the
+    /// last block of each side shorter, and empty where 16-row blocks run out first).
+    public struct Grid: Equatable {
+        public var rows: Int, columns: Int, rowsPerPart: Int, columnsPerPart: Int
+    }
+
+    /// The grid for `parts` threads: of the factor pairs rows × columns = parts, the one whose largest part takes
+    /// least. A part of r × c (of M × N × K) does r·c·K multiply-adds and packs its rows of op(A) and its columns of
+    /// op(B) whole, (r + c)·K values; a packed value costs about `packingCost` multiply-adds' time. Cutting one side
+    /// only (by rows, every thread packing the whole of op(B)) costs more the more threads there are: one thread's
+    /// sixteenth of a 1024 × 896 × 4864 product (a feed-forward down projection) runs at 99 GFLOP/s cut 4 × 4
+    /// against 88 cut by rows (`lorakit-bench split`, BENCHMARKS.md). With two threads the grid is the cut along
+    /// the longer side.
+    public static func grid(m: Int, n: Int, parts: Int) -> Grid {
+        func block(_ extent: Int, _ count: Int) -> Int { min(extent, ((extent + count - 1) / count + 15) / 16 * 16) }
+        var best = Grid(rows: 1, columns: 1, rowsPerPart: m, columnsPerPart: n), bestCost = Int.max
+        for rows in 1...max(1, parts) where parts % rows == 0 {
+            let columns = parts / rows, r = block(m, rows), c = block(n, columns)
+            let cost = r * c + packingCost * (r + c)
+            if cost < bestCost {
+                best = Grid(rows: rows, columns: columns, rowsPerPart: r, columnsPerPart: c)
+                bestCost = cost
+            }
+        }
+        return best
+    }
+
+    /// The time of packing one value of a product's operand, in multiply-adds: a sixteenth of 1024 × 896 × 4864 cut
+    /// by rows (64 × 896, packing 960 values per step of K for 57 344 multiply-adds) runs at 88 GFLOP/s where the whole
+    /// product runs at 105, 0.2 ns more per step of K, as long as about 12 × 960 multiply-adds.
+    static let packingCost = 12
 
     static let rowMajor: Int32 = 101
     static func op(_ transposed: Bool) -> Int32 { transposed ? 112 : 111 }

@@ -11,7 +11,7 @@ struct Bench: ParsableCommand {
         commandName: "lorakit-bench",
         abstract: "Measure LoRAKit's speed on this machine.",
         subcommands: [TokenizeBench.self, StepBench.self, MatVecBench.self, DequantizeBench.self, AllreduceBench.self, StudyBench.self,
-                      MakeModelBench.self, Bf16AccuracyBench.self]
+                      MakeModelBench.self, Bf16AccuracyBench.self, SplitBench.self]
     )
 }
 

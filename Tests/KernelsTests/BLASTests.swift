@@ -113,17 +113,55 @@ final class BLASTests: XCTestCase {
         }
     }
 
-    /// Products above `BLAS.splitThreshold` are split over the pool's threads, by rows of C or, when C has more
-    /// columns than rows (or few rows), by columns, each part one single-threaded BLAS call: the parts together
-    /// equal the reference, whatever the transposes, leading dimensions and uneven part sizes, and the BLAS's own
-    /// threads stay at one.
+    /// Products above `BLAS.splitThreshold` are split over the pool's threads into a grid of blocks of C, each part
+    /// one single-threaded BLAS call: the parts together equal the reference, whatever the transposes, leading
+    /// dimensions, grids (one-sided for most of these shapes; 2 × 2 and 3 × 2 for the last two) and uneven part
+    /// sizes, and the BLAS's own threads stay at one.
     func testSplitProductsEqualTheReference() {
-        BLAS.setThreads(3)
         defer { BLAS.setThreads(1) }
-        if let blasThreads = BLAS.currentThreads { XCTAssertEqual(blasThreads, 1) }
-        let shapes = [(301, 200, 64), (100, 701, 40), (20, 2003, 100), (1000, 8, 576), (8, 1000, 576), (1000, 700, 8)]
+        let shapes = [(301, 200, 64), (100, 701, 40), (20, 2003, 100), (1000, 8, 576), (8, 1000, 576), (1000, 700, 8),
+                      (512, 448, 16)]
         for (m, n, k) in shapes { XCTAssertGreaterThanOrEqual(m * n * k, BLAS.splitThreshold) }
-        checkAgainstReference(shapes)
+        for threads in [4, 6] {
+            BLAS.setThreads(threads)
+            if let blasThreads = BLAS.currentThreads { XCTAssertEqual(blasThreads, 1) }
+            checkAgainstReference(shapes)
+        }
+        for (m, n, parts, expected) in [(512, 448, 4, [2, 2, 256, 224]), (1000, 700, 6, [3, 2, 336, 352])] {
+            let g = BLAS.grid(m: m, n: n, parts: parts)
+            XCTAssertEqual([g.rows, g.columns, g.rowsPerPart, g.columnsPerPart], expected, "the products above were cut in two dimensions")
+        }
+    }
+
+    /// The grid weighs a part's multiply-adds against the values it packs: with two threads a product is cut along
+    /// its longer side, as a one-sided split would; with more, a product with N ≤ M (a feed-forward down projection)
+    /// is cut both ways, one with few rows (LoRA's dA, a head's chunk) by columns only, a side shorter than 16 never.
+    func testGridsBalanceWorkAndPacking() {
+        func grid(_ m: Int, _ n: Int, _ parts: Int) -> String {
+            let g = BLAS.grid(m: m, n: n, parts: parts)
+            return "\(g.rows)x\(g.columns) \(g.rowsPerPart)x\(g.columnsPerPart)"
+        }
+        XCTAssertEqual(grid(1024, 896, 1), "1x1 1024x896")
+        XCTAssertEqual(grid(1024, 896, 2), "2x1 512x896")
+        XCTAssertEqual(grid(1024, 4864, 2), "1x2 1024x2432")
+        XCTAssertEqual(grid(1024, 896, 4), "2x2 512x448")
+        XCTAssertEqual(grid(1024, 896, 16), "4x4 256x224")
+        XCTAssertEqual(grid(1024, 4864, 16), "2x8 512x608")
+        XCTAssertEqual(grid(8, 4864, 16), "1x16 8x304")
+        XCTAssertEqual(grid(1024, 8, 16), "16x1 64x8")
+        XCTAssertEqual(grid(160, 49152, 4), "1x4 160x12288")
+        XCTAssertEqual(grid(1024, 896, 7), "1x7 1024x128")
+        // The blocks cover C, in whole tiles of 16 unless a block spans its side, for every part count up to 24.
+        for (m, n) in [(1, 1), (17, 33), (301, 200), (1000, 8), (48, 4096)] {
+            for parts in 1...24 {
+                let g = BLAS.grid(m: m, n: n, parts: parts)
+                XCTAssertEqual(g.rows * g.columns, parts)
+                XCTAssertGreaterThanOrEqual(g.rowsPerPart * g.rows, m, "\(m)×\(n) in \(parts)")
+                XCTAssertGreaterThanOrEqual(g.columnsPerPart * g.columns, n, "\(m)×\(n) in \(parts)")
+                XCTAssertTrue(g.rowsPerPart % 16 == 0 || g.rowsPerPart == m, "\(m)×\(n) in \(parts)")
+                XCTAssertTrue(g.columnsPerPart % 16 == 0 || g.columnsPerPart == n, "\(m)×\(n) in \(parts)")
+            }
+        }
     }
 
     /// The benchmark counters add every thread's operations but only the calling thread's time, so that products
