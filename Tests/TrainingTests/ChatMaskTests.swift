@@ -39,6 +39,18 @@ final class ChatMaskTests: XCTestCase {
         XCTAssertEqual(tokenizer.decode(learned, special: true), " 4<|im_end|>", "completion plus EOS so the model learns to stop")
     }
 
+    /// Chat data for a model without a template (Gemma 3 270M's base file has none) is an error naming the line and
+    /// the families `--chat-template` takes, not a guess.
+    func testChatDataWithoutATemplateNamesTheFamilies() throws {
+        let (_, tokenizer) = try smolLM2()
+        let path = temporaryDirectory() + "/chat.jsonl"
+        try #"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#.appending("\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try JSONLReader(tokenizer: tokenizer, chatTemplate: nil, trainOnPrompt: false).read(path: path, format: .chat)) {
+            XCTAssertEqual("\($0)", "\(path):1: chat data needs a chat template: the model has none; name its family with --chat-template (chatml, llama2, llama3, mistral, zephyr, phi3, gemma)")
+        }
+    }
+
     /// Data whose masks leave nothing to learn is an error naming the file, not a run that trains nothing; with
     /// --train-on-prompt the same file trains.
     func testDataWithNothingToLearnIsAnError() throws {
