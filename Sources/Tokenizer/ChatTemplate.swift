@@ -28,6 +28,9 @@ public struct ChatTemplate: Sendable, Equatable {
         case chatml, llama2, llama3, mistral, zephyr, phi3, gemma
     }
 
+    /// What to do when a model's template is missing or unrecognized, for its error messages.
+    public static let chooseFamily = "name its family with --chat-template (\(Family.allCases.map(\.rawValue).joined(separator: ", ")))"
+
     public let family: Family
     /// ChatML templates such as SmolLM2's insert a default system message when the conversation has none.
     public let defaultSystemMessage: String?
@@ -53,7 +56,7 @@ public struct ChatTemplate: Sendable, Equatable {
         else if has("<|assistant|>") && has("<|end|>") { family = .phi3 }
         else if has("<|user|>") && has("<|assistant|>") { family = .zephyr }
         else {
-            throw TokenizerError.chatTemplate("unrecognized chat template (supported families: \(Family.allCases.map(\.rawValue).joined(separator: ", ")); choose one with --chat-template)")
+            throw TokenizerError.chatTemplate("unrecognized chat template; \(ChatTemplate.chooseFamily)")
         }
         var defaultSystem: String?
         // A literal default system message, e.g. {{ '<|im_start|>system\nYou are … SmolLM…<|im_end|>\n' }}: the
@@ -228,7 +231,7 @@ extension Tokenizer {
             return ChatTemplate(family: named.family, defaultSystemMessage: nil, bosText: bos, eosText: eos)
         }
         guard let templateText else {
-            throw TokenizerError.chatTemplate("the model has no chat template (tokenizer.chat_template); choose one with --chat-template")
+            throw TokenizerError.chatTemplate("the model has no chat template (tokenizer.chat_template); \(ChatTemplate.chooseFamily)")
         }
         return try ChatTemplate(template: templateText, bosText: bos, eosText: eos)
     }

@@ -101,7 +101,7 @@ public struct JSONLReader {
                 examples.append(example(text: prompt + completion, trainedRanges: [start..<(start + completion.utf8.count)]))
             case .chat:
                 guard let template = chatTemplate else {
-                    throw DataError.line(path: path, line: i + 1, reason: "chat data needs a chat template: the model has none; name its family with --chat-template (\(ChatTemplate.Family.allCases.map(\.rawValue).joined(separator: ", ")))")
+                    throw DataError.line(path: path, line: i + 1, reason: "chat data needs a chat template: the model has none; \(ChatTemplate.chooseFamily)")
                 }
                 guard let raw = object["messages"] as? [[String: Any]], !raw.isEmpty else {
                     throw DataError.line(path: path, line: i + 1, reason: "\"messages\" must be a non-empty array of {\"role\", \"content\"}")
