@@ -74,13 +74,13 @@ struct GenerateCommand: ParsableCommand {
                     return true
                 }
             } catch { throw CLIError(String(describing: error)) }
+            print()  // the text's line ends before anything goes to standard error
             if printIDs { CLI.printError("ids: " + response.ids.map(String.init).joined(separator: " ")) }
             return response
         }
         if !chat {
             print(prompt!, terminator: "")
             _ = try respond(tokenizer.encode(prompt!, addSpecial: true, parseSpecial: true))
-            print()
             reportSpeed(generator)
             return
         }
@@ -94,7 +94,6 @@ struct GenerateCommand: ParsableCommand {
             // The generator keeps what the cache holds of the conversation and feeds only what follows.
             let answer = try respond(tokenizer.encode(rendered.text, addSpecial: true, parseSpecial: true))
             messages.append(ChatMessage(.assistant, answer.text))
-            print()
         }
         if let prompt {
             try turn(prompt)

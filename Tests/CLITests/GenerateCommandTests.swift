@@ -22,6 +22,12 @@ final class GenerateCommandTests: XCTestCase {
         let lines = both.split(separator: "\n").map(String.init)
         XCTAssertTrue(lines.contains { $0.hasPrefix("The capital of France is Paris.") }, both)
         XCTAssertTrue(lines.last?.hasPrefix("prompt:") == true, both)
+        // With --ids the ids get a line of their own after the text's.
+        let (_, withIDs, _) = try LoRAKitBinary.run(["generate", "-m", model, "-p", "The capital of France is", "-n", "8", "--temp", "0",
+                                                     "--ids"], combined: true)
+        let idLines = withIDs.split(separator: "\n").map(String.init)
+        XCTAssertEqual(idLines.filter { $0.hasPrefix("ids: ") }.count, 1, withIDs)
+        XCTAssertTrue(idLines.contains { $0.hasPrefix("The capital of France is Paris.") && !$0.contains("ids:") }, withIDs)
     }
 
     /// The model read into memory (the default) and mapped (`--mmap`) generate the same text.
