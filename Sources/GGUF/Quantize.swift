@@ -1,7 +1,9 @@
-/// Float → GGUF tensor types, bit-identical to llama.cpp's reference quantizers (`quantize_row_*_ref`).
+/// Float → GGUF tensor types, bit-identical to llama.cpp's reference quantizers (`quantize_row_*_ref`; the
+/// K-quants in QuantizeK.swift).
 public enum Quantize {
     /// The types `quantize` can produce.
-    public static let supportedTypes: [TensorType] = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1]
+    public static let supportedTypes: [TensorType] = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1,
+                                                       .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
 
     /// Quantizes `values` (a whole number of blocks) to `type`.
     public static func quantize(_ values: UnsafeBufferPointer<Float>, to type: TensorType) throws -> [UInt8] {
@@ -21,21 +23,29 @@ public enum Quantize {
                 for (i, v) in values.enumerated() { dst.storeBytes(of: HalfPrecision.halfBits(from: v), toByteOffset: 2 * i, as: UInt16.self) }
             case .bf16:
                 for (i, v) in values.enumerated() { dst.storeBytes(of: HalfPrecision.bfloat16Bits(from: v), toByteOffset: 2 * i, as: UInt16.self) }
-            case .q8_0:
-                for b in 0..<blocks { q8_0(values.baseAddress! + 32 * b, dst.baseAddress! + 34 * b) }
-            case .q4_0:
-                for b in 0..<blocks { q4_0(values.baseAddress! + 32 * b, dst.baseAddress! + 18 * b) }
-            case .q4_1:
-                for b in 0..<blocks { q4_1(values.baseAddress! + 32 * b, dst.baseAddress! + 20 * b) }
-            case .q5_0:
-                for b in 0..<blocks { q5_0(values.baseAddress! + 32 * b, dst.baseAddress! + 22 * b) }
-            case .q5_1:
-                for b in 0..<blocks { q5_1(values.baseAddress! + 32 * b, dst.baseAddress! + 24 * b) }
             default:
-                break
+                guard let block = blockQuantizer(type) else { break }
+                for b in 0..<blocks { block(values.baseAddress! + type.blockSize * b, dst.baseAddress! + type.blockBytes * b) }
             }
         }
         return out
+    }
+
+    /// The quantizer of one block of `type` (32 values, or 256 for the K-quants).
+    static func blockQuantizer(_ type: TensorType) -> ((UnsafePointer<Float>, UnsafeMutableRawPointer) -> Void)? {
+        switch type {
+        case .q8_0: return q8_0
+        case .q4_0: return q4_0
+        case .q4_1: return q4_1
+        case .q5_0: return q5_0
+        case .q5_1: return q5_1
+        case .q2_K: return q2_K
+        case .q3_K: return q3_K
+        case .q4_K: return q4_K
+        case .q5_K: return q5_K
+        case .q6_K: return q6_K
+        default: return nil
+        }
     }
 
     public static func quantize(_ values: [Float], to type: TensorType) throws -> [UInt8] {

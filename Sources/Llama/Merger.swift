@@ -20,8 +20,8 @@ public struct Merger {
     public struct Result: Sendable {
         /// Tensors that were changed.
         public var mergedTensors: Int
-        /// Tensors written as F16 because the requested type cannot be written for them.
-        public var fallbacks: [(tensor: String, requested: TensorType)]
+        /// Tensors written as F16 because their rows are not whole blocks of the requested type.
+        public var fallbacks: [(tensor: String, requested: TensorType, rowLength: Int)]
     }
 
     /// The type of merged tensors: nil keeps each tensor's own type.
@@ -35,9 +35,11 @@ public struct Merger {
         self.outputType = outputType
     }
 
-    /// `general.file_type` of a model whose tensors are mostly `type` (llama.cpp's numbering).
+    /// `general.file_type` of a model whose tensors are mostly `type` (llama.cpp's numbering; a K-quant throughout
+    /// is its "_S" mix).
     static func fileType(_ type: TensorType) -> UInt32? {
-        [.f32: 0, .f16: 1, .q4_0: 2, .q4_1: 3, .q8_0: 7, .q5_0: 8, .q5_1: 9, .bf16: 32][type]
+        [.f32: 0, .f16: 1, .q4_0: 2, .q4_1: 3, .q8_0: 7, .q5_0: 8, .q5_1: 9, .q2_K: 10, .q3_K: 11, .q4_K: 14, .q5_K: 16,
+         .q6_K: 18, .bf16: 32][type]
     }
 
     /// Merges `inputs` into `model`'s weights and writes the result to `path` (temporary file, then rename).
@@ -67,7 +69,7 @@ public struct Merger {
             for (d, multiplier) in norms where d.count == w.count { for i in 0..<w.count { w[i] += multiplier * d[i] } }
             var type = outputType ?? info.type
             if !Quantize.supportedTypes.contains(type) || info.rowLength % type.blockSize != 0 {
-                result.fallbacks.append((name, type))
+                result.fallbacks.append((name, type, info.rowLength))
                 type = .f16
             }
             if info.dimensions.count == 1 { type = .f32 }

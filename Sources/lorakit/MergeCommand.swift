@@ -16,7 +16,7 @@ struct MergeCommand: ParsableCommand {
     @Option(name: [.customShort("m"), .long], help: "The base model.") var model: String
     @OptionGroup var adapters: AdapterOptions
     @Option(name: [.customShort("o"), .long], help: "Output model (GGUF).") var output: String
-    @Option(name: .customLong("type"), help: "Type of merged tensors: keep (each tensor's own type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1.")
+    @Option(name: .customLong("type"), help: "Type of merged tensors: keep (each tensor's own type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (quantized as llama-quantize does without an importance matrix).")
     var type = "keep"
     @Option(name: .customLong("eval"), help: "Also print the perplexity of base, base + adapters at run time, and the merged model on this text.")
     var eval: String?
@@ -46,8 +46,8 @@ struct MergeCommand: ParsableCommand {
         let loaded = try adapters.load(for: llama, architecture: try base.metadata.string("general.architecture"))
         let inputs = loaded.map { Merger.Input(adapter: $0.0.adapter, multiplier: $0.1, normDeltas: $0.0.normDeltas) }
         let result = try Merger(outputType: outputType).merge(model: llama, inputs: inputs, to: output)
-        for (tensor, requested) in result.fallbacks {
-            CLI.printError("warning: \(tensor): \(requested.name) cannot be written for this tensor; wrote F16")
+        for (tensor, requested, rowLength) in result.fallbacks {
+            CLI.printError("warning: \(tensor): rows of \(rowLength) are not whole \(requested.name) blocks of \(requested.blockSize); wrote F16")
         }
         print("merged \(result.mergedTensors) tensors from \(inputs.count) adapter(s) into \(output)")
         if let eval { try evaluate(eval, adapters: loaded) }

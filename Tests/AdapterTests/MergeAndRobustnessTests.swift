@@ -46,8 +46,12 @@ final class MergeAndRobustnessTests: XCTestCase {
         XCTAssertTrue(out.contains("merged 16 tensors from 1 adapter(s)"), out)
         let merged = try LlamaModel<Float>(file: GGUFFile(path: dir + "/m.gguf")).logits(tokens: tokens)
         XCTAssertLessThan(zip(runtime, merged).map { abs($0 - $1) }.max()!, 1e-4)
-        let (bad, _, badErr) = try lorakit(["merge", "-m", dir + "/base.gguf", "--lora", dir + "/a.gguf", "-o", dir + "/x.gguf", "--type", "q6_k"])
+        let (bad, _, badErr) = try lorakit(["merge", "-m", dir + "/base.gguf", "--lora", dir + "/a.gguf", "-o", dir + "/x.gguf", "--type", "q8_k"])
         XCTAssertEqual(bad, 64, badErr)
+        // A K-quant asked for rows of 32: written as F16, each tensor said in one line with the reason.
+        let (k, _, kErr) = try lorakit(["merge", "-m", dir + "/base.gguf", "--lora", dir + "/a.gguf", "-o", dir + "/k.gguf", "--type", "q4_k"])
+        XCTAssertEqual(k, 0, kErr)
+        XCTAssertTrue(kErr.contains("warning: blk.0.attn_q.weight: rows of 32 are not whole Q4_K blocks of 256; wrote F16"), kErr)
     }
 
     func testHostileAdapterFilesAreErrors() throws {

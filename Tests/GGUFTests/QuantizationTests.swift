@@ -48,6 +48,29 @@ final class QuantizationTests: XCTestCase {
         }
     }
 
+    /// The K-quants against llama.cpp's own reference quantizers compiled from its source (scripts/make-kquant-golden.py),
+    /// byte for byte, on sixteen super-blocks of awkward and random values; each decodes to within its grid.
+    func testKQuantizationIsBitIdenticalToLlamaCpp() throws {
+        let file = try GGUFFile(path: Paths.fixtures + "/kquant-golden.bin")
+        let input = try file.floats(of: file.requireTensor("kquant.input"))
+        XCTAssertEqual(input.count, 16 * 256)
+        for type in [TensorType.q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
+            let expected = Array(file.data(of: try file.requireTensor("kquant.\(type.name)")))
+            let ours = try Quantize.quantize(input, to: type)
+            XCTAssertEqual(ours.count, expected.count, type.name)
+            if let i = ours.indices.first(where: { ours[$0] != expected[$0] }) {
+                XCTFail("\(type): first difference at byte \(i) of \(ours.count) (super-block \(i / type.blockBytes), byte \(i % type.blockBytes))")
+            }
+            // Round trip on the random super-blocks (the last four): the error stays under the type's step.
+            let decoded = ours.withUnsafeBytes { DequantizeReference.dequantize(type, from: $0, count: input.count) }
+            let tail = (12 * 256)..<input.count
+            let rms = (tail.reduce(0.0) { $0 + Double(input[$1] * input[$1]) } / Double(tail.count)).squareRoot()
+            let error = (tail.reduce(0.0) { $0 + Double((decoded[$1] - input[$1]) * (decoded[$1] - input[$1])) } / Double(tail.count)).squareRoot()
+            let bound: [TensorType: Double] = [.q2_K: 0.45, .q3_K: 0.25, .q4_K: 0.12, .q5_K: 0.06, .q6_K: 0.03]
+            XCTAssertLessThan(error / rms, bound[type]!, "\(type) relative RMS error")
+        }
+    }
+
     /// Fast and reference kernels agree on arbitrary bytes, scale fields included (NaN and infinity as well).
     func testFastEqualsReferenceOnRandomBytes() {
         var rng = SplitMix64(seed: 42)
@@ -58,6 +81,7 @@ final class QuantizationTests: XCTestCase {
             var fast = [Float](repeating: 0, count: count)
             fast.withUnsafeMutableBufferPointer { Dequantize.fast(type, from: raw.bytes, count: count, into: $0.baseAddress!) }
             let reference = DequantizeReference.dequantize(type, from: raw.bytes, count: count)
+            withExtendedLifetime(raw) {}  // raw.bytes points into it: kept until both have read
             XCTAssertEqual(bits(fast), bits(reference), type.name)
         }
     }
@@ -71,6 +95,7 @@ final class QuantizationTests: XCTestCase {
         all.withUnsafeMutableBufferPointer { Dequantize.fast(.q4_1, from: raw.bytes, count: values.count, into: $0.baseAddress!) }
         var two = [Float](repeating: 0, count: 128)
         two.withUnsafeMutableBufferPointer { Dequantize.rows(.q4_1, from: raw.bytes, rowLength: 64, rows: 2..<4, into: $0.baseAddress!) }
+        withExtendedLifetime(raw) {}
         XCTAssertEqual(two, Array(all[128..<256]))
         // Q4_1 error is at most half a step per block: (max-min)/15/2.
         for (a, b) in zip(all, values) { XCTAssertEqual(a, b, accuracy: 2.0 / 15) }
@@ -96,9 +121,14 @@ final class QuantizationTests: XCTestCase {
 
     func testQuantizeRejectsPartialBlocksAndUnsupportedTypes() {
         XCTAssertThrowsError(try Quantize.quantize([Float](repeating: 1, count: 31), to: .q4_0))
-        XCTAssertThrowsError(try Quantize.quantize([Float](repeating: 1, count: 256), to: .q4_K))
+        XCTAssertThrowsError(try Quantize.quantize([Float](repeating: 1, count: 255), to: .q4_K))
+        XCTAssertThrowsError(try Quantize.quantize([Float](repeating: 1, count: 256), to: .q8_K))
         let nan = [Float](repeating: .nan, count: 32)
         XCTAssertNoThrow(try Quantize.quantize(nan, to: .q4_1), "NaN input must not trap")
         XCTAssertNoThrow(try Quantize.quantize(nan, to: .q8_0))
+        for type in [TensorType.q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
+            XCTAssertNoThrow(try Quantize.quantize([Float](repeating: .nan, count: 256), to: type), "NaN input must not trap: \(type)")
+            XCTAssertNoThrow(try Quantize.quantize([Float](repeating: .infinity, count: 256), to: type), "infinity must not trap: \(type)")
+        }
     }
 }

@@ -149,6 +149,54 @@ final class LibraryAlgorithmTests: XCTestCase {
         return a
     }
 
+    /// A K-quant base (the Q4_K_M files people use) merges into K-quants, not F16: each merged tensor keeps its type
+    /// and holds exactly the requantized W + ΔW; the merged logits follow the adapter's change to within the
+    /// requantization, and an F16 merge of the same base stays as close as float32 to the runtime adapter.
+    func testMergingAKQuantBaseKeepsItsTypes() throws {
+        let dir = temporaryDirectory()
+        var tiny = TinyLlama()
+        tiny.addTinyTokenizer()
+        (tiny.embeddingLength, tiny.feedForwardLength, tiny.headCount, tiny.kvHeadCount) = (256, 512, 4, 2)
+        tiny.weightType = .q4_K
+        try tiny.write(to: dir + "/base.gguf")
+        let baseFile = try GGUFFile(path: dir + "/base.gguf")
+        let base = try LlamaModel<Float>(file: baseFile)
+        let adapter = try randomAdapter(base, seed: 3, targets: [.attnQ, .attnV, .ffnDown])
+        let result = try Merger().merge(model: base, inputs: [Merger.Input(adapter: adapter)], to: dir + "/m.gguf")
+        XCTAssertEqual(result.mergedTensors, 2 * 3)
+        XCTAssertTrue(result.fallbacks.isEmpty, "\(result.fallbacks)")
+        let merged = try GGUFFile(path: dir + "/m.gguf")
+        for name in ["blk.0.attn_q.weight", "blk.1.ffn_down.weight"] {
+            let t = try merged.requireTensor(name), b = try baseFile.requireTensor(name)
+            XCTAssertEqual(t.type, .q4_K, name)
+            XCTAssertNotEqual(Array(merged.data(of: t)), Array(baseFile.data(of: b)), "\(name) changed")
+            var w = try baseFile.floats(of: b)
+            let pair = adapter[String(name.dropLast(".weight".count))]!
+            for (i, d) in pair.delta().enumerated() { w[i] += d }
+            XCTAssertEqual(Array(merged.data(of: t)), try Quantize.quantize(w, to: .q4_K), "\(name) is W + ΔW requantized")
+        }
+        XCTAssertEqual(try merged.requireTensor("blk.0.attn_k.weight").type, .q4_K, "untouched tensors are copied")
+        let tokens: [Int32] = [1, 5, 9, 33, 2, 60, 12]
+        func logits(_ path: String, _ adapters: [LoRAAdapter<Float>] = []) throws -> [Float] {
+            let m = try LlamaModel<Float>(file: GGUFFile(path: path))
+            for a in adapters { try m.attach(a, multiplier: 1) }
+            return try m.logits(tokens: tokens)
+        }
+        let runtime = try logits(dir + "/base.gguf", [adapter]), plain = try logits(dir + "/base.gguf")
+        let change = zip(runtime, plain).map { abs($0 - $1) }.max()!, mergedLogits = try logits(dir + "/m.gguf")
+        XCTAssertLessThan(zip(runtime, mergedLogits).map { abs($0 - $1) }.max()!, 0.5 * change,
+                          "the merged model carries most of the adapter's change (\(change))")
+        _ = try Merger(outputType: .f16).merge(model: base, inputs: [Merger.Input(adapter: adapter)], to: dir + "/f16.gguf")
+        XCTAssertLessThan(zip(runtime, try logits(dir + "/f16.gguf")).map { abs($0 - $1) }.max()!, 0.01 * change, "F16 keeps it")
+        // Rows of 32 are not whole K-quant blocks: those tensors are written as F16 and listed with their row length.
+        let (smallDir, small, _) = try tinyModel()
+        let smallAdapter = try randomAdapter(small, seed: 4, targets: [.attnQ])
+        let fallback = try Merger(outputType: .q4_K).merge(model: small, inputs: [Merger.Input(adapter: smallAdapter)], to: smallDir + "/k.gguf")
+        XCTAssertEqual(fallback.fallbacks.map { "\($0.tensor) \($0.requested.name) \($0.rowLength)" },
+                       ["blk.0.attn_q.weight Q4_K 32", "blk.1.attn_q.weight Q4_K 32"])
+        XCTAssertEqual(try GGUFFile(path: smallDir + "/k.gguf").requireTensor("blk.0.attn_q.weight").type, .f16)
+    }
+
     /// Merged weights give the runtime adapter's logits; multiplier 0 reproduces the base; 0.5 + 0.5 merges the
     /// average of the two deltas.
     func testMergerEqualsRuntimeAdapters() throws {
@@ -182,7 +230,7 @@ final class LibraryAlgorithmTests: XCTestCase {
         var expected: Float = 0
         for j in 0..<pair.rank { expected += pair.b[3 * pair.rank + j] * pair.a[j * pair.inFeatures + 5] }
         XCTAssertEqual(delta[3 * pair.inFeatures + 5], 2 * pair.scale * expected, accuracy: 1e-6)
-        XCTAssertThrowsError(try Merger(outputType: .q6_K))
+        XCTAssertThrowsError(try Merger(outputType: .q8_K))
         // ‖ΔW‖ from two r × r products equals the norm of the formed ΔW.
         let formed = pair.delta(multiplier: 2).reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
         XCTAssertEqual(pair.deltaNorm(multiplier: 2), formed, accuracy: 1e-5 * formed)
