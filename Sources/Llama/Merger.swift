@@ -73,12 +73,34 @@ public struct Merger {
                 type = .f16
             }
             if info.dimensions.count == 1 { type = .f32 }
-            try writer.addTensor(name: name, dimensions: info.dimensions, values: w, type: type)
+            try writer.addTensor(name: name, type: type, dimensions: info.dimensions,
+                                 bytes: Merger.quantizedOnAllThreads(w, rowLength: info.rowLength, to: type))
             result.mergedTensors += 1
         }
         if let t = outputType, let code = Merger.fileType(t) { writer.metadata.set("general.file_type", .uint32(code)) }
         try writer.write(to: path)
         return result
+    }
+
+    /// `values` [rows, rowLength] as `type`, the rows split over the pool's threads (a K-quant of a 7B model's
+    /// weights takes minutes on one).
+    static func quantizedOnAllThreads(_ values: [Float], rowLength: Int, to type: TensorType) throws -> [UInt8] {
+        guard rowLength > 0, values.count % rowLength == 0, let rowBytes = type.byteCount(elements: rowLength) else {
+            throw ModelError.invalidInput("\(values.count) values are not whole rows of \(rowLength) in \(type.name) blocks")
+        }
+        let rows = values.count / rowLength
+        _ = try Quantize.quantize(Array(values.prefix(rowLength)), to: type)  // an unsupported type throws here, not in a part
+        var out = [UInt8](repeating: 0, count: rows * rowBytes)
+        values.withUnsafeBufferPointer { v in
+            out.withUnsafeMutableBytes { o in
+                Parallel.forEachRange(rows, minimumPerThread: max(1, (1 << 16) / rowLength)) { part in
+                    let slice = UnsafeBufferPointer(rebasing: v[(part.lowerBound * rowLength)..<(part.upperBound * rowLength)])
+                    guard let bytes = try? Quantize.quantize(slice, to: type) else { return }
+                    bytes.withUnsafeBytes { o.baseAddress!.advanced(by: part.lowerBound * rowBytes).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                }
+            }
+        }
+        return out
     }
 
     /// w += ΔW. The embedding table is stored [vocabulary, embedding], the transpose of its pair's ΔW.
