@@ -64,7 +64,12 @@ public struct Merger {
                 try writer.addTensor(name: name, type: info.type, dimensions: info.dimensions, bytes: Array(base.data(of: info)))
                 continue
             }
-            var w = try base.floats(of: info)  // [rows, cols] = [out, in]
+            guard info.type.isDequantizable else {
+                throw ModelError.invalidInput("\(base.path): tensor \(info.name) of type \(info.type.name) cannot be merged into")
+            }
+            // [rows, cols] = [out, in], dequantized by all threads
+            var w = Dequantize.onAllThreads(info.type, from: base.data(of: info), rowLength: info.rowLength,
+                                            rows: [0..<(info.elementCount / info.rowLength)])
             for (pair, multiplier) in pairs { Merger.add(pair.delta(multiplier: multiplier), of: pair, to: &w, cols: info.rowLength) }
             for (d, multiplier) in norms where d.count == w.count { for i in 0..<w.count { w[i] += multiplier * d[i] } }
             var type = outputType ?? info.type
