@@ -20,19 +20,53 @@ public struct Merger {
     public struct Result: Sendable {
         /// Tensors that were changed.
         public var mergedTensors: Int
-        /// Tensors written as F16 because their rows are not whole blocks of the requested type.
-        public var fallbacks: [(tensor: String, requested: TensorType, rowLength: Int)]
+        /// Tensors whose rows are not whole blocks of the requested type, and the type written instead.
+        public var fallbacks: [(tensor: String, requested: TensorType, rowLength: Int, written: TensorType)]
     }
 
-    /// The type of merged tensors: nil keeps each tensor's own type.
-    public var outputType: TensorType?
+    /// How merged tensors are stored (untouched ones are copied as they are).
+    public enum Storage: Equatable, Sendable {
+        /// Float tensors keep their type; quantized ones are written as F16, as llama.cpp's llama-export-lora writes
+        /// them: the merged model computes what base + adapter computes. Requantizing into a 4- or 5-bit base type
+        /// rounds most of a small adapter away (BENCHMARKS.md: a Qwen2.5 adapter's held-out perplexity 3.29 at run
+        /// time, 3.29 merged this way, 3.96 requantized, base 4.05).
+        case widened
+        /// Each tensor requantized into its base type, the file's size kept.
+        case keep
+        /// Every merged tensor as this type.
+        case type(TensorType)
+    }
 
-    public init(outputType: TensorType? = nil) throws {
-        if let t = outputType, !Quantize.supportedTypes.contains(t) {
+    public var storage: Storage
+
+    public init(storage: Storage = .widened) throws {
+        if case let .type(t) = storage, !Quantize.supportedTypes.contains(t) {
             throw ModelError.invalidInput("merged tensors cannot be written as \(t.name); supported: "
                                           + Quantize.supportedTypes.map(\.name).joined(separator: ", "))
         }
-        self.outputType = outputType
+        self.storage = storage
+    }
+
+    /// Every merged tensor as `outputType`; nil keeps each tensor's own type (`.keep`).
+    public init(outputType: TensorType?) throws {
+        try self.init(storage: outputType.map { .type($0) } ?? .keep)
+    }
+
+    /// The type a merged tensor of base type `base` is written in, before any fallback.
+    public func outputType(for base: TensorType) -> TensorType {
+        switch storage {
+        case .widened: return [.f32, .f16, .bf16].contains(base) ? base : .f16
+        case .keep: return base
+        case let .type(t): return t
+        }
+    }
+
+    /// What llama-quantize writes where rows are not whole blocks of `type` (`tensor_type_fallback`): a 32-value
+    /// type near it (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), F16 where even that does not fit.
+    public static func fallback(for type: TensorType, rowLength: Int) -> TensorType {
+        let near: [TensorType: TensorType] = [.q2_K: .q4_0, .q3_K: .q4_0, .q4_K: .q5_0, .q5_K: .q5_1, .q6_K: .q8_0]
+        if let t = near[type], rowLength % t.blockSize == 0 { return t }
+        return .f16
     }
 
     /// `general.file_type` of a model whose tensors are mostly `type` (llama.cpp's numbering; a K-quant throughout
@@ -72,17 +106,18 @@ public struct Merger {
                                             rows: [0..<(info.elementCount / info.rowLength)])
             for (pair, multiplier) in pairs { Merger.add(pair.delta(multiplier: multiplier), of: pair, to: &w, cols: info.rowLength) }
             for (d, multiplier) in norms where d.count == w.count { for i in 0..<w.count { w[i] += multiplier * d[i] } }
-            var type = outputType ?? info.type
+            var type = outputType(for: info.type)
             if !Quantize.supportedTypes.contains(type) || info.rowLength % type.blockSize != 0 {
-                result.fallbacks.append((name, type, info.rowLength))
-                type = .f16
+                let fallback = Merger.fallback(for: type, rowLength: info.rowLength)
+                result.fallbacks.append((name, type, info.rowLength, fallback))
+                type = fallback
             }
             if info.dimensions.count == 1 { type = .f32 }
             try writer.addTensor(name: name, type: type, dimensions: info.dimensions,
                                  bytes: Merger.quantizedOnAllThreads(w, rowLength: info.rowLength, to: type))
             result.mergedTensors += 1
         }
-        if let t = outputType, let code = Merger.fileType(t) { writer.metadata.set("general.file_type", .uint32(code)) }
+        if case let .type(t) = storage, let code = Merger.fileType(t) { writer.metadata.set("general.file_type", .uint32(code)) }
         try writer.write(to: path)
         return result
     }

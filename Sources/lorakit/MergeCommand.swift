@@ -16,18 +16,24 @@ struct MergeCommand: ParsableCommand {
     @Option(name: [.customShort("m"), .long], help: "The base model.") var model: String
     @OptionGroup var adapters: AdapterOptions
     @Option(name: [.customShort("o"), .long], help: "Output model (GGUF).") var output: String
-    @Option(name: .customLong("type"), help: "Type of merged tensors: keep (each tensor's own type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (quantized as llama-quantize does without an importance matrix).")
-    var type = "keep"
+    @Option(name: .customLong("type"), help: "Type of merged tensors: auto (float tensors keep their type, quantized ones become F16 as llama-export-lora writes them, so nothing of the adapter is rounded away), keep (each tensor requantized into its own type: the file's size, but much of a small adapter rounded away; --eval shows how much), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (quantized as llama-quantize does without an importance matrix).")
+    var type = "auto"
     @Option(name: .customLong("eval"), help: "Also print the perplexity of base, base + adapters at run time, and the merged model on this text.")
     var eval: String?
     @Option(name: [.customShort("t"), .long], parsing: .unconditional, help: "Threads.") var threads: Int?
 
-    var outputType: TensorType? { type == "keep" ? nil : TensorType(name: type) }
+    var storage: Merger.Storage? {
+        switch type {
+        case "auto": return .widened
+        case "keep": return .keep
+        default: return TensorType(name: type).flatMap { Quantize.supportedTypes.contains($0) ? .type($0) : nil }
+        }
+    }
 
     func validate() throws {
         if adapters.isEmpty { throw ValidationError("give at least one --lora or --lora-scaled") }
-        if type != "keep" && outputType.map({ Quantize.supportedTypes.contains($0) }) != true {
-            throw ValidationError("--type must be keep, " + Quantize.supportedTypes.map(\.name).joined(separator: ", ").lowercased())
+        if storage == nil {
+            throw ValidationError("--type must be auto, keep, " + Quantize.supportedTypes.map(\.name).joined(separator: ", ").lowercased())
         }
     }
 
@@ -45,9 +51,18 @@ struct MergeCommand: ParsableCommand {
         let llama = try LlamaModel<Float>(file: base)
         let loaded = try adapters.load(for: llama, architecture: try base.metadata.string("general.architecture"))
         let inputs = loaded.map { Merger.Input(adapter: $0.0.adapter, multiplier: $0.1, normDeltas: $0.0.normDeltas) }
-        let result = try Merger(outputType: outputType).merge(model: llama, inputs: inputs, to: output)
-        for (tensor, requested, rowLength) in result.fallbacks {
-            CLI.printError("warning: \(tensor): rows of \(rowLength) are not whole \(requested.name) blocks of \(requested.blockSize); wrote F16")
+        guard let storage else { throw CLIError("--type \(type) is not a type merged tensors can be written in") }
+        let result = try Merger(storage: storage).merge(model: llama, inputs: inputs, to: output)
+        // One line per kind of fallback, not per tensor (a 7B model has hundreds).
+        var kinds: [String: [String]] = [:], order: [String] = []
+        for (tensor, requested, rowLength, written) in result.fallbacks {
+            let kind = "rows of \(rowLength) are not whole \(requested.name) blocks of \(requested.blockSize); wrote \(written.name)"
+            if kinds[kind] == nil { order.append(kind) }
+            kinds[kind, default: []].append(tensor)
+        }
+        for kind in order {
+            let tensors = kinds[kind]!
+            CLI.printError("warning: \(tensors.count == 1 ? tensors[0] : "\(tensors.count) tensors (\(tensors[0]), …)"): \(kind)")
         }
         print("merged \(result.mergedTensors) tensors from \(inputs.count) adapter(s) into \(output)")
         if let eval { try evaluate(eval, adapters: loaded) }

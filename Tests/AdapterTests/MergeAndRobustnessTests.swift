@@ -48,10 +48,10 @@ final class MergeAndRobustnessTests: XCTestCase {
         XCTAssertLessThan(zip(runtime, merged).map { abs($0 - $1) }.max()!, 1e-4)
         let (bad, _, badErr) = try lorakit(["merge", "-m", dir + "/base.gguf", "--lora", dir + "/a.gguf", "-o", dir + "/x.gguf", "--type", "q8_k"])
         XCTAssertEqual(bad, 64, badErr)
-        // A K-quant asked for rows of 32: written as F16, each tensor said in one line with the reason.
+        // A K-quant asked for rows of 32: written as llama-quantize's fallback, each tensor said in one line.
         let (k, _, kErr) = try lorakit(["merge", "-m", dir + "/base.gguf", "--lora", dir + "/a.gguf", "-o", dir + "/k.gguf", "--type", "q4_k"])
         XCTAssertEqual(k, 0, kErr)
-        XCTAssertTrue(kErr.contains("warning: blk.0.attn_q.weight: rows of 32 are not whole Q4_K blocks of 256; wrote F16"), kErr)
+        XCTAssertTrue(kErr.contains("warning: 14 tensors (token_embd.weight, …): rows of 32 are not whole Q4_K blocks of 256; wrote Q5_0\nwarning: 2 tensors (blk.0.ffn_down.weight, …): rows of 64 are not whole Q4_K blocks of 256; wrote Q5_0\n"), kErr)
     }
 
     func testHostileAdapterFilesAreErrors() throws {

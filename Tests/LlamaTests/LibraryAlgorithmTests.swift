@@ -150,10 +150,10 @@ final class LibraryAlgorithmTests: XCTestCase {
         return a
     }
 
-    /// A K-quant base (the Q4_K_M files people use) merges into K-quants, not F16: each merged tensor keeps its type
-    /// and holds exactly the requantized W + ΔW; the merged logits follow the adapter's change to within the
-    /// requantization, and an F16 merge of the same base stays as close as float32 to the runtime adapter.
-    func testMergingAKQuantBaseKeepsItsTypes() throws {
+    /// A K-quant base (the Q4_K_M files people use): `.keep` requantizes each merged tensor into its own K-quant,
+    /// exactly the requantized W + ΔW, and the merged logits follow the adapter's change to within that rounding; the
+    /// default (`.widened`) writes them as F16, as close to the runtime adapter as float32 allows.
+    func testMergingAKQuantBase() throws {
         let dir = temporaryDirectory()
         var tiny = TinyLlama()
         tiny.addTinyTokenizer()
@@ -165,7 +165,7 @@ final class LibraryAlgorithmTests: XCTestCase {
         let adapter = try randomAdapter(base, seed: 3, targets: [.attnQ, .attnV, .ffnDown])
         BLAS.setThreads(2)  // ffn_down's rows are quantized in two parts
         defer { BLAS.setThreads(1) }
-        let result = try Merger().merge(model: base, inputs: [Merger.Input(adapter: adapter)], to: dir + "/m.gguf")
+        let result = try Merger(storage: .keep).merge(model: base, inputs: [Merger.Input(adapter: adapter)], to: dir + "/m.gguf")
         XCTAssertEqual(result.mergedTensors, 2 * 3)
         XCTAssertTrue(result.fallbacks.isEmpty, "\(result.fallbacks)")
         let merged = try GGUFFile(path: dir + "/m.gguf")
@@ -189,15 +189,24 @@ final class LibraryAlgorithmTests: XCTestCase {
         let change = zip(runtime, plain).map { abs($0 - $1) }.max()!, mergedLogits = try logits(dir + "/m.gguf")
         XCTAssertLessThan(zip(runtime, mergedLogits).map { abs($0 - $1) }.max()!, 0.5 * change,
                           "the merged model carries most of the adapter's change (\(change))")
-        _ = try Merger(outputType: .f16).merge(model: base, inputs: [Merger.Input(adapter: adapter)], to: dir + "/f16.gguf")
+        _ = try Merger().merge(model: base, inputs: [Merger.Input(adapter: adapter)], to: dir + "/f16.gguf")
+        let widened = try GGUFFile(path: dir + "/f16.gguf")
+        XCTAssertEqual(try widened.requireTensor("blk.0.attn_q.weight").type, .f16, "the default widens merged K-quants")
+        XCTAssertEqual(try widened.requireTensor("blk.0.attn_k.weight").type, .q4_K, "and copies the rest")
+        XCTAssertEqual(try widened.requireTensor("blk.0.attn_norm.weight").type, .f32)
         XCTAssertLessThan(zip(runtime, try logits(dir + "/f16.gguf")).map { abs($0 - $1) }.max()!, 0.01 * change, "F16 keeps it")
-        // Rows of 32 are not whole K-quant blocks: those tensors are written as F16 and listed with their row length.
+        // Rows of 32 are not whole K-quant blocks: as llama-quantize does, Q4_K falls back to Q5_0 and Q6_K to Q8_0
+        // (rows of 16 fit neither: F16), each tensor listed with its row length.
         let (smallDir, small, _) = try tinyModel()
         let smallAdapter = try randomAdapter(small, seed: 4, targets: [.attnQ])
         let fallback = try Merger(outputType: .q4_K).merge(model: small, inputs: [Merger.Input(adapter: smallAdapter)], to: smallDir + "/k.gguf")
-        XCTAssertEqual(fallback.fallbacks.map { "\($0.tensor) \($0.requested.name) \($0.rowLength)" },
-                       ["blk.0.attn_q.weight Q4_K 32", "blk.1.attn_q.weight Q4_K 32"])
-        XCTAssertEqual(try GGUFFile(path: smallDir + "/k.gguf").requireTensor("blk.0.attn_q.weight").type, .f16)
+        XCTAssertEqual(fallback.fallbacks.map { "\($0.tensor) \($0.requested.name) \($0.rowLength) \($0.written.name)" },
+                       ["blk.0.attn_q.weight Q4_K 32 Q5_0", "blk.1.attn_q.weight Q4_K 32 Q5_0"])
+        XCTAssertEqual(try GGUFFile(path: smallDir + "/k.gguf").requireTensor("blk.0.attn_q.weight").type, .q5_0)
+        XCTAssertEqual(Merger.fallback(for: .q6_K, rowLength: 896), .q8_0)
+        XCTAssertEqual(Merger.fallback(for: .q3_K, rowLength: 640), .q4_0)
+        XCTAssertEqual(Merger.fallback(for: .q5_K, rowLength: 96), .q5_1)
+        XCTAssertEqual(Merger.fallback(for: .q4_K, rowLength: 16), .f16)
     }
 
     /// Merged weights give the runtime adapter's logits; multiplier 0 reproduces the base; 0.5 + 0.5 merges the
