@@ -19,7 +19,7 @@ def perplexity(lora):
     kw = {"lora_path": lora} if lora else {}
     llm = Llama(model_path=model, n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False, n_threads=2, **kw)
     tokens = llm.tokenize(text, add_bos=False, special=False)
-    adds_bos = llm.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
+    adds_bos = llm._model.add_bos_token()  # llama.cpp's own answer, metadata or the vocabulary's default
     chunks = min(len(tokens) // ctx, max_chunks)
     nll, count = 0.0, 0
     for c in range(chunks):
