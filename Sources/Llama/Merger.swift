@@ -125,11 +125,12 @@ public struct Merger {
     /// `values` [rows, rowLength] as `type`, the rows split over the pool's threads (a K-quant of a 7B model's
     /// weights takes minutes on one).
     static func quantizedOnAllThreads(_ values: [Float], rowLength: Int, to type: TensorType) throws -> [UInt8] {
-        guard rowLength > 0, values.count % rowLength == 0, let rowBytes = type.byteCount(elements: rowLength) else {
+        // What `Quantize.quantize` checks, checked once here so that no part can fail.
+        guard Quantize.supportedTypes.contains(type), rowLength > 0, values.count % rowLength == 0,
+              let rowBytes = type.byteCount(elements: rowLength) else {
             throw ModelError.invalidInput("\(values.count) values are not whole rows of \(rowLength) in \(type.name) blocks")
         }
         let rows = values.count / rowLength
-        _ = try Quantize.quantize(Array(values.prefix(rowLength)), to: type)  // an unsupported type throws here, not in a part
         var out = [UInt8](repeating: 0, count: rows * rowBytes)
         values.withUnsafeBufferPointer { v in
             out.withUnsafeMutableBytes { o in
